@@ -1,0 +1,300 @@
+"""One typed config tree: dataclasses, YAML files, `key=value` overrides.
+
+A YAML file may name a parent with `base: other.yaml` (path relative to the file); the
+parent is loaded first and the child's keys override it. Overrides from the command line
+use dotted keys (`train.lr=3e-4`, `sample.iterations=16`), are parsed as YAML scalars and
+type-checked against the dataclass field. Errors are `ConfigError` with one line that
+names the key and what to do.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from energytta.errors import UserError
+
+
+class ConfigError(UserError, ValueError):
+    """A bad config file, key or value; the message is one line meant for the user."""
+
+
+@dataclass
+class AudioConfig:
+    sample_rate: int = 16000
+    n_fft: int = 1024
+    win_length: int = 1024
+    hop_length: int = 160  # 100 mel frames per second (AudioLDM front-end)
+    n_mels: int = 64
+    f_min: float = 0.0
+    f_max: float = 8000.0
+    max_seconds: float = 10.0  # longest clip the model's positional embeddings cover
+    crop_seconds: float = 4.0  # training crops (random offset); sampling default duration
+
+
+@dataclass
+class CodecConfig:
+    name: str = "mel"  # "mel" (normalised log-mel); learned/pretrained codecs come later
+    path: str = ""  # folder/file for learned or pretrained codecs
+    griffin_lim_iters: int = 32
+
+
+@dataclass
+class TextConfig:
+    model: str = ""  # local folder of a transformers encoder; "" = packaged MiniLM
+    max_length: int = 64  # longer prompts are truncated with a warning
+
+
+@dataclass
+class ModelConfig:
+    width: int = 256
+    encoder_depth: int = 4
+    decoder_depth: int = 4
+    num_heads: int = 4
+    mlp_ratio: float = 4.0
+    dropout: float = 0.1  # projection / MLP dropout (MAR: proj_dropout 0.1)
+    attn_dropout: float = 0.1
+    patch_t: int = 8  # latent frames per token
+    patch_f: int = 16  # latent frequency bins per token
+    text_dropout: float = 0.1  # caption dropout for classifier-free guidance
+    mask_ratio_min: float = 0.7  # MAR: mask ratio ~ truncnorm on [min, 1], mean 1, std 0.25
+    mask_ratio_std: float = 0.25
+    grad_checkpointing: bool = False
+
+
+@dataclass
+class HeadConfig:
+    kind: str = "diffusion"  # "diffusion" (teacher, teachers/) or "energy" (student)
+    depth: int = 3  # residual AdaLN blocks
+    width: int = 512
+    # diffusion head (MAR DiffLoss / IMPACT)
+    num_timesteps: int = 1000
+    noise_schedule: str = "cosine"
+    sampling_steps: int = 100
+    learn_sigma: bool = False
+    batch_mul: int = 4  # MAR: each token's loss uses this many noise draws
+    # energy head (EAR)
+    noise_dim: int = 64
+    noise_type: str = "gaussian"  # "gaussian" | "uniform"
+    num_samples: int = 2  # m >= 2 samples per token for the energy score
+    alpha: float = 1.0  # energy-score exponent, in (0, 2)
+    train_temperature: float = 1.0  # tau on the sample-to-sample term
+    lr_mult: float = 1.0
+
+
+@dataclass
+class TeacherConfig:
+    ckpt: str = ""  # inference or training checkpoint of a trained teacher
+
+
+@dataclass
+class DistillConfig:
+    weight: float = 1000.0  # lambda on the feature-distillation loss (0 disables)
+    loss: str = "mse"  # "mse" | "cosine"
+    layers: list[int] = field(default_factory=list)  # extra decoder layers to align
+    init_from_teacher: bool = True
+    freeze_backbone: bool = False
+
+
+@dataclass
+class DataConfig:
+    train: str = "data/synth/train.jsonl"  # manifest (jsonl/csv) or cached-latent folder
+    val: str = "data/synth/val.jsonl"
+    batch_size: int = 32
+    num_workers: int = 0
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str = "runs/default"
+    seed: int = 0
+    steps: int = 2000
+    lr: float = 4e-4
+    min_lr: float = 0.0
+    warmup_steps: int = 100
+    schedule: str = "cosine"  # "cosine" | "constant"
+    weight_decay: float = 0.02
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+    ema_decay: float = 0.999
+    mixed_precision: str = "no"  # "no" | "bf16" | "fp16" (GPU)
+    log_every: int = 10
+    ckpt_every: int = 500
+    keep_last: int = 3
+    sample_every: int = 0  # 0 = only at the end
+    sample_prompts: list[str] = field(default_factory=lambda: [
+        "a high beep repeats three times",
+        "a dog-like bark with rain in the background",
+    ])
+
+
+@dataclass
+class SampleConfig:
+    iterations: int = 64
+    cfg: float = 5.0  # IMPACT's maximum guidance scale
+    cfg_schedule: str = "linear"  # "constant" | "linear" | "cosine"
+    temperature: float = 1.0
+    duration: float = 4.0
+    seed: int = 0
+    batch_size: int = 8
+
+
+@dataclass
+class Config:
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    codec: CodecConfig = field(default_factory=CodecConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+# ---------------------------------------------------------------------------- checks
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _check(value: Any, tp: Any, key: str) -> Any:
+    """Return `value` converted to `tp` (int -> float only) or raise ConfigError."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _check(value, arg, key)
+            except ConfigError:
+                pass
+        raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_check(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):
+        try:  # PyYAML reads "3e-4" (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
+    if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if tp is bool and not isinstance(value, bool):
+        raise ConfigError(f"config key '{key}': expected true/false, got {value!r}")
+    if tp in (int, float) and isinstance(value, bool):
+        raise ConfigError(f"config key '{key}': expected {tp.__name__}, got {value!r}")
+    if not isinstance(value, tp):
+        raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def _merge(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
+    """Write the nested dict `data` into dataclass `obj`, checking keys and types."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section '{prefix.rstrip('.') or '<root>'}' must be a mapping")
+    hints = typing.get_type_hints(type(obj))
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in hints:
+            valid = ", ".join(hints)
+            raise ConfigError(f"unknown config key '{full}' (valid here: {valid})")
+        if dataclasses.is_dataclass(hints[key]):
+            _merge(getattr(obj, key), value, f"{full}.")
+        else:
+            setattr(obj, key, _check(value, hints[key], full))
+
+
+# ---------------------------------------------------------------------------- loading
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> list[dict[str, Any]]:
+    """Return the chain of mappings [root parent, ..., path] following `base:` links."""
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path} (see configs/ for the shipped ones)")
+    if path in seen:
+        raise ConfigError(f"config 'base' loop through {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        line = str(e).splitlines()[0]
+        raise ConfigError(f"cannot parse config file {path}: {line}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections")
+    base = data.pop("base", None)
+    chain = _read_yaml(resolve_config_path(str(base), path.parent), seen + (path,)) if base else []
+    return chain + [data]
+
+
+def resolve_config_path(name: str, relative_to: Path | None = None) -> Path:
+    """`tiny`, `tiny.yaml`, `configs/tiny.yaml` or a path -> an existing-looking path."""
+    candidates = [Path(name)]
+    if relative_to is not None:
+        candidates.insert(0, relative_to / name)
+    for stem in (name, f"{name}.yaml"):
+        candidates.append(CONFIG_DIR / stem)
+    for c in candidates:
+        if c.is_file():
+            return c.resolve()
+    return Path(name)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`a.b=1e-3` -> ("a.b", 0.001); the value is read as a YAML scalar/list."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' is not key=value (e.g. train.lr=3e-4)")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, str) or value is None:
+        value = raw  # keep strings verbatim ("on", "1.0.0", paths...)
+    return key.strip(), value
+
+
+def _nest(key: str, value: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    cur = out
+    parts = key.split(".")
+    for p in parts[:-1]:
+        cur = cur.setdefault(p, {})
+    cur[parts[-1]] = value
+    return out
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    cfg = Config()
+    _merge(cfg, data)
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (or the defaults when `path` is None) and apply overrides."""
+    cfg = Config()
+    if path is not None:
+        for layer in _read_yaml(resolve_config_path(str(path))):
+            _merge(cfg, layer)
+    for text in overrides or []:
+        key, value = parse_override(text)
+        _merge(cfg, _nest(key, value))
+    return cfg

@@ -1,0 +1,1 @@
+"""The diffusion-head MAR teacher (IMPACT-style) that the energytta student learns from."""
