@@ -1,0 +1,171 @@
+"""MAR backbone (Li et al. 2024, "Autoregressive Image Generation without Vector
+Quantization", LTH14/mar `models/mar.py`) with a text prefix in place of the class buffer,
+as in IMPACT (Huang et al. 2025).
+
+Encoder (MAE-style): projected text tokens ⊕ the *visible* audio tokens only.
+Decoder: the encoder output with a learned mask token re-inserted at every masked
+position, text prefix included (MAR's buffer tokens also pass through its decoder).
+Output z (B, N, D) at every audio position, plus a learned "diffusion" positional
+embedding so each token's head knows where it is.
+
+Rows may have different numbers of visible tokens (inpainting masks differ per row):
+visible tokens are gathered into a padded (B, V_max, D) tensor with a key mask, so a
+row's result does not depend on the other rows of the batch.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from energytta.errors import UserError
+from energytta.models.blocks import Block, init_weights
+
+
+class MARBackbone(nn.Module):
+    """Bidirectional masked encoder-decoder over continuous audio tokens.
+
+    Args:
+        model_cfg: `Config.model` (width, depths, heads, dropout, grad_checkpointing).
+        token_dim: d, the size of one audio token (C·pt·pf).
+        max_tokens: longest token sequence (positional embeddings are sliced `[:N]`).
+        text_dim: Dt, width of the text encoder's states.
+        max_text_len: longest text prefix (learned text positions).
+        null_text_len: length of the learned null text used when `drop_text` is set.
+    """
+
+    def __init__(self, model_cfg: Any, token_dim: int, max_tokens: int, text_dim: int,
+                 max_text_len: int = 128, null_text_len: int = 1) -> None:
+        super().__init__()
+        D = model_cfg.width
+        self.token_dim, self.max_tokens, self.max_text_len = token_dim, max_tokens, max_text_len
+        self.grad_checkpointing = model_cfg.grad_checkpointing
+
+        def blocks(depth: int) -> nn.ModuleList:
+            return nn.ModuleList([
+                Block(D, model_cfg.num_heads, model_cfg.mlp_ratio, model_cfg.dropout,
+                      model_cfg.attn_dropout) for _ in range(depth)])
+
+        # encoder: inputs, text prefix (replaces MAR's class buffer), positions
+        self.z_proj = nn.Linear(token_dim, D)
+        self.text_proj = nn.Linear(text_dim, D)
+        self.null_text = nn.Parameter(torch.zeros(1, null_text_len, D))  # MAR's fake_latent
+        self.encoder_text_pos = nn.Parameter(torch.zeros(1, max_text_len, D))
+        self.encoder_pos = nn.Parameter(torch.zeros(1, max_tokens, D))
+        self.z_proj_ln = nn.LayerNorm(D, eps=1e-6)
+        self.encoder_blocks = blocks(model_cfg.encoder_depth)
+        self.encoder_norm = nn.LayerNorm(D, eps=1e-6)
+        # decoder
+        self.decoder_embed = nn.Linear(D, D)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, D))
+        self.decoder_text_pos = nn.Parameter(torch.zeros(1, max_text_len, D))
+        self.decoder_pos = nn.Parameter(torch.zeros(1, max_tokens, D))
+        self.decoder_blocks = blocks(model_cfg.decoder_depth)
+        self.decoder_norm = nn.LayerNorm(D, eps=1e-6)
+        self.diffusion_pos = nn.Parameter(torch.zeros(1, max_tokens, D))
+        self.out_dim = D
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        self.apply(init_weights)
+        for p in (self.null_text, self.encoder_text_pos, self.encoder_pos, self.mask_token,
+                  self.decoder_text_pos, self.decoder_pos, self.diffusion_pos):
+            nn.init.normal_(p, std=0.02)  # MAR: embeddings and mask token ~ N(0, .02²)
+
+    # ------------------------------------------------------------------ pieces
+    def _run(self, blocks: nn.ModuleList, x: torch.Tensor, key_mask: torch.Tensor,
+             hidden: list[torch.Tensor] | None = None, skip: int = 0) -> torch.Tensor:
+        """Apply `blocks`; append each output's positions `[skip:]` to `hidden` if given."""
+        ckpt = self.grad_checkpointing and self.training and torch.is_grad_enabled()
+        for blk in blocks:
+            x = checkpoint(blk, x, key_mask, use_reentrant=False) if ckpt else blk(x, key_mask)
+            if hidden is not None:
+                hidden.append(x[:, skip:])
+        return x
+
+    def _text_prefix(self, text: torch.Tensor, text_mask: torch.Tensor,
+                     drop_text: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Project the text; rows with `drop_text` get the learned null text instead.
+
+        Returns (B, L', D) embeddings (no positions yet) and their (B, L') key mask.
+        """
+        B, L, _ = text.shape
+        emb, mask = self.text_proj(text), text_mask.bool()
+        if drop_text is None:
+            return emb, mask
+        Ln = self.null_text.shape[1]
+        Lp = max(L, Ln)
+        emb = nn.functional.pad(emb, (0, 0, 0, Lp - L))
+        mask = nn.functional.pad(mask, (0, Lp - L), value=False)
+        null = nn.functional.pad(self.null_text, (0, 0, 0, Lp - Ln)).to(emb.dtype)
+        null_mask = torch.arange(Lp, device=mask.device) < Ln
+        drop = drop_text.to(device=emb.device, dtype=torch.bool)
+        emb = torch.where(drop[:, None, None], null, emb)
+        mask = torch.where(drop[:, None], null_mask[None], mask)
+        return emb, mask
+
+    @staticmethod
+    def _visible_index(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, N) audio mask -> gather index (B, V) of visible positions and validity (B, V).
+
+        V is the largest visible count in the batch; shorter rows are padded with masked
+        positions (distinct from their visible ones) that are flagged invalid.
+        """
+        counts = (~mask).sum(1)  # (B,)
+        V = int(counts.max()) if mask.numel() else 0
+        # a stable sort puts each row's visible positions first, in their original order
+        order = torch.argsort(mask.to(torch.uint8), dim=1, stable=True)
+        valid = torch.arange(V, device=mask.device)[None] < counts[:, None]
+        return order[:, :V], valid
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor, text: torch.Tensor,
+                text_mask: torch.Tensor, drop_text: torch.Tensor | None = None,
+                return_hidden: bool = False
+                ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Args:
+            tokens: (B, N, d) audio tokens; values at masked positions are never read.
+            mask: (B, N) bool, True = masked (to be predicted).
+            text: (B, L, Dt) text-encoder states; text_mask: (B, L) bool, True = real token.
+            drop_text: (B,) bool or None; True rows use the learned null text (CFG).
+            return_hidden: also return each decoder block's output at audio positions.
+        Returns z (B, N, D), or (z, [hidden (B, N, D)] * decoder_depth) (before the final norm).
+        """
+        B, N, d = tokens.shape
+        L = text.shape[1]
+        if N > self.max_tokens or d != self.token_dim:
+            raise ValueError(f"tokens {tuple(tokens.shape)} do not fit this backbone "
+                             f"(max_tokens={self.max_tokens}, token_dim={self.token_dim})")
+        if L > self.max_text_len:
+            raise UserError(f"the prompt has {L} text tokens but the model holds at most "
+                            f"{self.max_text_len}; lower text.max_length")
+        mask = mask.bool()
+        txt, txt_mask = self._text_prefix(text, text_mask, drop_text)
+        if not bool(txt_mask.any(1).all()):  # a row with no key at all would give NaN
+            raise ValueError("every row needs at least one real text token (text_mask)")
+        Lp = txt.shape[1]
+
+        # encoder: text ⊕ visible audio (MAE); MAR adds positions, then z_proj_ln
+        idx, valid = self._visible_index(mask)  # (B, V), (B, V)
+        audio = self.z_proj(tokens) + self.encoder_pos[:, :N]
+        D = audio.shape[-1]
+        gidx = idx[..., None].expand(-1, -1, D)
+        vis = torch.gather(audio, 1, gidx)
+        vis = torch.where(valid[..., None], vis, torch.zeros_like(vis))  # never read masked
+        x = self.z_proj_ln(torch.cat([txt + self.encoder_text_pos[:, :Lp], vis], 1))
+        x = self._run(self.encoder_blocks, x, torch.cat([txt_mask, valid], 1))
+        x = self.decoder_embed(self.encoder_norm(x))
+
+        # decoder: scatter visible encodings back; mask token everywhere else
+        mask_tok = self.mask_token.to(x.dtype).expand(B, N, D)
+        vis = torch.where(valid[..., None], x[:, Lp:], mask_tok[:, :idx.shape[1]])
+        full = torch.scatter(mask_tok, 1, gidx, vis)  # (B, N, D)
+        x = torch.cat([x[:, :Lp] + self.decoder_text_pos[:, :Lp],
+                       full + self.decoder_pos[:, :N]], 1)
+        key_mask = torch.cat([txt_mask, torch.ones_like(mask)], 1)
+        hidden: list[torch.Tensor] | None = [] if return_hidden else None
+        x = self._run(self.decoder_blocks, x, key_mask, hidden, skip=Lp)
+        z = self.decoder_norm(x)[:, Lp:] + self.diffusion_pos[:, :N]
+        return (z, hidden) if return_hidden else z
