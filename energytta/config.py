@@ -79,6 +79,7 @@ class HeadConfig:
     sampling_steps: int = 100
     learn_sigma: bool = False
     batch_mul: int = 4  # MAR: each token's loss uses this many noise draws
+    clip_x0: float = 10.0  # clamp predicted x_0 when sampling (0 = off, as MAR); see teachers/
     # energy head (EAR)
     noise_dim: int = 64
     noise_type: str = "gaussian"  # "gaussian" | "uniform"

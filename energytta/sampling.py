@@ -1,0 +1,204 @@
+"""Iterative parallel decoding for any head (MAR's `sample_tokens`, MaskGIT's schedule).
+
+All tokens start masked (or, for inpainting/continuation, the `known` ones are given and
+the rest masked). A random order is drawn per row; at each of K iterations the backbone
+runs once, the cosine schedule says how many tokens stay masked after this step, and the
+next tokens in the order are drawn by the head from their features z. Tokens are revealed
+exactly once and never re-masked; the last step reveals everything.
+
+Classifier-free guidance: conditional and unconditional rows share one backbone pass; the
+head combines them (ε for the diffusion teacher, z for the energy student). The guidance
+scale follows a schedule in decoding progress (Muse/MAR "linear": weak early, full late).
+
+Per-step counts are python ints from the schedule, so the loop makes no device->host
+syncs; the only sync is counting each row's unknown tokens once before the loop.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from energytta.errors import UserError
+from energytta.masking import cosine_num_masked
+from energytta.models.heads import Head
+
+CFG_SCHEDULES = ("constant", "linear", "cosine")
+
+
+def cfg_scale_at(step: int, iterations: int, cfg: float, schedule: str, num_tokens: int,
+                 num_masked: int) -> float:
+    """Guidance scale used at `step`, from the fraction of tokens revealed after it.
+
+    progress = (num_tokens − num_masked) / num_tokens. "constant": cfg; "linear" (MAR,
+    Muse): 1 + (cfg − 1)·progress; "cosine": 1 + (cfg − 1)·(1 − cos(π·progress))/2.
+    Both ramps reach `cfg` at the last step, where num_masked = 0.
+
+    Args:
+        step: 0-based iteration; iterations: K (kept for schedules that want them).
+        cfg: maximum guidance scale. schedule: one of CFG_SCHEDULES.
+        num_tokens: tokens to generate in total; num_masked: still masked after `step`.
+    """
+    if schedule == "constant":
+        return cfg
+    progress = 1.0 if num_tokens <= 0 else (num_tokens - num_masked) / num_tokens
+    if schedule == "linear":
+        return 1.0 + (cfg - 1.0) * progress
+    if schedule == "cosine":
+        return 1.0 + (cfg - 1.0) * (1.0 - math.cos(math.pi * progress)) / 2.0
+    raise UserError(f"config key 'sample.cfg_schedule': unknown schedule {schedule!r} "
+                    f"(use one of {', '.join(CFG_SCHEDULES)})")
+
+
+def masked_after(step: int, iterations: int, num_unknown: list[int],
+                 masked_now: list[int]) -> list[int]:
+    """Per row, how many tokens stay masked after `step`.
+
+    The cosine schedule runs on each row's own count of unknown tokens; like MAR we
+    reveal at least one token per step while any remain, and everything at the last step.
+    """
+    if step >= iterations - 1:
+        return [0] * len(masked_now)
+    return [min(cosine_num_masked(step, iterations, u), max(cur - 1, 0))
+            for u, cur in zip(num_unknown, masked_now)]
+
+
+def random_orders_unknown_first(unknown: torch.Tensor,
+                                generator: torch.Generator | None) -> torch.Tensor:
+    """(B,N) bool unknown -> (B,N) long orders: a random permutation of each row's unknown
+    positions, followed by its known ones (keys +inf), so order ranks [0, U_i) are unknown."""
+    keys = torch.rand(unknown.shape, generator=generator, device=unknown.device)
+    return keys.masked_fill(~unknown, math.inf).argsort(dim=1)
+
+
+def _to_predict(orders: torch.Tensor, masked_now: list[int],
+                masked_next: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows and positions (M,), (M,) revealed this step: order ranks [next_i, now_i)."""
+    counts = torch.tensor([a - b for a, b in zip(masked_now, masked_next)])
+    rows = torch.repeat_interleave(torch.arange(len(counts)), counts)  # (M,)
+    first = torch.cumsum(counts, 0) - counts  # index of each row's first entry
+    rank = torch.arange(len(rows)) - first[rows] + torch.tensor(masked_next)[rows]
+    rows, rank = rows.to(orders.device), rank.to(orders.device)
+    return rows, orders[rows, rank]
+
+
+def _pad_text(states: torch.Tensor, mask: torch.Tensor,
+              length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad (B,L,Dt) states with zeros and (B,L) mask with False to `length`."""
+    extra = length - states.shape[1]
+    return F.pad(states, (0, 0, 0, extra)), F.pad(mask, (0, extra), value=False)
+
+
+def _guided_text(text: torch.Tensor, text_mask: torch.Tensor, uncond_text: torch.Tensor | None,
+                 uncond_mask: torch.Tensor | None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Text for [cond rows; uncond rows]: the learned null text via drop_text, or the
+    negative prompt padded to a common length. Returns (2B,L,Dt), (2B,L), drop (2B,)|None."""
+    B = text.shape[0]
+    if uncond_text is None:
+        drop = torch.arange(2 * B, device=text.device) >= B
+        return torch.cat([text, text]), torch.cat([text_mask, text_mask]), drop
+    if uncond_mask is None:
+        uncond_mask = torch.ones(uncond_text.shape[:2], dtype=torch.bool, device=text.device)
+    uncond_text = uncond_text.expand(B, -1, -1)  # one negative prompt for all rows is fine
+    uncond_mask = uncond_mask.expand(B, -1)
+    length = max(text.shape[1], uncond_text.shape[1])
+    cond_s, cond_m = _pad_text(text, text_mask, length)
+    unc_s, unc_m = _pad_text(uncond_text.to(text.dtype), uncond_mask.bool(), length)
+    return torch.cat([cond_s, unc_s]), torch.cat([cond_m, unc_m]), None
+
+
+def _token_dim(head: Head, backbone: torch.nn.Module, known: torch.Tensor | None) -> int:
+    if known is not None:
+        return known.shape[-1]
+    for owner in (head, backbone):
+        if isinstance(getattr(owner, "token_dim", None), int):
+            return owner.token_dim
+    raise ValueError("decode: cannot tell the token size; the head or backbone needs "
+                     "a `token_dim` attribute, or pass `known`")
+
+
+def _check_args(iterations: int, num_tokens: int, cfg_schedule: str, known: torch.Tensor | None,
+                known_mask: torch.Tensor | None, batch: int) -> None:
+    if iterations < 1:
+        raise UserError(f"config key 'sample.iterations': {iterations} must be >= 1")
+    if num_tokens < 1:
+        raise UserError(f"decode: num_tokens={num_tokens} must be >= 1 (duration too short?)")
+    if cfg_schedule not in CFG_SCHEDULES:
+        raise UserError(f"config key 'sample.cfg_schedule': unknown schedule {cfg_schedule!r} "
+                        f"(use one of {', '.join(CFG_SCHEDULES)})")
+    if (known is None) != (known_mask is None):
+        raise UserError("decode: give `known` and `known_mask` together (or neither)")
+    if known is not None and (known.shape[:2] != (batch, num_tokens)
+                              or tuple(known_mask.shape) != (batch, num_tokens)):
+        raise UserError(f"decode: known {tuple(known.shape)} / known_mask "
+                        f"{tuple(known_mask.shape)} must be ({batch}, {num_tokens}, ...)")
+
+
+@torch.no_grad()
+def decode(backbone: torch.nn.Module, head: Head, text: torch.Tensor, text_mask: torch.Tensor,
+           num_tokens: int, *, iterations: int, cfg: float = 1.0, cfg_schedule: str = "linear",
+           temperature: float = 1.0, generator: torch.Generator | None,
+           uncond_text: torch.Tensor | None = None, uncond_mask: torch.Tensor | None = None,
+           known: torch.Tensor | None = None, known_mask: torch.Tensor | None = None,
+           progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """Generate (B,N,d) tokens by K iterations of masked parallel decoding.
+
+    The caller sets eval mode; this function never changes module state.
+
+    Args:
+        backbone: `MARBackbone`-like: forward(tokens, mask, text, text_mask, drop_text=).
+        head: `sample(z, temperature, generator, z_uncond=, cfg_scale=)`; needs a
+            `token_dim` attribute (or the backbone does) unless `known` is given.
+        text: (B,L,Dt) text states; text_mask: (B,L) bool, True = real token.
+        num_tokens: N audio tokens per row.
+        iterations: K decoding steps (at least one token revealed per step).
+        cfg: maximum guidance scale; 1.0 skips the unconditional rows entirely.
+        cfg_schedule: "constant" | "linear" | "cosine" (see `cfg_scale_at`).
+        temperature: passed to the head (noise scale of its sampler).
+        generator: source of the orders and of every head draw (same seed, same tokens).
+        uncond_text, uncond_mask: (B or 1, Lu, Dt), (B or 1, Lu) negative-prompt text for
+            the unconditional rows; None uses the backbone's learned null text.
+        known, known_mask: (B,N,d) tokens and (B,N) bool, True = given; given tokens are
+            kept as they are, visible to the backbone from the start, never sampled.
+        progress: called as progress(step + 1, iterations) after every step.
+    Returns: (B,N,d) tokens.
+    """
+    B, N, device = text.shape[0], num_tokens, text.device
+    _check_args(iterations, N, cfg_schedule, known, known_mask, B)
+    d = _token_dim(head, backbone, known)
+    if known is None:
+        tokens = torch.zeros(B, N, d, device=device, dtype=text.dtype)
+        unknown = torch.ones(B, N, dtype=torch.bool, device=device)
+    else:
+        unknown = ~known_mask.to(device=device, dtype=torch.bool)
+        tokens = known.to(device).clone().masked_fill(unknown.unsqueeze(-1), 0.0)
+    orders = random_orders_unknown_first(unknown, generator)  # (B,N)
+    ranks = orders.argsort(dim=1)  # (B,N) position -> its rank in the order
+    num_unknown = unknown.sum(dim=1).tolist()  # the one host sync, before the loop
+    masked_now = list(num_unknown)
+    guided = cfg != 1.0
+    if guided:
+        text_in, mask_in, drop = _guided_text(text, text_mask, uncond_text, uncond_mask)
+    else:
+        text_in, mask_in, drop = text, text_mask, None
+    for step in range(iterations):
+        masked_next = masked_after(step, iterations, num_unknown, masked_now)
+        if sum(masked_now) > sum(masked_next):
+            mask = ranks < torch.tensor(masked_now, device=device).unsqueeze(1)  # (B,N)
+            tok_in = torch.cat([tokens, tokens]) if guided else tokens
+            mask_both = torch.cat([mask, mask]) if guided else mask
+            z = backbone(tok_in, mask_both, text_in, mask_in, drop_text=drop)  # (B|2B,N,D)
+            rows, pos = _to_predict(orders, masked_now, masked_next)  # (M,), (M,)
+            z_uncond = z[B:][rows, pos] if guided else None
+            scale = cfg_scale_at(step, iterations, cfg, cfg_schedule, sum(num_unknown),
+                                 sum(masked_next))
+            sampled = head.sample(z[:B][rows, pos], temperature, generator,
+                                  z_uncond=z_uncond, cfg_scale=scale)  # (M,d)
+            tokens[rows, pos] = sampled.to(tokens.dtype)
+        masked_now = masked_next
+        if progress is not None:
+            progress(step + 1, iterations)
+    return tokens

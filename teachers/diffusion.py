@@ -1,0 +1,270 @@
+"""Gaussian diffusion for the teacher's per-token head (MAR's DiffLoss, after IDDPM).
+
+* Cosine noise schedule over `num_timesteps` (Nichol & Dhariwal 2021, eq. 17) and
+  ε-prediction (Ho et al. 2020).
+* Optional learned variance ("learn_sigma", IDDPM §3.1): the network returns 2·d channels,
+  the second half `v ∈ [-1, 1]` interpolates the log-variance between β̃_t (posterior) and
+  β_t (eq. 15); it is trained with the hybrid loss L_simple + L_vlb where the VLB term
+  sees a stop-gradient mean (eq. 16), exactly as MAR does.
+* Without learned variance the reverse step uses MAR's default fixed variance, the "large"
+  choice σ_t² = β_t (β̃_1 at t = 0).
+* Sampling may clamp the predicted x_0 (`clip_x0`, IDDPM's clip_denoised with a range):
+  MAR does not, but at t = 999 the cosine schedule has ᾱ ≈ 2e-9, so x̂_0 = (x_t − √(1−ᾱ)ε̂)/√ᾱ
+  multiplies any ε̂ error by ~2e4; a briefly trained (or untrained) head then emits tokens
+  in the thousands. Latents are unit-scale, so a loose clamp only removes that failure.
+* Respacing (IDDPM §4): keep `sampling_steps` evenly spaced timesteps and recompute
+  β'_i = 1 − ᾱ_{k_i} / ᾱ_{k_{i-1}}, so the respaced chain has the same marginals ᾱ at
+  the kept steps. The network always sees the *original* timestep index.
+
+All tables are float64 numpy (accuracy, as in IDDPM); they are turned into tensors of the
+input's device/dtype on use. Every random draw takes a `torch.Generator`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+import torch
+
+from energytta.errors import UserError
+
+# model_fn(x_t (M,d), t (M,) long original timesteps) -> (M,d) ε or (M,2d) [ε, v]
+ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def cosine_betas(num_timesteps: int, max_beta: float = 0.999) -> np.ndarray:
+    """β_t from ᾱ(t) = cos²((t/T + s)/(1 + s) · π/2), s = 0.008 (IDDPM eq. 17).
+
+    β is clipped at `max_beta` to avoid the singularity at t = T (IDDPM §3.2).
+    """
+    def alpha_bar(u: float) -> float:
+        return math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2
+
+    T = num_timesteps
+    betas = [1 - alpha_bar((i + 1) / T) / alpha_bar(i / T) for i in range(T)]
+    return np.minimum(np.array(betas, dtype=np.float64), max_beta)
+
+
+def named_betas(schedule: str, num_timesteps: int) -> np.ndarray:
+    """β schedule by name: "cosine" (default, MAR) or "linear" (Ho et al., 1e-4 → 0.02)."""
+    if schedule == "cosine":
+        return cosine_betas(num_timesteps)
+    if schedule == "linear":
+        scale = 1000 / num_timesteps  # keeps the schedule similar for any T (IDDPM)
+        return np.linspace(scale * 1e-4, scale * 0.02, num_timesteps, dtype=np.float64)
+    raise UserError(f"config key 'head.noise_schedule': unknown schedule {schedule!r} "
+                    "(use 'cosine' or 'linear')")
+
+
+def space_timesteps(num_timesteps: int, sampling_steps: int) -> list[int]:
+    """`sampling_steps` evenly spaced indices of [0, T-1], both ends kept (IDDPM's "100")."""
+    if not 1 <= sampling_steps <= num_timesteps:
+        raise UserError(f"config key 'head.sampling_steps': {sampling_steps} must be in "
+                        f"[1, head.num_timesteps={num_timesteps}]")
+    if sampling_steps == 1:
+        return [0]
+    stride = (num_timesteps - 1) / (sampling_steps - 1)
+    return sorted({round(i * stride) for i in range(sampling_steps)})
+
+
+class GaussianDiffusion:
+    """A (possibly respaced) ε-prediction Gaussian diffusion on (M, d) token batches.
+
+    Args:
+        betas: (T',) float64 noise schedule of this chain.
+        timestep_map: (T',) original timestep of each step of this chain (identity if None);
+            the network is conditioned on these.
+        learn_sigma: the model returns [ε, v] (2·d channels) and v sets the variance.
+    """
+
+    def __init__(self, betas: np.ndarray, timestep_map: list[int] | None = None,
+                 learn_sigma: bool = False) -> None:
+        betas = np.asarray(betas, dtype=np.float64)
+        if betas.ndim != 1 or not ((betas > 0) & (betas <= 1)).all():
+            raise ValueError("betas must be a 1-D array in (0, 1]")
+        self.betas = betas
+        self.num_timesteps = len(betas)
+        self.timestep_map = list(timestep_map or range(self.num_timesteps))
+        self.learn_sigma = learn_sigma
+        alphas = 1.0 - betas
+        self.alphas_cumprod = np.cumprod(alphas)  # ᾱ_t
+        self.alphas_cumprod_prev = np.append(1.0, self.alphas_cumprod[:-1])  # ᾱ_{t-1}
+        self.sqrt_alphas_cumprod = np.sqrt(self.alphas_cumprod)
+        self.sqrt_one_minus_alphas_cumprod = np.sqrt(1.0 - self.alphas_cumprod)
+        self.sqrt_recip_alphas_cumprod = np.sqrt(1.0 / self.alphas_cumprod)
+        self.sqrt_recipm1_alphas_cumprod = np.sqrt(1.0 / self.alphas_cumprod - 1)
+        # posterior q(x_{t-1} | x_t, x_0) = N(c1·x_0 + c2·x_t, β̃_t) (DDPM eqs. 6-7)
+        ab, ab_prev = self.alphas_cumprod, self.alphas_cumprod_prev
+        self.posterior_variance = betas * (1.0 - ab_prev) / (1.0 - ab)
+        # β̃_0 = 0: clip its log with β̃_1 (IDDPM), the chain ends there anyway
+        first = self.posterior_variance[1] if self.num_timesteps > 1 else betas[0]
+        self.posterior_log_variance_clipped = np.log(np.append(first, self.posterior_variance[1:]))
+        self.posterior_mean_coef1 = betas * np.sqrt(ab_prev) / (1.0 - ab)
+        self.posterior_mean_coef2 = (1.0 - ab_prev) * np.sqrt(alphas) / (1.0 - ab)
+        # MAR's fixed ("large") variance: β_t, with β̃_1 at t = 0 for a better decoder NLL
+        self.fixed_log_variance = np.log(np.append(first, betas[1:]))
+        self.log_betas = np.log(betas)
+        self._cache: dict[tuple[str, torch.device, torch.dtype], torch.Tensor] = {}
+
+    def _at(self, name: str, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """Table `name` at t as (M,1) on like's device/dtype (broadcasts over channels).
+
+        Tables are moved to the device once and cached, so sampling loops do no copies.
+        """
+        key = (name, like.device, like.dtype)
+        if key not in self._cache:
+            table = torch.from_numpy(getattr(self, name))
+            self._cache[key] = table.to(device=like.device, dtype=like.dtype)
+        return self._cache[key][t].unsqueeze(-1)
+
+    # --------------------------------------------------------------- forward process
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """x_t = √ᾱ_t·x_0 + √(1−ᾱ_t)·ε  (DDPM eq. 4). x0, noise (M,d); t (M,) long."""
+        return (self._at("sqrt_alphas_cumprod", t, x0) * x0
+                + self._at("sqrt_one_minus_alphas_cumprod", t, x0) * noise)
+
+    def q_posterior(self, x0: torch.Tensor, x_t: torch.Tensor,
+                    t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean (M,d) and clipped log-variance (M,1) of q(x_{t-1} | x_t, x_0)."""
+        mean = (self._at("posterior_mean_coef1", t, x_t) * x0
+                + self._at("posterior_mean_coef2", t, x_t) * x_t)
+        return mean, self._at("posterior_log_variance_clipped", t, x_t)
+
+    def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """x_0 = (x_t − √(1−ᾱ_t)·ε) / √ᾱ_t, written as in IDDPM for stability."""
+        return (self._at("sqrt_recip_alphas_cumprod", t, x_t) * x_t
+                - self._at("sqrt_recipm1_alphas_cumprod", t, x_t) * eps)
+
+    # --------------------------------------------------------------- reverse process
+    def p_mean_log_variance(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
+                            clip_x0: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """p(x_{t-1} | x_t) from the network output `out` ((M,d) ε or (M,2d) [ε, v]).
+
+        `clip_x0 > 0` clamps the predicted x_0 to [-clip_x0, clip_x0] before the posterior
+        (IDDPM's clip_denoised with a range for unit-variance latents; 0 = off, as MAR).
+        Returns the mean (M,d) and the log-variance ((M,d) learned or (M,1) fixed).
+        """
+        d = x_t.shape[-1]
+        eps = out[:, :d]
+        if self.learn_sigma:
+            # IDDPM eq. 15: log σ² = f·log β_t + (1−f)·log β̃_t with f = (v+1)/2
+            frac = (out[:, d:] + 1) / 2
+            log_var = (frac * self._at("log_betas", t, x_t)
+                       + (1 - frac) * self._at("posterior_log_variance_clipped", t, x_t))
+        else:
+            log_var = self._at("fixed_log_variance", t, x_t)
+        x0 = self.predict_x0(x_t, t, eps)
+        if clip_x0 > 0:
+            x0 = x0.clamp(-clip_x0, clip_x0)
+        mean, _ = self.q_posterior(x0, x_t, t)
+        return mean, log_var
+
+    def model_timesteps(self, t: torch.Tensor) -> torch.Tensor:
+        """Chain step indices (M,) -> the original timesteps the network is conditioned on."""
+        key = ("timestep_map", t.device, torch.long)
+        if key not in self._cache:
+            self._cache[key] = torch.tensor(self.timestep_map, device=t.device, dtype=torch.long)
+        return self._cache[key][t]
+
+    @torch.no_grad()
+    def p_sample_loop(self, model_fn: ModelFn, noise: torch.Tensor, temperature: float = 1.0,
+                      generator: torch.Generator | None = None,
+                      clip_x0: float = 0.0) -> torch.Tensor:
+        """Ancestral sampling x_T = noise -> x_0 over this chain's steps.
+
+        Args:
+            model_fn: network in ModelFn form (sees original timesteps).
+            noise: (M,d) starting x_T.
+            temperature: scales the std of every posterior noise draw (MAR's p_sample:
+                x_{t-1} = μ + σ·temperature·z); the starting noise is left unscaled.
+            generator: source of every noise draw.
+            clip_x0: clamp range of the predicted x_0 (0 = off), see p_mean_log_variance.
+        Returns: (M,d) samples.
+        """
+        x = noise
+        for i in reversed(range(self.num_timesteps)):
+            t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
+            out = model_fn(x, self.model_timesteps(t))
+            mean, log_var = self.p_mean_log_variance(out, x, t, clip_x0)
+            if i == 0:  # no noise on the last step (DDPM Algorithm 2)
+                return mean
+            z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            x = mean + torch.exp(0.5 * log_var) * z * temperature
+        return x
+
+    # ---------------------------------------------------------------------- training
+    def training_losses(self, model_fn: ModelFn, x0: torch.Tensor, t: torch.Tensor,
+                        noise: torch.Tensor) -> torch.Tensor:
+        """Per-token loss (M,): MSE on ε (L_simple), + L_vlb when the variance is learned.
+
+        Args:
+            model_fn: network in ModelFn form (t here is already an original timestep
+                because training uses the full chain).
+            x0: (M,d) clean tokens; t: (M,) long; noise: (M,d) ε.
+        """
+        x_t = self.q_sample(x0, t, noise)
+        out = model_fn(x_t, self.model_timesteps(t))
+        d = x0.shape[-1]
+        loss = ((noise - out[:, :d]) ** 2).mean(dim=-1)
+        if self.learn_sigma:
+            # IDDPM eq. 16: the VLB trains only the variance (stop-gradient on ε)
+            frozen = torch.cat([out[:, :d].detach(), out[:, d:]], dim=-1)
+            loss = loss + self._vlb_bits(frozen, x0, x_t, t)
+        return loss
+
+    def _vlb_bits(self, out: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor,
+                  t: torch.Tensor) -> torch.Tensor:
+        """L_{t-1} per token in bits (M,): KL(q(x_{t-1}|x_t,x_0) ‖ p) for t>0, −log p(x_0|x_1)
+        (discretised Gaussian, DDPM §3.3) for t=0; mean over channels as in IDDPM."""
+        true_mean, true_log_var = self.q_posterior(x0, x_t, t)
+        mean, log_var = self.p_mean_log_variance(out, x_t, t)
+        kl = 0.5 * (-1.0 + log_var - true_log_var + torch.exp(true_log_var - log_var)
+                    + (true_mean - mean) ** 2 * torch.exp(-log_var))
+        nll = -_discretized_gaussian_log_likelihood(x0, mean, 0.5 * log_var)
+        per = torch.where((t == 0).unsqueeze(-1), nll, kl.expand_as(nll))
+        return per.mean(dim=-1) / math.log(2.0)
+
+
+def _discretized_gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor,
+                                         log_scale: torch.Tensor) -> torch.Tensor:
+    """log P(x) of a Gaussian integrated over a bin of width 2/255 around x (DDPM §3.3);
+    the outermost bins (|x| > 0.999) extend to ±∞, as in IDDPM."""
+    centered = x - mean
+    inv_std = torch.exp(-log_scale)
+    cdf_plus = torch.special.ndtr(inv_std * (centered + 1.0 / 255.0))
+    cdf_min = torch.special.ndtr(inv_std * (centered - 1.0 / 255.0))
+    log_cdf_plus = torch.log(cdf_plus.clamp(min=1e-12))
+    log_one_minus_cdf_min = torch.log((1.0 - cdf_min).clamp(min=1e-12))
+    log_delta = torch.log((cdf_plus - cdf_min).clamp(min=1e-12))
+    return torch.where(x < -0.999, log_cdf_plus,
+                       torch.where(x > 0.999, log_one_minus_cdf_min, log_delta))
+
+
+def respace(base: GaussianDiffusion, use_timesteps: list[int]) -> GaussianDiffusion:
+    """A chain over `use_timesteps` of `base` with β'_i = 1 − ᾱ_{k_i}/ᾱ_{k_{i-1}} (IDDPM §4),
+    so that ᾱ' equals base's ᾱ at every kept step."""
+    kept = sorted(use_timesteps)
+    ab = base.alphas_cumprod[kept]
+    prev = np.append(1.0, ab[:-1])
+    return GaussianDiffusion(1.0 - ab / prev, timestep_map=[base.timestep_map[k] for k in kept],
+                             learn_sigma=base.learn_sigma)
+
+
+def create_diffusion(num_timesteps: int = 1000, schedule: str = "cosine",
+                     sampling_steps: int | None = None,
+                     learn_sigma: bool = False) -> GaussianDiffusion:
+    """The training chain (sampling_steps None) or its respaced sampling chain.
+
+    Args:
+        num_timesteps: training steps T (MAR: 1000).
+        schedule: "cosine" (MAR) or "linear".
+        sampling_steps: number of evenly spaced steps to keep (MAR: 100); None = all.
+        learn_sigma: see GaussianDiffusion.
+    """
+    if num_timesteps < 1:
+        raise UserError(f"config key 'head.num_timesteps': {num_timesteps} must be >= 1")
+    base = GaussianDiffusion(named_betas(schedule, num_timesteps), learn_sigma=learn_sigma)
+    if sampling_steps is None or sampling_steps == num_timesteps:
+        return base
+    return respace(base, space_timesteps(num_timesteps, sampling_steps))
