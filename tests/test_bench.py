@@ -1,0 +1,41 @@
+"""tools/bench.py keeps working: tiny config, one batch size, all three generators."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench", ROOT / "tools" / "bench.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_tiny_writes_rows(tmp_path, tiny_text_dir):
+    out = tmp_path / "bench.json"
+    rows = _bench().run(["--config", "tiny", "--batch-sizes", "2", "--iterations", "3",
+                         "--duration", "1", "--warmup", "0", "--repeats", "1",
+                         "--json", str(out), f"text.model={tiny_text_dir}"])
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["generator"] for r in lines] == ["student", "teacher", "floor"]
+    by = {r["generator"]: r for r in rows}
+    for r in lines:
+        assert r["batch_size"] == 2 and r["total_s"] > 0 and r["torch"] and r["device"] == "cpu"
+        assert set(r["stages_s"]) >= {"text", "backbone", "latent_decode", "vocoder"}
+        assert r["audio_seconds"] == pytest.approx(2.0)
+    assert by["floor"]["x_floor"] == pytest.approx(1.0)
+    assert by["floor"]["stages_s"]["head"] < by["teacher"]["stages_s"]["head"]
+    assert by["teacher"]["head_steps"] == 4 and by["student"]["head_steps"] == 1
+
+
+def test_bench_bad_batch_sizes_is_one_line(capsys):
+    assert _bench().main(["--batch-sizes", "one,two"]) == 2
+    assert capsys.readouterr().err.startswith("error: --batch-sizes")

@@ -1,0 +1,336 @@
+"""Batch-latency benchmark: one-step student vs diffusion teacher vs the backbone floor.
+
+    python tools/bench.py --config default --batch-sizes 1,8 --iterations 16 --duration 4
+    python tools/bench.py --ckpt runs/student/model.safetensors \
+        --teacher-ckpt runs/teacher/model.safetensors --device cuda --dtype bf16 --json b.json
+
+Three generators share one backbone shape and one decoding loop (energytta.sampling.decode):
+- student: the energy-score head, one pass per token;
+- teacher: the diffusion head, `head.sampling_steps` (default 100) steps, CFG on ε;
+- floor: the head replaced by nothing (it returns zeros): backbone passes + scheduling only.
+With `--config` all weights are random (any shape can be timed, e.g. configs/impact_base);
+with `--ckpt`/`--teacher-ckpt` the trained models are used.
+
+For every batch size and generator: warm-up runs, then `--repeats` timed runs (median,
+min, max) of the whole generation (text → decode → latents → mel → waveform), with device
+synchronisation around the timings; one extra instrumented run splits the time into stages
+(text, backbone, head, latent decode, vocoder). Output: a rich table and, with `--json`,
+one JSON line per (generator, batch size) with machine/device/dtype/torch version.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run from a checkout without installing
+    sys.path.insert(0, str(ROOT))
+
+from energytta.errors import UserError  # noqa: E402
+
+GENERATORS = ("student", "teacher", "floor")
+DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+# ------------------------------------------------------------------------------ timing
+class Clock:
+    """Accumulates seconds per stage; synchronises the device around every measurement."""
+
+    active = True
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.stages = device, {}
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def timed(self, key: str, fn, *args, **kwargs):
+        self.sync()
+        start = time.perf_counter()
+        out = fn(*args, **kwargs)
+        self.sync()
+        self.stages[key] = self.stages.get(key, 0.0) + time.perf_counter() - start
+        return out
+
+
+class NullHead(torch.nn.Module):
+    """The floor: a head that costs nothing (returns zeros of the token shape)."""
+
+    def __init__(self, token_dim: int) -> None:
+        super().__init__()
+        self.token_dim = token_dim
+
+    def sample(self, z, temperature, generator, z_uncond=None, cfg_scale=1.0):
+        return z.new_zeros(z.shape[0], self.token_dim)
+
+
+class _TimedBackbone:
+    def __init__(self, backbone, clock: Clock) -> None:
+        self.backbone, self.clock = backbone, clock
+        self.token_dim = getattr(backbone, "token_dim", None)
+
+    def __call__(self, *args, **kwargs):
+        return self.clock.timed("backbone", self.backbone, *args, **kwargs)
+
+
+class _TimedHead:
+    def __init__(self, head, clock: Clock) -> None:
+        self.head, self.clock, self.token_dim = head, clock, head.token_dim
+
+    def sample(self, *args, **kwargs):
+        return self.clock.timed("head", self.head.sample, *args, **kwargs)
+
+
+# ------------------------------------------------------------------------------ setup
+@dataclass
+class Generator:
+    """Everything one generator needs; `backbone`/`head` may be wrapped for timing."""
+
+    name: str
+    model: torch.nn.Module  # TTAModel (its backbone is shared by the floor)
+    head: torch.nn.Module
+    codec: torch.nn.Module
+    cfg: object
+    extra: dict = field(default_factory=dict)
+
+
+def _random_model(cfg, kind: str, text_dim: int, device: torch.device):
+    from energytta.audio.codec import build_codec
+    from energytta.config import from_dict
+    from energytta.models.tta import TTAModel
+
+    data = cfg.to_dict()
+    data["head"]["kind"] = kind
+    cfg_k = from_dict(data)
+    torch.manual_seed(0)
+    model = TTAModel(cfg_k, text_dim).to(device).eval()
+    return cfg_k, model, build_codec(cfg_k).to(device).eval()
+
+
+def build_generators(args, overrides: list[str], device: torch.device
+                     ) -> tuple[dict[str, Generator], torch.nn.Module]:
+    """Student/teacher from checkpoints when given, else random weights at the config shape.
+
+    Returns the generators to time and the text encoder (from the models' config).
+    """
+    from energytta.checkpoint import load_model
+    from energytta.config import load_config
+    from energytta.text import TextEncoder
+
+    gens: dict[str, Generator] = {}
+    if args.ckpt or args.teacher_ckpt:
+        for name, path in (("student", args.ckpt), ("teacher", args.teacher_ckpt)):
+            if path:
+                cfg, kind, model, codec = load_model(path, device)
+                gens[name] = Generator(name, model, model.head, codec, cfg, {"ckpt": str(path)})
+        text_cfg = next(iter(gens.values())).cfg.text
+        text_encoder = TextEncoder(text_cfg.model, text_cfg.max_length).to(device)
+    else:
+        base = load_config(args.config, overrides)
+        text_encoder = TextEncoder(base.text.model, base.text.max_length).to(device)
+        for name, kind in (("student", "energy"), ("teacher", "diffusion")):
+            cfg, model, codec = _random_model(base, kind, text_encoder.dim, device)
+            gens[name] = Generator(name, model, model.head, codec, cfg)
+    ref = gens.get("student") or gens["teacher"]
+    gens["floor"] = Generator("floor", ref.model, NullHead(ref.model.token_dim), ref.codec,
+                              ref.cfg)
+    return {k: gens[k] for k in GENERATORS if k in gens and k in args.generators}, text_encoder
+
+
+# ------------------------------------------------------------------------------ running
+def generate(gen: Generator, text_encoder, prompts: list[str], args, clock: Clock | None,
+             device: torch.device) -> None:
+    """One full generation; with a clock, each stage is timed (with syncs)."""
+    from energytta.models.patchify import unpatchify
+    from energytta.sampling import decode
+
+    clock = clock or _NoClock()
+    model, s = gen.model, gen.cfg.sample
+    N = model.tokens_for(args.duration)
+    frames = model.frames_for(args.duration)
+    backbone = _TimedBackbone(model.backbone, clock) if clock.active else model.backbone
+    head = _TimedHead(gen.head, clock) if clock.active else gen.head
+    g = torch.Generator(device=device).manual_seed(0)
+    with torch.no_grad(), _autocast(device, args.dtype):
+        text, mask = clock.timed("text", text_encoder, prompts)
+        tokens = decode(backbone, head, text, mask, N, iterations=args.iterations, cfg=s.cfg,
+                        cfg_schedule=s.cfg_schedule, temperature=s.temperature, generator=g)
+        lat = unpatchify(tokens.float(), model.latent_channels, frames, model.latent_freq,
+                         model.patch_t, model.patch_f)
+        mel = clock.timed("latent_decode", gen.codec.decode, lat)
+        clock.timed("vocoder", gen.codec.vocode, mel, generator=g)
+
+
+class _NoClock:
+    active = False
+
+    def timed(self, key, fn, *args, **kwargs):
+        return fn(*args, **kwargs)
+
+
+def _autocast(device: torch.device, dtype: str):
+    if DTYPES[dtype] is None:
+        return torch.autocast(device.type, enabled=False)
+    return torch.autocast(device.type, dtype=DTYPES[dtype])
+
+
+def measure(gen: Generator, text_encoder, batch: int, args, device: torch.device) -> dict:
+    """Warm-up, timed repeats and one instrumented run -> a result row."""
+    prompts = [args.prompt] * batch
+    for _ in range(args.warmup):
+        generate(gen, text_encoder, prompts, args, None, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    totals = []
+    for _ in range(args.repeats):
+        clock = Clock(device)
+        clock.timed("total", generate, gen, text_encoder, prompts, args, None, device)
+        totals.append(clock.stages["total"])
+    stages = Clock(device)
+    generate(gen, text_encoder, prompts, args, stages, device)
+    median = statistics.median(totals)
+    audio_s = batch * gen.model.frames_for(args.duration) / gen.codec.frames_per_second
+    return {
+        "generator": gen.name, "batch_size": batch, "total_s": median,
+        "total_min_s": min(totals), "total_max_s": max(totals),
+        "decode_s": stages.stages.get("backbone", 0.0) + stages.stages.get("head", 0.0),
+        "stages_s": stages.stages, "audio_seconds": audio_s,
+        "audio_s_per_s": audio_s / median, "rtf": median / audio_s,
+        "peak_mem_mb": (torch.cuda.max_memory_allocated(device) / 2**20
+                        if device.type == "cuda" else None),
+        "params_m": sum(p.numel() for p in gen.model.parameters()) / 1e6,
+        "head_steps": (gen.cfg.head.sampling_steps if gen.name == "teacher" else
+                       (1 if gen.name == "student" else 0)),
+        **gen.extra,
+    }
+
+
+def add_ratios(rows: list[dict]) -> None:
+    """Times as multiples of the floor, and the student's speed-up over the teacher.
+
+    `x_floor` compares whole generations (median of the repeats); `decode_x_floor` compares
+    the decoding loop alone (backbone + head, from the instrumented run).
+    """
+    by = {(r["generator"], r["batch_size"]): r for r in rows}
+    for r in rows:
+        floor, teacher = by.get(("floor", r["batch_size"])), by.get(("teacher", r["batch_size"]))
+        r["x_floor"] = r["total_s"] / floor["total_s"] if floor else None
+        r["decode_x_floor"] = (r["decode_s"] / floor["decode_s"]
+                               if floor and floor["decode_s"] > 0 else None)
+        r["speedup_vs_teacher"] = teacher["total_s"] / r["total_s"] if teacher else None
+
+
+def machine_info(device: torch.device, args) -> dict:
+    info = {"torch": torch.__version__, "python": platform.python_version(),
+            "machine": platform.machine(), "cpu": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(), "device": str(device), "dtype": args.dtype,
+            "compile": args.compile, "iterations": args.iterations, "duration": args.duration}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def print_table(rows: list[dict], info: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    title = (f"{info['device']} {info['dtype']} · {info['iterations']} iterations · "
+             f"{info['duration']} s · torch {info['torch']}")
+    table = Table(title=title)
+    for col in ("gen", "B", "total s", "spread", "text", "backbone", "head", "latent", "vocoder",
+                "audio s/s", "RTF", "× floor", "speed-up"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        st = r["stages_s"]
+        fmt = (lambda k: f"{st.get(k, 0.0):.3f}")
+        table.add_row(r["generator"], str(r["batch_size"]), f"{r['total_s']:.3f}",
+                      f"{r['total_min_s']:.3f}–{r['total_max_s']:.3f}", fmt("text"),
+                      fmt("backbone"), fmt("head"), fmt("latent_decode"), fmt("vocoder"),
+                      f"{r['audio_s_per_s']:.2f}", f"{r['rtf']:.3f}",
+                      "-" if r["x_floor"] is None else f"{r['x_floor']:.2f}",
+                      "-" if r["speedup_vs_teacher"] is None else f"{r['speedup_vs_teacher']:.2f}×")
+    Console(width=170).print(table)
+
+
+# ------------------------------------------------------------------------------ CLI
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="Extra key=value arguments override the config (e.g. head.sampling_steps=50).",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--config", default="default", help="config for random weights")
+    src.add_argument("--ckpt", help="student (or any) checkpoint to time")
+    p.add_argument("--teacher-ckpt", help="teacher checkpoint to time beside --ckpt")
+    p.add_argument("--batch-sizes", default="1,8,32,64", help="comma-separated")
+    p.add_argument("--iterations", type=int, default=64, help="decoding iterations K")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds of audio per prompt")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    p.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
+    p.add_argument("--compile", action="store_true", help="torch.compile the backbone")
+    p.add_argument("--generators", default=",".join(GENERATORS), help="subset to time")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--prompt", default="a high beep repeats three times quickly")
+    p.add_argument("--json", help="append one JSON line per result to this file")
+    args, rest = p.parse_known_args(argv)
+    bad = [a for a in rest if "=" not in a]
+    if bad:
+        p.error(f"unrecognised arguments: {' '.join(bad)}")
+    try:
+        args.batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
+    except ValueError:
+        raise UserError(f"--batch-sizes {args.batch_sizes!r}: give integers like 1,8,32")
+    args.generators = [g for g in args.generators.split(",") if g]
+    unknown = set(args.generators) - set(GENERATORS)
+    if unknown:
+        raise UserError(f"--generators: unknown {sorted(unknown)} (use {', '.join(GENERATORS)})")
+    if args.teacher_ckpt and not args.ckpt:
+        args.generators = [g for g in args.generators if g != "student"]
+    return args, rest
+
+
+def run(argv: list[str]) -> list[dict]:
+    from energytta.utils import pick_device
+
+    args, overrides = parse_args(argv)
+    device = pick_device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device here; use --device cpu")
+    gens, text_encoder = build_generators(args, overrides, device)
+    if args.compile:
+        for gen in gens.values():
+            gen.model.backbone = torch.compile(gen.model.backbone, dynamic=True)
+    info, rows = machine_info(device, args), []
+    for batch in args.batch_sizes:
+        for gen in gens.values():
+            rows.append({**measure(gen, text_encoder, batch, args, device), **info})
+    add_ratios(rows)
+    print_table(rows, info)
+    if args.json:
+        with open(args.json, "a", encoding="utf-8") as f:
+            for r in rows:
+                f.write(json.dumps(r, sort_keys=True) + "\n")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        run(sys.argv[1:] if argv is None else argv)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
