@@ -1,0 +1,251 @@
+"""Datasets: raw (wav, caption) pairs from a manifest, or cached codec latents.
+
+Randomness (training crops) comes from a numpy Generator seeded by (seed, epoch, index),
+so a batch's content never depends on DataLoader workers or on where a run resumed. The
+trainer calls `set_epoch(epoch)` at the start of each epoch.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from energytta.config import AudioConfig, Config
+from energytta.data.manifest import Item, read_manifest
+from energytta.errors import UserError
+
+INDEX_FILE = "index.json"
+CODEC_FILE = "codec.safetensors"
+
+
+def item_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    """The generator of one (seed, epoch, index) draw."""
+    return np.random.default_rng(np.random.SeedSequence([seed, epoch, index]))
+
+
+class AudioCaptionDataset(Dataset):
+    """(wav, caption) pairs read from audio files.
+
+    Args:
+        items: from `read_manifest`.
+        audio_cfg: sample rate of the returned waveforms.
+        crop_seconds: every clip is cropped / zero-padded to this length.
+        train: random crop offset (per seed, epoch, index); otherwise crop from the start.
+        seed: crop seed (`train.seed`).
+    """
+
+    def __init__(self, items: list[Item], audio_cfg: AudioConfig, crop_seconds: float,
+                 train: bool, seed: int = 0) -> None:
+        if not items:
+            raise UserError("the dataset has no items (empty manifest?)")
+        if crop_seconds <= 0:
+            raise UserError(f"audio.crop_seconds must be > 0, got {crop_seconds}")
+        self.items = items
+        self.sample_rate = audio_cfg.sample_rate
+        self.length = int(round(crop_seconds * audio_cfg.sample_rate))
+        self.train, self.seed, self.epoch = train, seed, 0
+        self.bad: set[int] = set()  # indices found unreadable (in this process)
+        self.skipped = 0  # items replaced by the next good one (in this process)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _load(self, index: int) -> np.ndarray | None:
+        from energytta.audio.io import load_audio
+
+        try:
+            return load_audio(self.items[index].audio, self.sample_rate)
+        except UserError as e:  # unreadable/missing/empty: skip, never crash mid-epoch
+            self.bad.add(index)
+            warnings.warn(f"skipping audio ({e}); {len(self.bad)} bad file(s) so far",
+                          stacklevel=3)
+            return None
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        """-> {"wav": (S,) float32 tensor, "caption": str}; a bad file yields the next good
+        item (the crop still uses `index`'s generator)."""
+        from energytta.audio.io import crop_or_pad
+
+        n = len(self.items)
+        for k in range(n):
+            j = (index + k) % n
+            if j in self.bad:
+                continue
+            wav = self._load(j)
+            if wav is None:
+                continue
+            self.skipped += k > 0
+            rng = item_rng(self.seed, self.epoch, index) if self.train else None
+            wav = crop_or_pad(wav, self.length, rng=rng)
+            return {"wav": torch.from_numpy(np.ascontiguousarray(wav, np.float32)),
+                    "caption": self.items[j].caption}
+        raise UserError(f"none of the {n} audio files in the dataset could be read "
+                        "(run `energytta-data check` on the manifest)")
+
+
+class CachedLatentDataset(Dataset):
+    """Codec latents + text states cached by `tools/cache_latents.py`.
+
+    Args:
+        folder: cache folder (index.json, shard-*.safetensors, codec.safetensors).
+        crop_frames: latent frames per item (random crop in train, start crop otherwise;
+            shorter items are padded with the codec's silence frame); 0 = whole items.
+        train: random crops; seed: crop seed.
+    Attributes:
+        index: the parsed index.json; codec_state: the codec buffers the latents were
+            made with (load them into the codec before decoding model outputs).
+    """
+
+    def __init__(self, folder: str | Path, crop_frames: int, train: bool = True,
+                 seed: int = 0) -> None:
+        self.folder = Path(folder)
+        self.index = read_index(self.folder)
+        self.crop_frames, self.train, self.seed, self.epoch = crop_frames, train, seed, 0
+        self.rows = [(s["file"], j) for s in self.index["shards"] for j in range(s["count"])]
+        if not self.rows:
+            raise UserError(f"{self.folder}: the latent cache holds no items")
+        self.captions = self._read_captions()
+        self.silence = torch.tensor(self.index["silence_frame"], dtype=torch.float32)  # (C, F)
+        self._files: dict[str, Any] = {}
+
+    def _read_captions(self) -> dict[str, list[str]]:
+        from safetensors import safe_open
+
+        out = {}
+        for s in self.index["shards"]:
+            with safe_open(str(self.folder / s["file"]), "pt") as f:
+                out[s["file"]] = json.loads(f.metadata()["captions"])
+        return out
+
+    @property
+    def codec_state(self) -> dict[str, torch.Tensor]:
+        from safetensors.torch import load_file
+
+        return load_file(str(self.folder / CODEC_FILE))
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_files"] = {}  # open safetensors handles stay in their process
+        return state
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _tensor(self, file: str, key: str) -> torch.Tensor:
+        from safetensors import safe_open
+
+        if file not in self._files:
+            self._files[file] = safe_open(str(self.folder / file), "pt")
+        return self._files[file].get_tensor(key)
+
+    def _crop(self, lat: torch.Tensor, index: int) -> torch.Tensor:
+        """(C, T, F) -> (C, crop_frames, F)."""
+        n, t = self.crop_frames, lat.shape[1]
+        if n <= 0:
+            return lat
+        if t < n:
+            pad = self.silence[:, None, :].expand(-1, n - t, -1)
+            return torch.cat([lat, pad], dim=1)
+        start = int(item_rng(self.seed, self.epoch, index).integers(0, t - n + 1)) \
+            if self.train else 0
+        return lat[:, start:start + n]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        """-> {"latents": (C,T,F), "text": (L,D), "text_mask": (L,) bool, "caption": str}."""
+        file, j = self.rows[index]
+        return {"latents": self._crop(self._tensor(file, f"latents.{j}").float(), index),
+                "text": self._tensor(file, f"text.{j}").float(),
+                "text_mask": self._tensor(file, f"text_mask.{j}").bool(),
+                "caption": self.captions[file][j]}
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack a list of dataset items.
+
+    Returns:
+        {"captions": list[str], "wav": (B, S)} for raw audio (zero-padded to the longest),
+        or {"captions", "latents": (B,C,T,F), "text": (B,L,D), "text_mask": (B,L) bool}
+        with text padded to the longest (padding masked out).
+    """
+    out: dict[str, Any] = {"captions": [it["caption"] for it in items]}
+    if "latents" in items[0]:
+        out["latents"] = torch.stack([it["latents"] for it in items])
+        length = max(it["text"].shape[0] for it in items)
+        pad = torch.nn.functional.pad
+        out["text"] = torch.stack([pad(it["text"], (0, 0, 0, length - it["text"].shape[0]))
+                                   for it in items])
+        out["text_mask"] = torch.stack([pad(it["text_mask"], (0, length - len(it["text_mask"])))
+                                        for it in items])
+        return out
+    length = max(it["wav"].shape[-1] for it in items)
+    out["wav"] = torch.stack([torch.nn.functional.pad(it["wav"], (0, length - it["wav"].shape[-1]))
+                              for it in items])
+    return out
+
+
+def read_index(folder: Path) -> dict[str, Any]:
+    path = folder / INDEX_FILE
+    if not path.is_file():
+        raise UserError(f"{folder} is not a latent cache (no {INDEX_FILE}); make one with "
+                        "tools/cache_latents.py")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: corrupt index ({e}); re-run tools/cache_latents.py") from None
+
+
+def cache_settings(cfg: Config) -> dict[str, Any]:
+    """The config values latents and text states depend on (stored in index.json)."""
+    keys = ("sample_rate", "n_fft", "win_length", "hop_length", "n_mels", "f_min", "f_max")
+    return {"audio": {k: getattr(cfg.audio, k) for k in keys},
+            "codec": {"name": cfg.codec.name, "path": cfg.codec.path},
+            "text": {"model": cfg.text.model, "max_length": cfg.text.max_length}}
+
+
+def _check_cache(folder: Path, cfg: Config) -> dict[str, Any]:
+    index = read_index(folder)
+    want, have = cache_settings(cfg), index.get("settings", {})
+    for section, values in want.items():
+        for key, value in values.items():
+            if have.get(section, {}).get(key) != value:
+                raise UserError(f"{folder} was cached with {section}.{key}="
+                                f"{have.get(section, {}).get(key)!r} but the config has "
+                                f"{value!r}; re-cache or change the config")
+    return index
+
+
+def build_dataset(cfg: Config, split: str) -> Dataset:
+    """The dataset named by `cfg.data.<split>`: a manifest file or a cached-latent folder.
+
+    Args:
+        cfg: full config (data paths, audio, codec, text, train.seed).
+        split: "train" (random crops) or "val" (start crops).
+    """
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    source = getattr(cfg.data, split)
+    if not source:
+        raise UserError(f"data.{split} is empty; set it to a manifest or a latent-cache folder")
+    path = Path(source).expanduser()
+    train = split == "train"
+    if path.is_dir():
+        index = _check_cache(path, cfg)
+        frames = int(cfg.audio.crop_seconds * index["frames_per_second"] + 1e-6)
+        return CachedLatentDataset(path, frames, train=train, seed=cfg.train.seed)
+    if not path.exists():
+        hint = " (make it with `energytta-data synth --out data/synth`)" \
+            if "synth" in str(path) else ""
+        raise UserError(f"data.{split}: {path} not found{hint}")
+    return AudioCaptionDataset(read_manifest(path), cfg.audio, cfg.audio.crop_seconds,
+                               train=train, seed=cfg.train.seed)

