@@ -1,0 +1,152 @@
+"""Codecs: waveform <-> latents (B, C, T, F) <-> log-mel, plus a vocoder back to audio.
+
+`Codec` fixes the interface the backbone, sampler and pipeline use (docs/architecture.md);
+`MelCodec` is the built-in one: the normalised AudioLDM log-mel, vocoded by Griffin-Lim.
+Latent statistics live with the codec as buffers so they travel in every checkpoint.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from energytta.audio.griffinlim import GriffinLim
+from energytta.audio.mel import MelFrontend
+from energytta.config import Config
+from energytta.errors import UserError
+
+STD_FLOOR = 0.1  # nats; a bin that is silent in every clip must not blow up when normalised
+
+
+class Codec(nn.Module):
+    """Base class. Subclasses set the attributes and implement encode / decode / vocode.
+
+    Attributes:
+        sample_rate: Hz of the waveforms `encode` takes and `vocode` returns.
+        frames_per_second: latent frames per second of audio.
+        latent_channels (C), latent_freq (F): latent shape besides time.
+    """
+
+    sample_rate: int
+    frames_per_second: float
+    latent_channels: int
+    latent_freq: int
+
+    def encode(self, wav: torch.Tensor) -> torch.Tensor:
+        """wav (B, S) -> latents (B, C, T, F)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement encode")
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """latents (B, C, T, F) -> log-mel (B, n_mels, T_mel)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement decode")
+
+    def vocode(self, mel: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """log-mel (B, n_mels, T_mel) -> wav (B, S)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement vocode")
+
+    def latent_frames(self, seconds: float) -> int:
+        """Latent frames for a clip of `seconds` (the frames `encode` gives for it)."""
+        return int(seconds * self.frames_per_second + 1e-6)
+
+    def latent_shape(self, seconds: float) -> tuple[int, int, int]:
+        """(C, T, F) of the latents of a `seconds`-long clip."""
+        return (self.latent_channels, self.latent_frames(seconds), self.latent_freq)
+
+
+class MelCodec(Codec):
+    """Normalised log-mel "codec": latent = (log-mel - mean) / std, shaped (B, 1, T, n_mels).
+
+    mean and std are per mel bin (n_mels,) buffers: low bins carry far more energy than high
+    ones, so one scalar would leave the high-frequency tokens tiny and the low ones large.
+    They start at 0 / 1 (identity) and are set from data by `fit_stats`; `fitted` records that.
+
+    Args:
+        cfg: uses `cfg.audio` (front-end) and `cfg.codec.griffin_lim_iters` (vocoder).
+    """
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__()
+        a = cfg.audio
+        self.frontend = MelFrontend(a)
+        self.vocoder = GriffinLim(a, n_iter=cfg.codec.griffin_lim_iters)
+        self.sample_rate = a.sample_rate
+        self.hop_length = a.hop_length
+        self.frames_per_second = a.sample_rate / a.hop_length
+        self.latent_channels = 1
+        self.latent_freq = a.n_mels
+        self.register_buffer("mean", torch.zeros(a.n_mels))
+        self.register_buffer("std", torch.ones(a.n_mels))
+        self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+
+    @property
+    def is_fitted(self) -> bool:
+        return bool(self.fitted)
+
+    def latent_frames(self, seconds: float) -> int:
+        """S // hop with S = round(seconds · sample_rate), exactly as the front-end frames."""
+        return round(seconds * self.sample_rate) // self.hop_length
+
+    def mel(self, wav: torch.Tensor) -> torch.Tensor:
+        """wav (B, S) or (S,) -> log-mel (B, n_mels, S // hop)."""
+        return self.frontend(wav if wav.dim() == 2 else wav.reshape(1, -1))
+
+    def encode(self, wav: torch.Tensor) -> torch.Tensor:
+        """wav (B, S) -> latents (B, 1, S // hop, n_mels)."""
+        return self.normalize(self.mel(wav))
+
+    def normalize(self, logmel: torch.Tensor) -> torch.Tensor:
+        """log-mel (B, n_mels, T) -> latents (B, 1, T, n_mels)."""
+        z = (logmel - self.mean[:, None]) / self.std[:, None]
+        return z.transpose(1, 2).unsqueeze(1)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """latents (B, 1, T, n_mels) -> log-mel (B, n_mels, T)."""
+        if latents.dim() != 4 or latents.shape[1] != 1 or latents.shape[-1] != self.latent_freq:
+            raise ValueError(f"expected latents (B, 1, T, {self.latent_freq}), "
+                             f"got {tuple(latents.shape)}")
+        return latents[:, 0].transpose(1, 2) * self.std[:, None] + self.mean[:, None]
+
+    @torch.no_grad()  # 32+ STFT round trips: never worth keeping a graph for
+    def vocode(self, mel: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """log-mel (B, n_mels, T) -> wav (B, T·hop) by fast Griffin-Lim (seeded phase)."""
+        return self.vocoder(mel, generator=generator)
+
+    @torch.no_grad()
+    def fit_stats(self, data: torch.Tensor | Iterable[torch.Tensor]) -> None:
+        """Set per-bin mean / std from waveforms or log-mels.
+
+        Args:
+            data: a tensor or an iterable of tensors (e.g. batches from a loader), each
+                either wav (B, S) / (S,) or log-mel (B, n_mels, T). Statistics pool all frames.
+        """
+        total = torch.zeros(self.latent_freq, dtype=torch.float64)
+        total_sq = torch.zeros_like(total)
+        count = 0
+        for x in [data] if isinstance(data, torch.Tensor) else data:
+            mel = x if x.dim() == 3 else self.mel(x.to(self.mean.device))
+            if mel.shape[1] != self.latent_freq:
+                raise ValueError(f"expected log-mels (B, {self.latent_freq}, T), "
+                                 f"got {tuple(mel.shape)}")
+            mel = mel.detach().double().cpu()
+            total += mel.sum(dim=(0, 2))
+            total_sq += mel.square().sum(dim=(0, 2))
+            count += mel.shape[0] * mel.shape[2]
+        if count == 0:
+            raise ValueError("fit_stats got no frames")
+        mean = total / count
+        std = (total_sq / count - mean.square()).clamp(min=0.0).sqrt().clamp(min=STD_FLOOR)
+        self.mean.copy_(mean.to(self.mean))
+        self.std.copy_(std.to(self.std))
+        self.fitted.fill_(True)
+
+
+CODECS: dict[str, type[Codec]] = {"mel": MelCodec}
+
+
+def build_codec(cfg: Config) -> Codec:
+    """The codec named by `cfg.codec.name`; unknown names raise `UserError`."""
+    name = cfg.codec.name
+    if name not in CODECS:
+        raise UserError(f"unknown codec.name '{name}' (choose from: {', '.join(sorted(CODECS))})")
+    return CODECS[name](cfg)
