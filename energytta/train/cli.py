@@ -1,0 +1,62 @@
+"""`energytta-train --config C [--resume] [key=value ...]`: parse flags, load the config, train."""
+from __future__ import annotations
+
+import argparse
+
+EPILOG = """\
+overrides:
+  Any config key can be set after the flags as dotted key=value pairs; values are read
+  as YAML scalars and type-checked (an unknown key or a wrong type is an error).
+
+examples:
+  energytta-train --config configs/teacher_small.yaml
+  energytta-train --config teacher_small train.steps=2000 train.out_dir=runs/t2
+  energytta-train --config teacher_small --resume          # continue runs/teacher_small
+  energytta-train --config default head.kind=energy \
+      teacher.ckpt=runs/teacher_small/model.safetensors train.out_dir=runs/student
+  accelerate launch --num_processes 2 -m energytta.train.cli --config teacher_small
+
+outputs (in train.out_dir):
+  config.yaml, metrics.jsonl, step-XXXXXXX/ (training state, last train.keep_last kept),
+  samples/step-XXXXXXX/*.wav|png, model.safetensors (EMA weights, for energytta-sample)
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="energytta-train", epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train a text-to-audio model: the diffusion-head teacher "
+                    "(head.kind=diffusion) or the energy-head student (head.kind=energy). "
+                    "Ctrl-C saves a checkpoint; --resume continues exactly where it stopped.")
+    p.add_argument("--config", required=True, metavar="C",
+                   help="YAML config: a path or a name from configs/ (e.g. teacher_small)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the latest step folder in train.out_dir "
+                        "(starts fresh if there is none)")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config overrides, e.g. train.lr=3e-4 data.batch_size=16")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    """Args: argv without the program name. Returns the exit code (UserError -> caller)."""
+    args = build_parser().parse_args(argv)
+    from energytta.config import load_config
+    from energytta.train.loop import train
+
+    cfg = load_config(args.config, args.overrides)
+    train(cfg, resume=args.resume)
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    from energytta.cli import train_main
+
+    sys.exit(train_main())

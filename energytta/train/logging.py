@@ -1,0 +1,88 @@
+"""Training logs: a rich progress bar (main process) and `metrics.jsonl` (one JSON per log).
+
+`metrics.jsonl` is appended to; on resume, lines past the resumed step (written by the
+interrupted run after its last checkpoint) are dropped first so the file reads as one run.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+
+from energytta.utils import atomic_write_text
+
+
+def make_progress(console: Console | None = None, disable: bool = False) -> Progress:
+    """Bar with step count, elapsed, ETA and a free-text field for loss / lr / steps/s."""
+    return Progress(
+        TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("ETA"),
+        TimeRemainingColumn(), console=console, disable=disable, transient=False)
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """All records of a metrics.jsonl (skipping a torn last line)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+class MetricsLog:
+    """Appends records to `out_dir/metrics.jsonl`.
+
+    Args:
+        path: the JSONL file.
+        resume_step: drop existing records with step > resume_step (None: keep all).
+    """
+
+    def __init__(self, path: str | Path, resume_step: int | None = None) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None and self.path.is_file():
+            keep = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in keep))
+        self.start = time.time()
+
+    def write(self, record: dict[str, Any]) -> None:
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+class Window:
+    """Running means of the loss terms between two log lines, and the step rate."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.count = 0
+        self.t0 = time.perf_counter()
+
+    def add(self, logs: dict[str, Any]) -> None:
+        for k, v in logs.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v)
+        self.count += 1
+
+    def means(self) -> dict[str, float]:
+        return {k: v / max(1, self.count) for k, v in self.sums.items()}
+
+    def steps_per_s(self) -> float:
+        return self.count / max(1e-9, time.perf_counter() - self.t0)
+
+    def reset(self) -> None:
+        self.__init__()
+
+
+def format_stats(means: dict[str, float], lr: float, steps_per_s: float) -> str:
+    loss = means.get("loss", float("nan"))
+    return f"loss {loss:.4f}  lr {lr:.2e}  {steps_per_s:.2f} it/s"

@@ -1,0 +1,92 @@
+"""AdamW with MAR's weight-decay exclusions, per-module lr multipliers, warm-up + cosine.
+
+MAR (`util/misc.py: add_weight_decay`) decays only matrices: biases, norm weights and the
+learned embeddings / mask token get no weight decay. The head can train at
+`cfg.head.lr_mult` × the base lr; the student's energy head gets no weight decay at all.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from energytta.config import Config
+from energytta.errors import UserError
+
+# parameters named like this are embeddings/tokens even when they are >= 2-D
+_NO_DECAY_NAMES = ("pos", "mask_token", "null_text", "embedding", "cls_token")
+
+
+def _no_decay(name: str, param: nn.Parameter, embedding_params: set[int]) -> bool:
+    leaf = name.rsplit(".", 1)[-1]
+    return (param.ndim < 2 or id(param) in embedding_params
+            or any(k in leaf for k in _NO_DECAY_NAMES))
+
+
+def param_groups(model: nn.Module, cfg: Config, extra: Any = None) -> list[dict[str, Any]]:
+    """Split the trainable parameters into AdamW groups.
+
+    Each group carries `lr_mult` (the scheduler multiplies the base lr by it) and its
+    `weight_decay`. Group order and membership are deterministic (named_parameters order),
+    so an optimizer state saved by one run loads into the next.
+
+    Args:
+        model: the raw TTAModel (`.head` is the per-token head).
+        cfg: uses train.weight_decay, head.lr_mult, head.kind.
+        extra: the objective; if it is an nn.Module its trainable parameters (e.g. the
+            student's feature projections) join at the base lr.
+    """
+    named = list(model.named_parameters())
+    if isinstance(extra, nn.Module):
+        named += [(f"objective.{n}", p) for n, p in extra.named_parameters()]
+    embedding_params = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
+    for name, p in named:
+        if not p.requires_grad:
+            continue
+        is_head = name.startswith("head.")
+        lr_mult = cfg.head.lr_mult if is_head else 1.0
+        no_wd = _no_decay(name, p, embedding_params) or (is_head and cfg.head.kind == "energy")
+        wd = 0.0 if no_wd else cfg.train.weight_decay
+        groups.setdefault((lr_mult, wd), []).append(p)
+    return [{"params": ps, "lr": cfg.train.lr * mult, "lr_mult": mult, "weight_decay": wd}
+            for (mult, wd), ps in groups.items()]
+
+
+class WarmupSchedule:
+    """lr factor at optimizer step s: linear warm-up, then cosine to min_lr (or constant).
+
+    A callable object (not a lambda) so `LambdaLR.state_dict()` stores its settings.
+    """
+
+    def __init__(self, warmup_steps: int, total_steps: int, kind: str, min_ratio: float) -> None:
+        if kind not in ("cosine", "constant"):
+            raise UserError(f"train.schedule must be 'cosine' or 'constant', got '{kind}'")
+        self.warmup_steps, self.total_steps = warmup_steps, total_steps
+        self.kind, self.min_ratio = kind, min_ratio
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if self.kind == "constant":
+            return 1.0
+        span = max(1, self.total_steps - self.warmup_steps)
+        progress = min(1.0, (step - self.warmup_steps) / span)
+        return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_optimizer(model: nn.Module, cfg: Config, extra: Any = None
+                    ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW over `param_groups(model, cfg, extra)` and its LambdaLR (one step per update)."""
+    t = cfg.train
+    groups = param_groups(model, cfg, extra)
+    if not groups:
+        raise UserError("no trainable parameters (distill.freeze_backbone with a frozen "
+                        "head?); unfreeze something to train")
+    opt = torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
+    base = WarmupSchedule(t.warmup_steps, t.steps, t.schedule, t.min_lr / t.lr if t.lr else 0.0)
+    # every group follows the same curve; its lr_mult is already in its initial lr
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, [base] * len(groups))
+    return opt, sched

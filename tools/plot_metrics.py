@@ -1,0 +1,82 @@
+"""Plot a run's loss curve from `metrics.jsonl` and print a Markdown table of it.
+
+    python tools/plot_metrics.py runs/teacher_small --out docs/img/teacher_loss.png --rows 12
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from energytta.errors import UserError  # noqa: E402
+from energytta.train.logging import read_metrics  # noqa: E402
+from energytta.utils import atomic_path  # noqa: E402
+
+SKIP = {"step", "lr", "grad_norm", "steps_per_s", "time"}
+
+
+def plot(records: list[dict], out: Path, title: str) -> None:
+    """Loss terms (left axis, log scale) and the learning rate (right axis) against step."""
+    steps = [r["step"] for r in records]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key in sorted({k for r in records for k in r} - SKIP):
+        ax.plot(steps, [r.get(key, float("nan")) for r in records], label=key)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    lr_ax = ax.twinx()
+    lr_ax.plot(steps, [r["lr"] for r in records], color="gray", ls="--", lw=1, label="lr")
+    lr_ax.set_ylabel("learning rate")
+    lines = ax.get_legend_handles_labels()
+    lr_lines = lr_ax.get_legend_handles_labels()
+    ax.legend(lines[0] + lr_lines[0], lines[1] + lr_lines[1], loc="upper right")
+    ax.set_title(title)
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def table(records: list[dict], rows: int) -> str:
+    """Markdown table of about `rows` evenly spaced records (always the first and last)."""
+    every = max(1, len(records) // max(1, rows - 1))
+    picked = records[::every]
+    if picked[-1] is not records[-1]:
+        picked.append(records[-1])
+    lines = ["| step | loss | lr | grad norm | steps/s | time (s) |", "|---|---|---|---|---|---|"]
+    for r in picked:
+        lines.append(f"| {r['step']} | {r['loss']:.4f} | {r['lr']:.2e} | {r['grad_norm']:.3f} "
+                     f"| {r['steps_per_s']:.3f} | {r['time']:.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", type=Path, help="run folder (with metrics.jsonl) or the file itself")
+    p.add_argument("--out", type=Path, default=None, help="PNG path (default RUN/loss.png)")
+    p.add_argument("--rows", type=int, default=12, help="rows in the printed table")
+    args = p.parse_args(argv)
+    path = args.run / "metrics.jsonl" if args.run.is_dir() else args.run
+    try:
+        records = read_metrics(path)
+        if not records:
+            raise UserError(f"{path}: no metrics (missing or empty); train first")
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = args.out or path.with_name("loss.png")
+    plot(records, out, f"{path.parent.name}: training loss")
+    print(table(records, args.rows))
+    print(f"\nplot: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
