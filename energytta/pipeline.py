@@ -1,0 +1,228 @@
+"""`TextToAudio`: load a checkpoint once, then prompts -> waveforms (diffusers-style pipeline).
+
+Works for student (energy head, one pass per token) and teacher (diffusion head)
+checkpoints alike: the sampler only calls `head.sample`.
+
+    pipe = TextToAudio.from_pretrained("runs/student_small/model.safetensors")
+    wavs, sr = pipe(["a high beep repeats three times"], seed=0)
+
+Reproducibility: each batch draws from its own `torch.Generator`, seeded from
+(seed, index of the batch's first prompt). The same seed and settings give byte-identical
+audio; with `batch_size=1` prompt i depends only on (seed, i) and on nothing else in the
+list. With larger batches a prompt's audio also depends on its batch-mates, because the
+decoding orders and head noise of a batch are drawn together.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from energytta.config import Config
+from energytta.errors import UserError
+from energytta.utils import pick_device
+
+DEFAULT_CKPT = Path(__file__).resolve().parent / "assets" / "default.safetensors"
+KINDS = ("teacher", "student")
+
+
+@dataclass
+class SampleSettings:
+    """Every knob of one sampling run (defaults come from the checkpoint's `cfg.sample`)."""
+
+    seed: int
+    duration: float
+    iterations: int
+    cfg: float
+    cfg_schedule: str
+    temperature: float
+    negative_prompt: str | None
+    batch_size: int
+
+
+@dataclass
+class Generation:
+    """What `TextToAudio.generate` returns.
+
+    Attributes:
+        wavs: (B, S) float32 waveforms.
+        mels: (B, n_mels, T) float32 log-mels the vocoder was given (for spectrogram PNGs).
+        sample_rate: Hz.
+        settings: the resolved settings used.
+    """
+
+    wavs: np.ndarray
+    mels: np.ndarray
+    sample_rate: int
+    settings: SampleSettings
+
+
+def batch_seed(seed: int, first_index: int) -> int:
+    """A 63-bit seed for the batch starting at prompt `first_index` (no collisions between
+    (seed, index) pairs, unlike seed + index)."""
+    state = np.random.SeedSequence([int(seed) % 2**63, int(first_index)]).generate_state(2)
+    return int((int(state[0]) << 31) ^ int(state[1])) & (2**63 - 1)
+
+
+class TextToAudio:
+    """End-to-end text-to-audio inference.
+
+    Args:
+        cfg: the checkpoint's config; kind: "teacher" | "student".
+        model: TTAModel in eval mode; codec: its Codec.
+        device: where everything runs; checkpoint: the path it was loaded from.
+        text_encoder: a TextEncoder, or None to build `cfg.text` on first use.
+    """
+
+    def __init__(self, cfg: Config, kind: str, model: torch.nn.Module, codec: torch.nn.Module,
+                 device: torch.device, checkpoint: Path | None = None,
+                 text_encoder: torch.nn.Module | None = None) -> None:
+        self.cfg, self.kind, self.model, self.codec = cfg, kind, model, codec
+        self.device, self.checkpoint = device, checkpoint
+        self._text_encoder = text_encoder
+        self.sample_rate = int(codec.sample_rate)
+
+    @property
+    def text_encoder(self) -> torch.nn.Module:
+        """The checkpoint's TextEncoder, loaded on first use (so bad settings fail fast)."""
+        if self._text_encoder is None:
+            from energytta.text import TextEncoder
+
+            enc = TextEncoder(self.cfg.text.model, self.cfg.text.max_length)
+            if enc.dim != self.model.text_dim:
+                raise UserError(f"{self.checkpoint}: the model expects {self.model.text_dim}-dim "
+                                f"text states but text.model={self.cfg.text.model!r} gives "
+                                f"{enc.dim}")
+            self._text_encoder = enc.to(self.device).eval()
+        return self._text_encoder
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path | None = None,
+                        device: str | torch.device = "auto") -> "TextToAudio":
+        """Load a checkpoint (inference file, step folder or run folder); the text encoder
+        named by its config loads on first use.
+
+        Args:
+            path: checkpoint; None = the shipped default `energytta/assets/default.safetensors`.
+            device: "auto" (cuda if available), "cpu", "cuda:1", ...
+        """
+        from energytta.checkpoint import load_model
+
+        if path is None:
+            if not DEFAULT_CKPT.is_file():
+                raise UserError(f"no checkpoint given and no shipped default model at "
+                                f"{DEFAULT_CKPT}; pass --ckpt PATH "
+                                "(train one with energytta-train)")
+            path = DEFAULT_CKPT
+        dev = pick_device(str(device)) if isinstance(device, str) else device
+        cfg, kind, model, codec = load_model(path, dev)
+        if kind not in KINDS:
+            raise UserError(f"{path}: checkpoint kind '{kind}' is not one of {', '.join(KINDS)}")
+        return cls(cfg, kind, model.eval(), codec.eval(), dev, Path(path))
+
+    # ------------------------------------------------------------------ settings
+    def settings(self, seed: int | None = None, duration: float | None = None,
+                 iterations: int | None = None, cfg: float | None = None,
+                 temperature: float | None = None, negative_prompt: str | None = None,
+                 batch_size: int | None = None) -> SampleSettings:
+        """Fill unset knobs from the checkpoint's `cfg.sample` and validate them all."""
+        s = self.cfg.sample
+        out = SampleSettings(
+            seed=s.seed if seed is None else int(seed),
+            duration=s.duration if duration is None else float(duration),
+            iterations=s.iterations if iterations is None else int(iterations),
+            cfg=s.cfg if cfg is None else float(cfg),
+            cfg_schedule=s.cfg_schedule,
+            temperature=s.temperature if temperature is None else float(temperature),
+            negative_prompt=negative_prompt or None,
+            batch_size=s.batch_size if batch_size is None else int(batch_size))
+        self._validate(out)
+        return out
+
+    def _validate(self, s: SampleSettings) -> None:
+        checks = [(s.duration > 0, f"duration must be > 0 seconds, got {s.duration}"),
+                  (s.iterations >= 1, f"iterations must be >= 1, got {s.iterations}"),
+                  (s.cfg >= 0, f"cfg must be >= 0, got {s.cfg}"),
+                  (s.temperature >= 0, f"temperature must be >= 0, got {s.temperature}"),
+                  (s.batch_size >= 1, f"batch size must be >= 1, got {s.batch_size}"),
+                  (s.seed >= 0, f"seed must be >= 0, got {s.seed}")]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(message)
+        self.model.tokens_for(s.duration)  # UserError beyond audio.max_seconds / below a token
+
+    # ------------------------------------------------------------------ generation
+    def __call__(self, prompts: list[str] | str, seed: int | None = None,
+                 duration: float | None = None, iterations: int | None = None,
+                 cfg: float | None = None, temperature: float | None = None,
+                 negative_prompt: str | None = None, batch_size: int | None = None,
+                 progress: Callable[[int, int], None] | None = None
+                 ) -> tuple[np.ndarray, int]:
+        """prompts -> (wavs (B, S) float32, sample_rate). Unset knobs come from cfg.sample.
+
+        Args:
+            prompts: one prompt or a list.
+            seed, duration (s), iterations (K), cfg (max guidance scale), temperature,
+            negative_prompt (replaces the null text of the unconditional CFG rows),
+            batch_size: sampling settings.
+            progress: called as progress(done, total) in decoding steps over all batches.
+        """
+        out = self.generate(prompts, self.settings(seed, duration, iterations, cfg,
+                                                   temperature, negative_prompt, batch_size),
+                            progress)
+        return out.wavs, out.sample_rate
+
+    def generate(self, prompts: list[str] | str, settings: SampleSettings | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> Generation:
+        """Like `__call__`, but returns a `Generation` (wavs, mels, rate, settings)."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
+            raise UserError("prompts must be a non-empty list of non-empty strings")
+        s = settings or self.settings()
+        self._validate(s)
+        starts = range(0, len(prompts), s.batch_size)
+        total = len(starts) * s.iterations
+        wavs, mels = [], []
+        for b, start in enumerate(starts):
+            def step(done: int, _k: int, _b: int = b) -> None:
+                if progress is not None:
+                    progress(_b * s.iterations + done, total)
+            w, m = self._generate_batch(prompts[start:start + s.batch_size], s, start, step)
+            wavs.append(w)
+            mels.append(m)
+        return Generation(np.concatenate(wavs), np.concatenate(mels), self.sample_rate,
+                          dataclasses.replace(s))
+
+    @torch.no_grad()
+    def _generate_batch(self, prompts: list[str], s: SampleSettings, first_index: int,
+                        progress: Callable[[int, int], None]) -> tuple[np.ndarray, np.ndarray]:
+        """One batch through the numbered steps. Returns wavs (B, S), mels (B, n_mels, T)."""
+        from energytta.models.patchify import unpatchify
+        from energytta.sampling import decode
+
+        model, B = self.model, len(prompts)
+        g = torch.Generator(device=self.device).manual_seed(batch_seed(s.seed, first_index))
+        # 1. Encode the text once per batch; the negative prompt shares the call (and so
+        #    the padding) with the prompts.
+        negative = [s.negative_prompt] * B if s.negative_prompt and s.cfg != 1.0 else []
+        states, mask = self.text_encoder(prompts + negative)  # (B|2B, L, Dt), (B|2B, L)
+        uncond, uncond_mask = (states[B:], mask[B:]) if negative else (None, None)
+        # 2. Decode tokens: K iterations of masked parallel decoding with the model's head.
+        num_tokens = model.tokens_for(s.duration)
+        tokens = decode(model.backbone, model.head, states[:B], mask[:B], num_tokens,
+                        iterations=s.iterations, cfg=s.cfg, cfg_schedule=s.cfg_schedule,
+                        temperature=s.temperature, generator=g, uncond_text=uncond,
+                        uncond_mask=uncond_mask, progress=progress)  # (B, N, d)
+        # 3. Tokens -> latents (B, C, T, F) -> log-mel (B, n_mels, T_mel) via the codec.
+        frames = model.frames_for(s.duration)
+        latents = unpatchify(tokens, model.latent_channels, frames, model.latent_freq,
+                             model.patch_t, model.patch_f)
+        mel = self.codec.decode(latents)
+        # 4. Vocode the mel to a waveform (B, S); the vocoder's random phase uses `g` too.
+        wav = self.codec.vocode(mel, generator=g)
+        return (wav.float().cpu().numpy().astype(np.float32),
+                mel.float().cpu().numpy().astype(np.float32))

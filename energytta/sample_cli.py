@@ -1,0 +1,155 @@
+"""`energytta-sample`: one wav + spectrogram PNG + JSON per prompt of a text file."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+import sys
+import tempfile
+import unicodedata
+import warnings
+from pathlib import Path
+
+import energytta
+from energytta.errors import UserError
+
+EPILOG = """\
+examples:
+  energytta-sample --prompts examples/prompts.txt
+  energytta-sample --prompts examples/prompts.txt --ckpt runs/student_small/model.safetensors \\
+      --out-dir samples/student --seed 3 --duration 4 --cfg 3 --iterations 16
+  energytta-sample --prompts my.txt --ckpt runs/teacher_small --batch-size 1 --device cpu
+
+prompts file: UTF-8, one prompt per line; blank lines and lines starting with '#' are
+skipped. Each prompt i gives DIR/iii-<slug>.wav, .png (spectrogram) and .json (prompt,
+seed and every setting). Unset options come from the checkpoint's `sample` config.
+The same seed and settings give byte-identical files; with --batch-size 1 each prompt's
+audio depends only on (seed, its line index among the prompts).
+"""
+
+SLUG_MAX = 60
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="energytta-sample", epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Generate audio from text prompts with an energytta student or teacher.")
+    p.add_argument("--prompts", required=True, metavar="FILE", help="text file, one prompt a line")
+    p.add_argument("--ckpt", metavar="PATH", default=None,
+                   help="inference .safetensors, step-XXXXXXX/ folder or run folder "
+                        "(default: the shipped model)")
+    p.add_argument("--out-dir", metavar="DIR", default="samples", help="default: samples/")
+    p.add_argument("--seed", type=int, default=None, metavar="N")
+    p.add_argument("--duration", type=float, default=None, metavar="SECONDS",
+                   help="clip length, at most the model's audio.max_seconds")
+    p.add_argument("--cfg", type=float, default=None, metavar="X",
+                   help="classifier-free guidance scale (1 = none)")
+    p.add_argument("--iterations", type=int, default=None, metavar="K",
+                   help="parallel decoding iterations")
+    p.add_argument("--temperature", type=float, default=None, metavar="T")
+    p.add_argument("--batch-size", type=int, default=None, metavar="B")
+    p.add_argument("--device", default="auto", metavar="D", help="auto | cpu | cuda | cuda:1")
+    p.add_argument("--negative-prompt", default=None, metavar="TEXT",
+                   help="text for the unconditional CFG branch (default: learned null text)")
+    return p
+
+
+def read_prompts(path: str | Path) -> list[str]:
+    """Non-blank, non-comment lines of a UTF-8 file; UserError if missing/empty/not UTF-8."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"prompts file not found: {path} (pass --prompts FILE, one prompt a line)")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise UserError(f"prompts file {path} is not UTF-8 (bad byte at offset {e.start}); "
+                        "save it as UTF-8") from None
+    except OSError as e:
+        raise UserError(f"cannot read prompts file {path}: {e.strerror}") from None
+    prompts = [line.strip() for line in text.splitlines()]
+    prompts = [p for p in prompts if p and not p.startswith("#")]
+    if not prompts:
+        raise UserError(f"prompts file {path} holds no prompts (blank and '#' lines are skipped)")
+    return prompts
+
+
+def slugify(prompt: str, max_len: int = SLUG_MAX) -> str:
+    """ASCII, lowercase, '-'-separated, at most `max_len` chars; 'prompt' if nothing is left."""
+    ascii_text = unicodedata.normalize("NFKD", prompt).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^a-z0-9]+", "-", ascii_text.lower()).strip("-")
+    return slug[:max_len].rstrip("-") or "prompt"
+
+
+def output_stems(prompts: list[str]) -> list[str]:
+    """`000-a-high-beep`, ...: the index prefix keeps duplicate prompts apart."""
+    width = max(3, len(str(len(prompts) - 1)))
+    return [f"{i:0{width}d}-{slugify(p)}" for i, p in enumerate(prompts)]
+
+
+def check_writable(folder: Path) -> None:
+    """Create `folder` and prove we can write in it, before any generation starts."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise UserError(f"output folder {folder} is not writable ({e.strerror}); "
+                        "pick another --out-dir") from None
+
+
+def warn_truncated(pipe, prompts: list[str]) -> None:
+    """Name every prompt the text encoder will cut at `text.max_length` tokens (stderr)."""
+    limit = pipe.cfg.text.max_length
+    lengths = [len(ids) for ids in pipe.text_encoder.tokenizer(prompts)["input_ids"]]
+    for i, (prompt, n) in enumerate(zip(prompts, lengths)):
+        if n > limit:
+            print(f"warning: prompt {i} ({prompt[:40]!r}...) has {n} tokens; the text encoder "
+                  f"keeps the first {limit} (text.max_length)", file=sys.stderr)
+
+
+def _progress():
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    return Progress("[progress.description]{task.description}", BarColumn(),
+                    MofNCompleteColumn(), TimeElapsedColumn(), console=Console(stderr=True))
+
+
+def _record(pipe, prompt: str, index: int, stem: str, settings) -> dict:
+    return {"prompt": prompt, "index": index, **dataclasses.asdict(settings),
+            "checkpoint": str(pipe.checkpoint), "kind": pipe.kind,
+            "sample_rate": pipe.sample_rate, "wav": f"{stem}.wav",
+            "spectrogram": f"{stem}.png", "energytta_version": energytta.__version__}
+
+
+def main(argv: list[str]) -> int:
+    from energytta.audio.io import write_wav
+    from energytta.audio.plot import save_spectrogram_png
+    from energytta.pipeline import TextToAudio
+    from energytta.utils import atomic_write_text
+
+    args = build_parser().parse_args(argv)
+    prompts = read_prompts(args.prompts)
+    out_dir = Path(args.out_dir)
+    check_writable(out_dir)
+    pipe = TextToAudio.from_pretrained(args.ckpt, args.device)
+    settings = pipe.settings(args.seed, args.duration, args.iterations, args.cfg,
+                             args.temperature, args.negative_prompt, args.batch_size)
+    warn_truncated(pipe, prompts)
+    with _progress() as bar, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*truncated")  # named above, per prompt
+        task = bar.add_task(f"sampling {len(prompts)} prompt(s)", total=None)
+        result = pipe.generate(prompts, settings,
+                               progress=lambda done, total: bar.update(task, completed=done,
+                                                                       total=total))
+    audio = pipe.cfg.audio
+    for i, (prompt, stem) in enumerate(zip(prompts, output_stems(prompts))):
+        write_wav(out_dir / f"{stem}.wav", result.wavs[i], result.sample_rate)
+        save_spectrogram_png(result.mels[i], out_dir / f"{stem}.png", title=prompt[:80],
+                             sample_rate=audio.sample_rate, hop_length=audio.hop_length)
+        record = _record(pipe, prompt, i, stem, result.settings)
+        atomic_write_text(out_dir / f"{stem}.json", json.dumps(record, indent=2) + "\n")
+    print(f"wrote {len(prompts)} sample(s) to {out_dir}")
+    return 0

@@ -1,0 +1,179 @@
+"""TextToAudio + energytta-sample on a tiny student/teacher saved to a temporary folder."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from energytta.audio.codec import build_codec
+from energytta.checkpoint import save_inference
+from energytta.cli import sample_main
+from energytta.config import load_config
+from energytta.errors import UserError
+from energytta.models.tta import TTAModel
+from energytta.pipeline import DEFAULT_CKPT, TextToAudio, batch_seed
+from energytta.sample_cli import output_stems, read_prompts, slugify
+
+PROMPTS = ("# a comment\n\na high beep repeats three times\n\nrain falls\n"
+           "a high beep repeats three times\n")
+
+
+def _save(folder: Path, text_dir: Path, kind: str) -> Path:
+    head = "energy" if kind == "student" else "diffusion"
+    cfg = load_config("tiny", [f"head.kind={head}", f"text.model={text_dir}"])
+    torch.manual_seed(0)
+    model = TTAModel(cfg, 32)  # the fixture's tiny BERT has hidden size 32
+    for p in model.head.parameters():  # untrained heads output zeros: give them some signal
+        torch.nn.init.normal_(p, std=0.05)
+    return save_inference(folder / f"{kind}.safetensors", model, build_codec(cfg), cfg, kind)
+
+
+@pytest.fixture(scope="module")
+def student(tmp_path_factory, tiny_text_dir) -> Path:
+    return _save(tmp_path_factory.mktemp("ckpt"), tiny_text_dir, "student")
+
+
+@pytest.fixture
+def prompts_file(tmp_path) -> Path:
+    path = tmp_path / "prompts.txt"
+    path.write_text(PROMPTS, encoding="utf-8")
+    return path
+
+
+def _sample(prompts: Path, ckpt: Path, out: Path, *extra: str) -> int:
+    return sample_main(["--prompts", str(prompts), "--ckpt", str(ckpt), "--out-dir", str(out),
+                        "--device", "cpu", *extra])
+
+
+def test_pipeline_call_shapes_and_determinism(student):
+    pipe = TextToAudio.from_pretrained(student, "cpu")
+    assert pipe.kind == "student" and pipe.sample_rate == 16000
+    wavs, sr = pipe(["a bell rings", "rain"], seed=1, iterations=2, cfg=2.0)
+    assert wavs.dtype == np.float32 and wavs.shape[0] == 2 and sr == 16000
+    assert wavs.shape[1] == pipe.model.frames_for(1.0) * pipe.cfg.audio.hop_length
+    again, _ = pipe(["a bell rings", "rain"], seed=1, iterations=2, cfg=2.0)
+    other, _ = pipe(["a bell rings", "rain"], seed=2, iterations=2, cfg=2.0)
+    assert np.array_equal(wavs, again) and not np.array_equal(wavs, other)
+    out = pipe.generate(["a bell rings"], pipe.settings(negative_prompt="a dog barks"))
+    assert out.mels.shape == (1, pipe.cfg.audio.n_mels, pipe.model.frames_for(1.0))
+
+
+def test_batch_size_one_result_depends_on_seed_and_index_only(student):
+    pipe = TextToAudio.from_pretrained(student, "cpu")
+    a, _ = pipe(["a bell rings", "rain falls"], seed=4, batch_size=1, iterations=2)
+    b, _ = pipe(["a bell rings", "wind blows"], seed=4, batch_size=1, iterations=2)
+    assert np.array_equal(a[0], b[0]) and not np.array_equal(a[1], b[1])
+    assert len({batch_seed(0, 1), batch_seed(1, 0), batch_seed(0, 0)}) == 3
+
+
+def test_settings_validation(student):
+    pipe = TextToAudio.from_pretrained(student, "cpu")
+    for kw in (dict(duration=2.5), dict(duration=0), dict(iterations=0), dict(batch_size=0),
+               dict(temperature=-1)):
+        with pytest.raises(UserError):
+            pipe.settings(**kw)
+
+
+def test_cli_writes_wav_png_json_per_prompt_and_is_byte_identical(student, prompts_file,
+                                                                  tmp_path, capsys):
+    out1, out2 = tmp_path / "a", tmp_path / "b"
+    args = ("--seed", "3", "--iterations", "2", "--cfg", "1.5", "--batch-size", "2")
+    assert _sample(prompts_file, student, out1, *args) == 0
+    assert _sample(prompts_file, student, out2, *args) == 0
+    stems = ["000-a-high-beep-repeats-three-times", "001-rain-falls",
+             "002-a-high-beep-repeats-three-times"]
+    assert sorted(p.name for p in out1.iterdir()) == sorted(
+        f"{s}.{ext}" for s in stems for ext in ("wav", "png", "json"))
+    for s in stems:
+        assert (out1 / f"{s}.wav").read_bytes() == (out2 / f"{s}.wav").read_bytes()
+        wav, sr = sf.read(out1 / f"{s}.wav")
+        assert sr == 16000 and len(wav) > 0
+        assert (out1 / f"{s}.png").read_bytes()[:4] == b"\x89PNG"
+    record = json.loads((out1 / f"{stems[1]}.json").read_text())
+    assert record["prompt"] == "rain falls" and record["seed"] == 3 and record["index"] == 1
+    assert record["iterations"] == 2 and record["cfg"] == 1.5 and record["batch_size"] == 2
+    assert record["kind"] == "student" and record["checkpoint"] == str(student)
+    assert record["duration"] == 1.0 and record["temperature"] == 1.0  # from cfg.sample
+    # the two copies of the same prompt are distinct files with distinct audio
+    assert (out1 / f"{stems[0]}.wav").read_bytes() != (out1 / f"{stems[2]}.wav").read_bytes()
+
+
+def test_cli_works_for_a_teacher(tmp_path, tiny_text_dir, prompts_file):
+    ckpt = _save(tmp_path, tiny_text_dir, "teacher")
+    assert _sample(prompts_file, ckpt, tmp_path / "out", "--iterations", "2") == 0
+    record = json.loads((tmp_path / "out" / "001-rain-falls.json").read_text())
+    assert record["kind"] == "teacher"
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ")
+    return err[0]
+
+
+def test_bad_prompt_files_exit_2(student, tmp_path, capsys):
+    empty, latin = tmp_path / "empty.txt", tmp_path / "latin.txt"
+    empty.write_text("# only a comment\n\n   \n", encoding="utf-8")
+    latin.write_bytes("caf\u00e9 bells\n".encode("latin-1"))
+    for path, match in ((tmp_path / "missing.txt", "not found"), (empty, "no prompts"),
+                        (latin, "not UTF-8")):
+        assert _sample(path, student, tmp_path / "out") == 2
+        assert match in _error_line(capsys)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_bad_checkpoints_and_settings_exit_2(student, prompts_file, tmp_path, capsys):
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"\x00garbage" * 10)
+    foreign = tmp_path / "foreign.safetensors"
+    from safetensors.torch import save_file
+    save_file({"w": torch.zeros(2)}, str(foreign))
+    cases = [(["--ckpt", str(tmp_path / "none.safetensors")], "not found"),
+             (["--ckpt", str(corrupt)], "corrupt"),
+             (["--ckpt", str(foreign)], "not an energytta checkpoint"),
+             (["--ckpt", str(student), "--duration", "30"], "max_seconds"),
+             (["--ckpt", str(student), "--iterations", "0"], "iterations")]
+    out = tmp_path / "out"
+    for extra, match in cases:
+        code = sample_main(["--prompts", str(prompts_file), "--out-dir", str(out),
+                            "--device", "cpu", *extra])
+        assert code == 2
+        assert match in _error_line(capsys)
+    assert not any(out.iterdir())  # nothing written before the failure
+
+
+def test_unwritable_output_folder_exit_2(student, prompts_file, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert _sample(prompts_file, student, blocker / "sub") == 2
+    assert "not writable" in _error_line(capsys)
+
+
+def test_missing_default_checkpoint_is_user_error():
+    if DEFAULT_CKPT.is_file():
+        pytest.skip("a default checkpoint is shipped")
+    with pytest.raises(UserError, match="--ckpt"):
+        TextToAudio.from_pretrained(None, "cpu")
+
+
+def test_prompt_helpers(tmp_path):
+    path = tmp_path / "p.txt"
+    path.write_bytes("\ufeff# c\n  Caf\u00e9 BELLS!!  \n\n#x\nrain\n".encode("utf-8"))
+    assert read_prompts(path) == ["Caf\u00e9 BELLS!!", "rain"]
+    assert slugify("Caf\u00e9 BELLS!! / ../etc") == "cafe-bells-etc"
+    assert slugify("???") == "prompt" and len(slugify("beep " * 40)) <= 60
+    assert output_stems(["a", "a"]) == ["000-a", "001-a"]
+
+
+def test_long_prompt_is_truncated_with_a_warning(student, tmp_path, capsys):
+    path = tmp_path / "long.txt"
+    path.write_text("a bell " * 40 + "\nrain\n", encoding="utf-8")
+    assert _sample(path, student, tmp_path / "out", "--iterations", "1") == 0
+    err = capsys.readouterr().err
+    assert "warning: prompt 0" in err and "text.max_length" in err
+    assert "prompt 1" not in err
+    assert (tmp_path / "out" / "001-rain.wav").is_file()
