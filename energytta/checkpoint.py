@@ -325,6 +325,18 @@ def _resolve(path: Path) -> Path:
                     "model.safetensors); train with energytta-train or pass another path")
 
 
+def load_codec_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """The codec buffers (e.g. the mel codec's latent statistics) stored at `path`.
+
+    Args:
+        path: an inference `.safetensors`, a `step-XXXXXXX/` folder or a run folder.
+    """
+    src = _resolve(Path(path))
+    if src.is_file():
+        return load_inference(src)[3]
+    return load_training_state(src)["codec"]
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu"
                ) -> tuple[Config, str, nn.Module, nn.Module]:
     """Build the model and codec stored at `path` -> (cfg, kind, TTAModel, Codec), eval mode.

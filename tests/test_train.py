@@ -109,6 +109,27 @@ def test_run_writes_its_outputs_and_keeps_the_last_checkpoints(tiny_text_dir, co
 
 
 @pytest.mark.slow
+def test_student_distils_from_a_teacher_run(tiny_text_dir, corpus, tmp_path):
+    """energytta-train with head.kind=energy + teacher.ckpt: both loss terms are logged, the
+    student starts from the teacher's backbone and shares its codec statistics."""
+    teacher_out = tmp_path / "teacher"
+    loop.train(_cfg(tiny_text_dir, corpus, teacher_out, "train.steps=3"))
+    student_out = tmp_path / "student"
+    rc = train_main(["--config", "tiny", *_overrides(
+        tiny_text_dir, corpus, student_out, "train.steps=3", "head.kind=energy",
+        f"teacher.ckpt={teacher_out / 'model.safetensors'}", "train.seed=7")])
+    assert rc == 0
+    records = read_metrics(student_out / "metrics.jsonl")
+    assert {"energy", "distill", "loss"} <= set(records[0])
+    assert all(np.isfinite([r["energy"], r["distill"]]).all() for r in records)
+    _, kind, student, s_codec = load_model(student_out / "model.safetensors")
+    _, _, teacher, t_codec = load_model(teacher_out / "model.safetensors")
+    assert kind == "student"
+    # a different train.seed would fit different statistics: these must be the teacher's
+    assert _states_equal(s_codec, t_codec)
+
+
+@pytest.mark.slow
 def test_tiny_teacher_overfits_a_handful_of_clips(tiny_text_dir, corpus, tmp_path):
     out = tmp_path / "overfit"
     cfg = _cfg(tiny_text_dir, corpus, out, "train.steps=60", "train.lr=5e-3",

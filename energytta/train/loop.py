@@ -31,8 +31,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from energytta.checkpoint import (decode_tree, encode_tree, kind_for, latest_checkpoint,
-                                  load_training_state, load_weights, rng_state, save_inference,
-                                  save_training_state, set_rng_state)
+                                  load_codec_state, load_training_state, load_weights,
+                                  rng_state, save_inference, save_training_state,
+                                  set_rng_state)
 from energytta.config import Config
 from energytta.errors import UserError
 from energytta.train.ema import EMA
@@ -275,7 +276,8 @@ class Trainer:
 
     def _fit_codec(self) -> None:
         """Fit the mel codec's per-bin statistics on a fixed, seeded set of training clips
-        (with cached latents, load the codec state stored beside the cache instead).
+        (with cached latents, load the codec state stored beside the cache instead; a
+        student with a teacher takes the teacher's).
 
         Every process fits on the same clips; the result is then broadcast from the main
         process anyway, so all ranks normalise identically whatever the dataset does.
@@ -283,6 +285,12 @@ class Trainer:
         if hasattr(self.dataset, "codec_state"):  # cached latents: use the cache's codec
             load_weights(self.codec, self.dataset.codec_state, Path(self.cfg.data.train),
                          "codec")
+            return
+        if self.cfg.head.kind == "energy" and self.cfg.teacher.ckpt:
+            # the student must see latents normalised exactly as its teacher's were: the
+            # distillation targets and the initial backbone weights assume that latent space
+            ckpt = Path(self.cfg.teacher.ckpt)
+            load_weights(self.codec, load_codec_state(ckpt), ckpt, "codec")
             return
         if not hasattr(self.codec, "fit_stats"):
             return
