@@ -11,7 +11,8 @@ head combines them (ε for the diffusion teacher, z for the energy student). The
 scale follows a schedule in decoding progress (Muse/MAR "linear": weak early, full late).
 
 Per-step counts are python ints from the schedule, so the loop makes no device->host
-syncs; the only sync is counting each row's unknown tokens once before the loop.
+syncs: the backbone is told how many tokens are visible (`max_visible`) instead of
+counting them; the only sync is counting each row's unknown tokens once before the loop.
 """
 from __future__ import annotations
 
@@ -149,7 +150,8 @@ def decode(backbone: torch.nn.Module, head: Head, text: torch.Tensor, text_mask:
     The caller sets eval mode; this function never changes module state.
 
     Args:
-        backbone: `MARBackbone`-like: forward(tokens, mask, text, text_mask, drop_text=).
+        backbone: `MARBackbone`-like: forward(tokens, mask, text, text_mask, drop_text=,
+            max_visible=).
         head: `sample(z, temperature, generator, z_uncond=, cfg_scale=)`; needs a
             `token_dim` attribute (or the backbone does) unless `known` is given.
         text: (B,L,Dt) text states; text_mask: (B,L) bool, True = real token.
@@ -190,7 +192,8 @@ def decode(backbone: torch.nn.Module, head: Head, text: torch.Tensor, text_mask:
             mask = ranks < torch.tensor(masked_now, device=device).unsqueeze(1)  # (B,N)
             tok_in = torch.cat([tokens, tokens]) if guided else tokens
             mask_both = torch.cat([mask, mask]) if guided else mask
-            z = backbone(tok_in, mask_both, text_in, mask_in, drop_text=drop)  # (B|2B,N,D)
+            z = backbone(tok_in, mask_both, text_in, mask_in, drop_text=drop,
+                         max_visible=N - min(masked_now))  # (B|2B,N,D); no count sync
             rows, pos = _to_predict(orders, masked_now, masked_next)  # (M,), (M,)
             z_uncond = z[B:][rows, pos] if guided else None
             scale = cfg_scale_at(step, iterations, cfg, cfg_schedule, sum(num_unknown),

@@ -110,6 +110,16 @@ def test_unequal_visible_counts_match_rows_run_alone(backbone):
         assert torch.allclose(z[b:b + 1], alone, atol=1e-5), f"row {b} depends on the batch"
 
 
+def test_max_visible_hint_gives_the_same_output(backbone):
+    tokens, _, text, text_mask = _inputs(B=2)
+    mask = torch.ones(2, 40, dtype=torch.bool)
+    mask[0, :9] = False  # 9 visible
+    mask[1, 5:17] = False  # 12 visible: the hint is the row maximum
+    counted = backbone(tokens, mask, text, text_mask)
+    hinted = backbone(tokens, mask, text, text_mask, max_visible=12)
+    assert torch.equal(counted, hinted)
+
+
 def test_drop_text_makes_output_independent_of_text(backbone):
     tokens, mask, text, text_mask = _inputs()
     drop = torch.tensor([True, False])

@@ -28,7 +28,8 @@ class FakeBackbone(nn.Module):
         self.mix = nn.Linear(D_TOK + D_TEXT, 3)
         self.calls: list[dict] = []
 
-    def forward(self, tokens, mask, text, text_mask, drop_text=None, return_hidden=False):
+    def forward(self, tokens, mask, text, text_mask, drop_text=None, return_hidden=False,
+                max_visible=None):
         B, N, _ = tokens.shape
         self.calls.append({"mask": mask.clone(), "rows": B, "drop": drop_text,
                            "text_len": text.shape[1]})

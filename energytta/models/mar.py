@@ -107,14 +107,19 @@ class MARBackbone(nn.Module):
         return emb, mask
 
     @staticmethod
-    def _visible_index(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _visible_index(mask: torch.Tensor, max_visible: int | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, N) audio mask -> gather index (B, V) of visible positions and validity (B, V).
 
-        V is the largest visible count in the batch; shorter rows are padded with masked
-        positions (distinct from their visible ones) that are flagged invalid.
+        V is the largest visible count in the batch (`max_visible` when the caller knows it,
+        which spares a device->host sync); shorter rows are padded with masked positions
+        (distinct from their visible ones) that are flagged invalid.
         """
         counts = (~mask).sum(1)  # (B,)
-        V = int(counts.max()) if mask.numel() else 0
+        if max_visible is not None:
+            V = max_visible
+        else:
+            V = int(counts.max()) if mask.numel() else 0
         # a stable sort puts each row's visible positions first, in their original order
         order = torch.argsort(mask.to(torch.uint8), dim=1, stable=True)
         valid = torch.arange(V, device=mask.device)[None] < counts[:, None]
@@ -123,7 +128,7 @@ class MARBackbone(nn.Module):
     # ------------------------------------------------------------------ forward
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor, text: torch.Tensor,
                 text_mask: torch.Tensor, drop_text: torch.Tensor | None = None,
-                return_hidden: bool = False
+                return_hidden: bool = False, max_visible: int | None = None
                 ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """Args:
             tokens: (B, N, d) audio tokens; values at masked positions are never read.
@@ -131,6 +136,8 @@ class MARBackbone(nn.Module):
             text: (B, L, Dt) text-encoder states; text_mask: (B, L) bool, True = real token.
             drop_text: (B,) bool or None; True rows use the learned null text (CFG).
             return_hidden: also return each decoder block's output at audio positions.
+            max_visible: the largest count of visible tokens in a row, if the caller knows
+                it (the sampler does); it must be exact. None counts it (a host sync on GPU).
         Returns z (B, N, D), or (z, [hidden (B, N, D)] * decoder_depth) (before the final norm).
         """
         B, N, d = tokens.shape
@@ -143,12 +150,15 @@ class MARBackbone(nn.Module):
                             f"{self.max_text_len}; lower text.max_length")
         mask = mask.bool()
         txt, txt_mask = self._text_prefix(text, text_mask, drop_text)
-        if not bool(txt_mask.any(1).all()):  # a row with no key at all would give NaN
+        has_key = txt_mask.any(1).all()  # a row with no key at all would give NaN
+        if txt_mask.is_cuda:  # checked on the device, without stalling the host
+            torch._assert_async(has_key, "every row needs at least one real text token")
+        elif not bool(has_key):
             raise ValueError("every row needs at least one real text token (text_mask)")
         Lp = txt.shape[1]
 
         # encoder: text ⊕ visible audio (MAE); MAR adds positions, then z_proj_ln
-        idx, valid = self._visible_index(mask)  # (B, V), (B, V)
+        idx, valid = self._visible_index(mask, max_visible)  # (B, V), (B, V)
         audio = self.z_proj(tokens) + self.encoder_pos[:, :N]
         D = audio.shape[-1]
         gidx = idx[..., None].expand(-1, -1, D)
