@@ -13,9 +13,10 @@ with `--ckpt`/`--teacher-ckpt` the trained models are used.
 
 For every batch size and generator: warm-up runs, then `--repeats` timed runs (median,
 min, max) of the whole generation (text → decode → latents → mel → waveform), with device
-synchronisation around the timings; one extra instrumented run splits the time into stages
-(text, backbone, head, latent decode, vocoder). Output: a rich table and, with `--json`,
-one JSON line per (generator, batch size) with machine/device/dtype/torch version.
+synchronisation around the timings, and a split into stages (text, backbone, head, latent
+decode, vocoder): on CUDA from one extra instrumented run, on CPU from the timed runs.
+Output: a rich table and, with `--json`, one JSON line per (generator, batch size) with
+machine/device/dtype/torch version.
 """
 from __future__ import annotations
 
@@ -184,26 +185,37 @@ def _autocast(device: torch.device, dtype: str):
 
 
 def measure(gen: Generator, text_encoder, batch: int, args, device: torch.device) -> dict:
-    """Warm-up, timed repeats and one instrumented run -> a result row."""
+    """Warm-up, timed repeats and the per-stage split -> a result row.
+
+    On CUDA the stage timers synchronise around every backbone/head call, which would
+    perturb the totals, so the split comes from one extra instrumented run; on CPU
+    synchronising costs nothing and every timed run also records its stages (medians).
+    """
     prompts = [args.prompt] * batch
     for _ in range(args.warmup):
         generate(gen, text_encoder, prompts, args, None, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    totals = []
+    split_inline = device.type != "cuda"
+    totals, splits = [], []
     for _ in range(args.repeats):
-        clock = Clock(device)
-        clock.timed("total", generate, gen, text_encoder, prompts, args, None, device)
+        clock, stages = Clock(device), (Clock(device) if split_inline else None)
+        clock.timed("total", generate, gen, text_encoder, prompts, args, stages, device)
         totals.append(clock.stages["total"])
-    stages = Clock(device)
-    generate(gen, text_encoder, prompts, args, stages, device)
+        if stages is not None:
+            splits.append(stages.stages)
+    if not split_inline:
+        stages = Clock(device)
+        generate(gen, text_encoder, prompts, args, stages, device)
+        splits.append(stages.stages)
+    stage_s = {k: statistics.median(s.get(k, 0.0) for s in splits) for k in splits[0]}
     median = statistics.median(totals)
     audio_s = batch * gen.model.frames_for(args.duration) / gen.codec.frames_per_second
     return {
         "generator": gen.name, "batch_size": batch, "total_s": median,
         "total_min_s": min(totals), "total_max_s": max(totals),
-        "decode_s": stages.stages.get("backbone", 0.0) + stages.stages.get("head", 0.0),
-        "stages_s": stages.stages, "audio_seconds": audio_s,
+        "decode_s": stage_s.get("backbone", 0.0) + stage_s.get("head", 0.0),
+        "stages_s": stage_s, "audio_seconds": audio_s,
         "audio_s_per_s": audio_s / median, "rtf": median / audio_s,
         "peak_mem_mb": (torch.cuda.max_memory_allocated(device) / 2**20
                         if device.type == "cuda" else None),
@@ -279,7 +291,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--compile", action="store_true", help="torch.compile the backbone")
     p.add_argument("--generators", default=",".join(GENERATORS), help="subset to time")
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=3, help="timed runs (>= 1)")
     p.add_argument("--prompt", default="a high beep repeats three times quickly")
     p.add_argument("--json", help="append one JSON line per result to this file")
     args, rest = p.parse_known_args(argv)
@@ -290,6 +302,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         args.batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
     except ValueError:
         raise UserError(f"--batch-sizes {args.batch_sizes!r}: give integers like 1,8,32")
+    if args.repeats < 1 or args.warmup < 0:
+        raise UserError("--repeats must be >= 1 and --warmup >= 0")
     args.generators = [g for g in args.generators.split(",") if g]
     unknown = set(args.generators) - set(GENERATORS)
     if unknown:
