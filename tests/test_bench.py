@@ -23,7 +23,8 @@ def test_bench_tiny_writes_rows(tmp_path, tiny_text_dir):
     out = tmp_path / "bench.json"
     rows = _bench().run(["--config", "tiny", "--batch-sizes", "2", "--iterations", "3",
                          "--duration", "1", "--warmup", "0", "--repeats", "1",
-                         "--json", str(out), f"text.model={tiny_text_dir}"])
+                         "--json", str(out), "--markdown", str(tmp_path / "b.md"),
+                         f"text.model={tiny_text_dir}"])
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["generator"] for r in lines] == ["student", "teacher", "floor"]
     by = {r["generator"]: r for r in rows}
@@ -32,6 +33,9 @@ def test_bench_tiny_writes_rows(tmp_path, tiny_text_dir):
         assert set(r["stages_s"]) >= {"text", "backbone", "latent_decode", "vocoder"}
         assert r["audio_seconds"] == pytest.approx(2.0)
     assert by["floor"]["x_floor"] == pytest.approx(1.0)
+    table = (tmp_path / "b.md").read_text().splitlines()
+    assert table[0].startswith("`python tools/bench.py --config tiny")
+    assert sum(line.startswith("| student | 2 |") for line in table) == 1
     assert by["floor"]["stages_s"]["head"] < by["teacher"]["stages_s"]["head"]
     assert by["teacher"]["head_steps"] == 4 and by["student"]["head_steps"] == 1
 

@@ -197,10 +197,12 @@ def measure(gen: Generator, text_encoder, batch: int, args, device: torch.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     split_inline = device.type != "cuda"
-    totals, splits = [], []
+    totals, cpu, splits = [], [], []
     for _ in range(args.repeats):
         clock, stages = Clock(device), (Clock(device) if split_inline else None)
+        cpu_start = time.process_time()
         clock.timed("total", generate, gen, text_encoder, prompts, args, stages, device)
+        cpu.append(time.process_time() - cpu_start)
         totals.append(clock.stages["total"])
         if stages is not None:
             splits.append(stages.stages)
@@ -214,6 +216,8 @@ def measure(gen: Generator, text_encoder, batch: int, args, device: torch.device
     return {
         "generator": gen.name, "batch_size": batch, "total_s": median,
         "total_min_s": min(totals), "total_max_s": max(totals),
+        # process CPU time (all threads): on a shared CPU it moves less than wall time
+        "cpu_s": statistics.median(cpu),
         "decode_s": stage_s.get("backbone", 0.0) + stage_s.get("head", 0.0),
         "stages_s": stage_s, "audio_seconds": audio_s,
         "audio_s_per_s": audio_s / median, "rtf": median / audio_s,
@@ -236,6 +240,7 @@ def add_ratios(rows: list[dict]) -> None:
     for r in rows:
         floor, teacher = by.get(("floor", r["batch_size"])), by.get(("teacher", r["batch_size"]))
         r["x_floor"] = r["total_s"] / floor["total_s"] if floor else None
+        r["cpu_x_floor"] = r["cpu_s"] / floor["cpu_s"] if floor and floor["cpu_s"] > 0 else None
         r["decode_x_floor"] = (r["decode_s"] / floor["decode_s"]
                                if floor and floor["decode_s"] > 0 else None)
         r["speedup_vs_teacher"] = teacher["total_s"] / r["total_s"] if teacher else None
@@ -249,6 +254,27 @@ def machine_info(device: torch.device, args) -> dict:
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
+
+
+def markdown_table(rows: list[dict], info: dict, command: str) -> str:
+    """The same table as markdown, with the command line and machine that produced it."""
+    head = ("| generator | batch | total s (min–max) | text | backbone | head | latent | "
+            "vocoder | CPU s | audio s/s | RTF | × floor | CPU × floor | speed-up vs teacher |")
+    lines = [f"`{command}`", "",
+             f"{info['device']} ({info.get('gpu', info['cpu'])}, {info['threads']} threads), "
+             f"{info['dtype']}, {info['iterations']} iterations, {info['duration']} s per "
+             f"prompt, torch {info['torch']}", "", head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        st = r["stages_s"]
+        cells = [r["generator"], str(r["batch_size"]),
+                 f"{r['total_s']:.2f} ({r['total_min_s']:.2f}–{r['total_max_s']:.2f})",
+                 *(f"{st.get(k, 0.0):.2f}" for k in
+                   ("text", "backbone", "head", "latent_decode", "vocoder")),
+                 f"{r['cpu_s']:.2f}", f"{r['audio_s_per_s']:.2f}", f"{r['rtf']:.3f}",
+                 *("-" if r[k] is None else f"{r[k]:.2f}" for k in ("x_floor", "cpu_x_floor")),
+                 "-" if r["speedup_vs_teacher"] is None else f"{r['speedup_vs_teacher']:.2f}×"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def print_table(rows: list[dict], info: dict) -> None:
@@ -289,11 +315,14 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
     p.add_argument("--compile", action="store_true", help="torch.compile the backbone")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads (0 = torch's default)")
     p.add_argument("--generators", default=",".join(GENERATORS), help="subset to time")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3, help="timed runs (>= 1)")
     p.add_argument("--prompt", default="a high beep repeats three times quickly")
     p.add_argument("--json", help="append one JSON line per result to this file")
+    p.add_argument("--markdown", help="write the table as markdown (with this command line)")
     args, rest = p.parse_known_args(argv)
     bad = [a for a in rest if "=" not in a]
     if bad:
@@ -317,6 +346,8 @@ def run(argv: list[str]) -> list[dict]:
     from energytta.utils import pick_device
 
     args, overrides = parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     device = pick_device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device here; use --device cpu")
@@ -330,6 +361,11 @@ def run(argv: list[str]) -> list[dict]:
             rows.append({**measure(gen, text_encoder, batch, args, device), **info})
     add_ratios(rows)
     print_table(rows, info)
+    if args.markdown:
+        from energytta.utils import atomic_write_text
+
+        command = "python tools/bench.py " + " ".join(argv)
+        atomic_write_text(args.markdown, markdown_table(rows, info, command))
     if args.json:
         with open(args.json, "a", encoding="utf-8") as f:
             for r in rows:
