@@ -13,11 +13,8 @@ import torch
 import torch.nn as nn
 
 from energytta.config import HeadConfig
+from energytta.models.adaln import FinalLayer, ResBlock, init_adaln_mlp
 from teachers.diffusion import GaussianDiffusion, create_diffusion
-
-
-def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return x * (1 + scale) + shift
 
 
 class TimestepEmbedder(nn.Module):
@@ -35,34 +32,6 @@ class TimestepEmbedder(nn.Module):
         args = t[:, None].float() * freqs[None]  # (M, half)
         emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
         return self.mlp(emb.to(self.mlp[0].weight.dtype))
-
-
-class ResBlock(nn.Module):
-    """x + gate · MLP(modulate(LN(x), shift, scale)); (shift, scale, gate) from c."""
-
-    def __init__(self, width: int) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(width, eps=1e-6)
-        self.mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
-        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 3 * width))
-
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift, scale, gate = self.ada(c).chunk(3, dim=-1)
-        return x + gate * self.mlp(modulate(self.norm(x), shift, scale))
-
-
-class FinalLayer(nn.Module):
-    """AdaLN (no affine) then a linear map to the output channels (DiT's final layer)."""
-
-    def __init__(self, width: int, out_dim: int) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
-        self.linear = nn.Linear(width, out_dim)
-        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
-
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.ada(c).chunk(2, dim=-1)
-        return self.linear(modulate(self.norm(x), shift, scale))
 
 
 class SimpleMLPAdaLN(nn.Module):
@@ -84,17 +53,11 @@ class SimpleMLPAdaLN(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        # MAR/DiT: xavier linears, N(0, 0.02) timestep MLP, zero adaLN and output so that
-        # every block starts as the identity and the initial prediction is ε̂ = 0.
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
+        # MAR/DiT: xavier linears, zero adaLN and output (every block starts as the identity
+        # and the initial prediction is ε̂ = 0), N(0, 0.02) for the timestep MLP.
+        init_adaln_mlp(self, self.blocks, self.final)
         nn.init.normal_(self.time_embed.mlp[0].weight, std=0.02)
         nn.init.normal_(self.time_embed.mlp[2].weight, std=0.02)
-        for layer in [b.ada[-1] for b in self.blocks] + [self.final.ada[-1], self.final.linear]:
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, c_emb: torch.Tensor) -> torch.Tensor:
         """x (M,d), t (M,), c_emb = cond_embed(z) (M,width) -> (M,out_dim)."""

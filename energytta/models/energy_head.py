@@ -14,14 +14,11 @@ import torch
 from torch import Tensor, nn
 
 from energytta.config import ConfigError, HeadConfig
+from energytta.models.adaln import FinalLayer, ResBlock, init_adaln_mlp
 
 # Added inside the square root of ||x - y||^2: keeps d/dx ||x - y||^alpha finite where two
 # samples coincide (at initialisation every sample is identical: the output layer is zero).
 _NORM_EPS = 1e-8
-
-
-def _modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
-    return x * (1 + scale) + shift
 
 
 def _validate(cfg: HeadConfig) -> None:
@@ -35,36 +32,6 @@ def _validate(cfg: HeadConfig) -> None:
             f"head.noise_type must be 'gaussian' or 'uniform', got {cfg.noise_type!r}")
     if cfg.noise_dim < 1 or cfg.width < 1 or cfg.depth < 1:
         raise ConfigError("head.noise_dim, head.width and head.depth must be >= 1")
-
-
-class ResBlock(nn.Module):
-    """Pre-norm MLP residual block whose AdaLN shift/scale/gate come from the noise."""
-
-    def __init__(self, width: int) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(width, eps=1e-6)
-        self.mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
-        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 3 * width))
-
-    def forward(self, x: Tensor, e: Tensor, temperature: float = 1.0) -> Tensor:
-        """Args: x (M, W) residual stream; e (M, W) noise embedding; temperature scales shift."""
-        shift, scale, gate = self.ada(e).chunk(3, dim=-1)
-        h = _modulate(self.norm(x), temperature * shift, scale)
-        return x + gate * self.mlp(h)
-
-
-class FinalLayer(nn.Module):
-    """AdaLN-modulated LayerNorm, then a linear map to the token dimension (DiT)."""
-
-    def __init__(self, width: int, out_dim: int) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
-        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
-        self.linear = nn.Linear(width, out_dim)
-
-    def forward(self, x: Tensor, e: Tensor) -> Tensor:
-        shift, scale = self.ada(e).chunk(2, dim=-1)
-        return self.linear(_modulate(self.norm(x), shift, scale))
 
 
 class EnergyHead(nn.Module):
@@ -96,13 +63,7 @@ class EnergyHead(nn.Module):
 
     def _init_weights(self) -> None:
         """Xavier everywhere; zero AdaLN outputs (gates) and the output layer (DiT/EAR)."""
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
-        for ada in [b.ada[-1] for b in self.blocks] + [self.final.ada[-1], self.final.linear]:
-            nn.init.zeros_(ada.weight)
-            nn.init.zeros_(ada.bias)
+        init_adaln_mlp(self, self.blocks, self.final)
 
     # ------------------------------------------------------------------ generator
     def draw_noise(self, n: int, like: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -129,7 +90,7 @@ class EnergyHead(nn.Module):
         x = self.cond_proj(z)
         e = self.noise_embed(noise)
         for block in self.blocks:
-            x = block(x, e, temperature)
+            x = block(x, e, shift_mult=temperature)  # EAR: temperature scales the shift
         return self.final(x, e)
 
     # ------------------------------------------------------------------ training
