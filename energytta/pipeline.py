@@ -28,6 +28,8 @@ from energytta.utils import pick_device
 
 DEFAULT_CKPT = Path(__file__).resolve().parent / "assets" / "default.safetensors"
 KINDS = ("teacher", "student")
+# autocast precision of text encoding and decoding; the codec and vocoder stay in fp32
+DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -76,13 +78,16 @@ class TextToAudio:
         model: TTAModel in eval mode; codec: its Codec.
         device: where everything runs; checkpoint: the path it was loaded from.
         text_encoder: a TextEncoder, or None to build `cfg.text` on first use.
+        dtype: "fp32" | "bf16" | "fp16": autocast for text encoding and decoding (GPU).
     """
 
     def __init__(self, cfg: Config, kind: str, model: torch.nn.Module, codec: torch.nn.Module,
                  device: torch.device, checkpoint: Path | None = None,
-                 text_encoder: torch.nn.Module | None = None) -> None:
+                 text_encoder: torch.nn.Module | None = None, dtype: str = "fp32") -> None:
+        if dtype not in DTYPES:
+            raise UserError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
         self.cfg, self.kind, self.model, self.codec = cfg, kind, model, codec
-        self.device, self.checkpoint = device, checkpoint
+        self.device, self.checkpoint, self.dtype = device, checkpoint, dtype
         self._text_encoder = text_encoder
         self.sample_rate = int(codec.sample_rate)
 
@@ -102,13 +107,15 @@ class TextToAudio:
 
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None,
-                        device: str | torch.device = "auto") -> "TextToAudio":
+                        device: str | torch.device = "auto",
+                        dtype: str = "fp32") -> "TextToAudio":
         """Load a checkpoint (inference file, step folder or run folder); the text encoder
         named by its config loads on first use.
 
         Args:
             path: checkpoint; None = the shipped default `energytta/assets/default.safetensors`.
             device: "auto" (cuda if available), "cpu", "cuda:1", ...
+            dtype: "fp32" | "bf16" | "fp16" autocast for text encoding and decoding.
         """
         from energytta.checkpoint import load_model
 
@@ -122,7 +129,7 @@ class TextToAudio:
         cfg, kind, model, codec = load_model(path, dev)
         if kind not in KINDS:
             raise UserError(f"{path}: checkpoint kind '{kind}' is not one of {', '.join(KINDS)}")
-        return cls(cfg, kind, model.eval(), codec.eval(), dev, Path(path))
+        return cls(cfg, kind, model.eval(), codec.eval(), dev, Path(path), dtype=dtype)
 
     # ------------------------------------------------------------------ settings
     def settings(self, seed: int | None = None, duration: float | None = None,
@@ -154,6 +161,10 @@ class TextToAudio:
             if not ok:
                 raise UserError(message)
         self.model.tokens_for(s.duration)  # UserError beyond audio.max_seconds / below a token
+
+    def _autocast(self) -> torch.autocast:
+        dtype = DTYPES[self.dtype]
+        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
 
     # ------------------------------------------------------------------ generation
     def __call__(self, prompts: list[str] | str, seed: int | None = None,
@@ -209,14 +220,17 @@ class TextToAudio:
         # 1. Encode the text once per batch; the negative prompt shares the call (and so
         #    the padding) with the prompts.
         negative = [s.negative_prompt] * B if s.negative_prompt and s.cfg != 1.0 else []
-        states, mask = self.text_encoder(prompts + negative)  # (B|2B, L, Dt), (B|2B, L)
-        uncond, uncond_mask = (states[B:], mask[B:]) if negative else (None, None)
-        # 2. Decode tokens: K iterations of masked parallel decoding with the model's head.
-        num_tokens = model.tokens_for(s.duration)
-        tokens = decode(model.backbone, model.head, states[:B], mask[:B], num_tokens,
-                        iterations=s.iterations, cfg=s.cfg, cfg_schedule=s.cfg_schedule,
-                        temperature=s.temperature, generator=g, uncond_text=uncond,
-                        uncond_mask=uncond_mask, progress=progress)  # (B, N, d)
+        text_encoder = self.text_encoder  # loaded (and checked) outside autocast
+        with self._autocast():
+            states, mask = text_encoder(prompts + negative)  # (B|2B, L, Dt), (B|2B, L)
+            uncond, uncond_mask = (states[B:], mask[B:]) if negative else (None, None)
+            # 2. Decode tokens: K iterations of masked parallel decoding with the model's head.
+            num_tokens = model.tokens_for(s.duration)
+            tokens = decode(model.backbone, model.head, states[:B], mask[:B], num_tokens,
+                            iterations=s.iterations, cfg=s.cfg, cfg_schedule=s.cfg_schedule,
+                            temperature=s.temperature, generator=g, uncond_text=uncond,
+                            uncond_mask=uncond_mask, progress=progress)  # (B, N, d)
+        tokens = tokens.float()
         # 3. Tokens -> latents (B, C, T, F) -> log-mel (B, n_mels, T_mel) via the codec.
         frames = model.frames_for(s.duration)
         latents = unpatchify(tokens, model.latent_channels, frames, model.latent_freq,

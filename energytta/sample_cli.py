@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=None, metavar="T")
     p.add_argument("--batch-size", type=int, default=None, metavar="B")
     p.add_argument("--device", default="auto", metavar="D", help="auto | cpu | cuda | cuda:1")
+    p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"),
+                   help="autocast precision of text encoding and decoding (bf16 on GPUs)")
     p.add_argument("--negative-prompt", default=None, metavar="TEXT",
                    help="text for the unconditional CFG branch (default: learned null text)")
     return p
@@ -120,6 +122,7 @@ def _progress():
 def _record(pipe, prompt: str, index: int, stem: str, settings) -> dict:
     return {"prompt": prompt, "index": index, **dataclasses.asdict(settings),
             "checkpoint": str(pipe.checkpoint), "kind": pipe.kind,
+            "device": str(pipe.device), "dtype": pipe.dtype,
             "sample_rate": pipe.sample_rate, "wav": f"{stem}.wav",
             "spectrogram": f"{stem}.png", "energytta_version": energytta.__version__}
 
@@ -134,7 +137,7 @@ def main(argv: list[str]) -> int:
     prompts = read_prompts(args.prompts)
     out_dir = Path(args.out_dir)
     check_writable(out_dir)
-    pipe = TextToAudio.from_pretrained(args.ckpt, args.device)
+    pipe = TextToAudio.from_pretrained(args.ckpt, args.device, args.dtype)
     settings = pipe.settings(args.seed, args.duration, args.iterations, args.cfg,
                              args.temperature, args.negative_prompt, args.batch_size)
     warn_truncated(pipe, prompts)

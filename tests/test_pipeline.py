@@ -62,6 +62,18 @@ def test_pipeline_call_shapes_and_determinism(student):
     assert out.mels.shape == (1, pipe.cfg.audio.n_mels, pipe.model.frames_for(1.0))
 
 
+def test_bf16_autocast_runs_and_stays_close_in_token_space(student):
+    fp32 = TextToAudio.from_pretrained(student, "cpu")
+    bf16 = TextToAudio.from_pretrained(student, "cpu", dtype="bf16")
+    a = fp32.generate(["a bell rings"], fp32.settings(seed=3, iterations=2, cfg=2.0))
+    b = bf16.generate(["a bell rings"], bf16.settings(seed=3, iterations=2, cfg=2.0))
+    assert b.wavs.dtype == np.float32 and np.isfinite(b.wavs).all()
+    assert b.mels.shape == a.mels.shape
+    assert np.abs(a.mels - b.mels).mean() < 0.1 * np.abs(a.mels).mean() + 0.1
+    with pytest.raises(UserError, match="dtype"):
+        TextToAudio.from_pretrained(student, "cpu", dtype="int8")
+
+
 def test_batch_size_one_result_depends_on_seed_and_index_only(student):
     pipe = TextToAudio.from_pretrained(student, "cpu")
     a, _ = pipe(["a bell rings", "rain falls"], seed=4, batch_size=1, iterations=2)
