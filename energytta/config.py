@@ -40,9 +40,23 @@ class AudioConfig:
 
 @dataclass
 class CodecConfig:
-    name: str = "mel"  # "mel" (normalised log-mel); learned/pretrained codecs come later
-    path: str = ""  # folder/file for learned or pretrained codecs
+    name: str = "mel"  # "mel" (normalised log-mel) | "vae" (trained here) | "audioldm"
+    path: str = ""  # vae: codec .safetensors from energytta-train; audioldm: folder with vae/
     griffin_lim_iters: int = 32
+    vocoder: str = "griffin-lim"  # "griffin-lim" | "trained" | "hifigan" (SpeechT5HifiGan)
+    vocoder_path: str = ""  # trained: vocoder .safetensors; hifigan: folder (or its vocoder/)
+    train: str = ""  # "vae" | "vocoder": energytta-train trains this instead of a TTA model
+    # trained VAE (docs/codecs.md): time and frequency downsampled x2 per level
+    vae_width: int = 16  # channels of the first level, doubled per level
+    vae_levels: int = 2  # 2 levels = x4 in time and frequency (AudioLDM)
+    vae_latent_channels: int = 8
+    vae_kl_weight: float = 1.0e-4  # on the KL summed over latents / mel elements
+    vae_adv_weight: float = 0.0  # hinge GAN term (patch discriminator on mels); 0 = off
+    vae_perceptual_weight: float = 0.0  # discriminator feature matching; 0 = off
+    # trained vocoder: ConvNeXt over mel frames + iSTFT head (Vocos)
+    vocoder_width: int = 128
+    vocoder_depth: int = 4
+    vocoder_n_fft: int = 640  # iSTFT size of the head (hop = audio.hop_length)
 
 
 @dataclass
@@ -295,7 +309,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if path is not None:
         for layer in _read_yaml(resolve_config_path(str(path))):
             _merge(cfg, layer)
-    for text in overrides or []:
+    return apply_overrides(cfg, overrides or [])
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Apply `key=value` overrides to `cfg` in place (type-checked) and return it."""
+    for text in overrides:
         key, value = parse_override(text)
         _merge(cfg, _nest(key, value))
     return cfg
