@@ -1,0 +1,61 @@
+"""CLAP (Wu et al. 2023, LAION-CLAP) through transformers, from a local folder only.
+
+The folder is what `ClapModel.save_pretrained` + `ClapProcessor.save_pretrained` write
+(config, weights, feature-extractor and tokenizer files), e.g. laion/clap-htsat-unfused
+copied to disk. The CLAP score is the mean cosine between the caption's text embedding and
+the generated audio's embedding (both projected, as `get_*_features` return them).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from energytta.errors import UserError
+
+
+def _tensor(out) -> torch.Tensor:
+    """transformers 4 returns a tensor, 5 may return an output object with pooler_output."""
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
+class ClapScorer:
+    """Audio and text embeddings of a local CLAP model.
+
+    Args:
+        folder: local transformers CLAP folder; device: where it runs.
+    """
+
+    def __init__(self, folder: str | Path, device: torch.device | str = "cpu") -> None:
+        from transformers import AutoFeatureExtractor, AutoTokenizer, ClapModel
+
+        folder = Path(folder)
+        if not (folder / "config.json").is_file():
+            raise UserError(f"--clap-model {folder}: not a transformers model folder "
+                            "(no config.json)")
+        self.device = torch.device(device)
+        self.model = ClapModel.from_pretrained(str(folder), local_files_only=True)
+        self.model = self.model.to(self.device).eval()
+        self.features = AutoFeatureExtractor.from_pretrained(str(folder), local_files_only=True)
+        self.tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        self.sample_rate = int(self.features.sampling_rate)
+
+    @torch.no_grad()
+    def audio_embeddings(self, wavs: list[np.ndarray]) -> np.ndarray:
+        """wavs: list of (S,) float at `sample_rate` -> (N, D) float64."""
+        # An unfused model takes one mel channel; "fusion" would stack 4 (global + 3 crops).
+        # Clips up to the extractor's max_length_s (10 s for LAION-CLAP) are never cut.
+        fused = bool(getattr(self.model.config.audio_config, "enable_fusion", False))
+        inputs = self.features([np.asarray(w, dtype=np.float32) for w in wavs],
+                               sampling_rate=self.sample_rate, return_tensors="pt",
+                               truncation="fusion" if fused else "rand_trunc")
+        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        return _tensor(self.model.get_audio_features(**inputs)).double().cpu().numpy()
+
+    @torch.no_grad()
+    def text_embeddings(self, texts: list[str]) -> np.ndarray:
+        """texts (N,) -> (N, D) float64."""
+        inputs = self.tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+        inputs = {k: v.to(self.device) for k, v in inputs.items() if k != "token_type_ids"}
+        return _tensor(self.model.get_text_features(**inputs)).double().cpu().numpy()
