@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Install energytta (editable) without pulling CUDA builds on CPU machines.
 #   bash scripts/install.sh        # runtime
-#   bash scripts/install.sh test   # + test tools
+#   bash scripts/install.sh test   # + test tools and the audioldm extra (diffusers)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-extra=""; [ "${1:-}" = "test" ] && extra="[test]"
+extra=""; [ "${1:-}" = "test" ] && extra="[test,audioldm]"
 py=${PYTHON:-python3}
 # 1. torch first: on CPU machines 2.13.0 resolves to the local CPU wheel.
 $py -m pip install -q "torch==2.13.0"

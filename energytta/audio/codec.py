@@ -6,7 +6,7 @@ Latent statistics live with the codec as buffers so they travel in every checkpo
 """
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -69,7 +69,11 @@ class MelCodec(Codec):
         super().__init__()
         a = cfg.audio
         self.frontend = MelFrontend(a)
-        self.vocoder = GriffinLim(a, n_iter=cfg.codec.griffin_lim_iters)
+        if cfg.codec.vocoder == "griffin-lim":
+            self.vocoder = GriffinLim(a, n_iter=cfg.codec.griffin_lim_iters)
+        else:  # a trained or pretrained vocoder (energytta.audio.vocoder; imports this module)
+            from energytta.audio.vocoder import build_vocoder
+            self.vocoder = build_vocoder(cfg)
         self.sample_rate = a.sample_rate
         self.hop_length = a.hop_length
         self.frames_per_second = a.sample_rate / a.hop_length
@@ -141,7 +145,19 @@ class MelCodec(Codec):
         self.fitted.fill_(True)
 
 
-CODECS: dict[str, type[Codec]] = {"mel": MelCodec}
+def _vae_codec(cfg: Config) -> Codec:
+    from energytta.audio.vae import VAECodec  # imports this module: resolve lazily
+    return VAECodec(cfg)
+
+
+def _audioldm_codec(cfg: Config) -> Codec:
+    from energytta.audio.pretrained import AudioLDMCodec  # diffusers stays an optional import
+    return AudioLDMCodec(cfg)
+
+
+# name -> constructor taking the full config (docs/codecs.md)
+CODECS: dict[str, Callable[[Config], Codec]] = {
+    "mel": MelCodec, "vae": _vae_codec, "audioldm": _audioldm_codec}
 
 
 def build_codec(cfg: Config) -> Codec:

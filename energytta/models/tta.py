@@ -26,7 +26,14 @@ def latent_shape(cfg: Config, seconds: float) -> tuple[int, int, int]:
     if cfg.codec.name == "mel":  # normalised log-mel: C=1, T = S // hop, F = n_mels
         samples = round(seconds * cfg.audio.sample_rate)  # as the codec: no float truncation
         return 1, samples // cfg.audio.hop_length, cfg.audio.n_mels
-    raise UserError(f"codec.name '{cfg.codec.name}' has no known latent shape (valid: mel)")
+    if cfg.codec.name == "vae":  # trained VAE: C latent channels, ×2**levels down in T and F
+        from energytta.audio.vae import vae_latent_shape
+        return vae_latent_shape(cfg, seconds)
+    if cfg.codec.name == "audioldm":  # AudioLDM's VAE: read from its config.json
+        from energytta.audio.pretrained import audioldm_latent_shape
+        return audioldm_latent_shape(cfg, seconds)
+    raise UserError(f"codec.name '{cfg.codec.name}' has no known latent shape "
+                    "(valid: mel, vae, audioldm)")
 
 
 class TTAModel(nn.Module):

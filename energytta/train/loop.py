@@ -498,5 +498,10 @@ def train(cfg: Config, resume: bool = False) -> nn.Module:
     Args:
         cfg: the full config (`train.*` drives the loop, `head.kind` picks the objective).
         resume: continue bit-for-bit from the latest `step-XXXXXXX/` in `train.out_dir`.
+    With `codec.train` set ("vae" | "vocoder") it trains that codec part instead
+    (`energytta.train.codec_train`) and returns it.
     """
+    if cfg.codec.train:
+        from energytta.train.codec_train import train_codec
+        return train_codec(cfg, resume)
     return Trainer(cfg, resume).run()

@@ -1,0 +1,166 @@
+"""AudioLDM's VAE and HiFi-GAN vocoder, loaded from a local folder (never from a hub).
+
+AudioLDM (Liu et al. 2023) encodes the same 16 kHz, 64-bin log-mel our `MelFrontend`
+computes, as an image (B, 1, T, 64), with a KL autoencoder (diffusers `AutoencoderKL`,
+8 latent channels, ×4 down in time and frequency) whose latents are multiplied by
+`scaling_factor`; its vocoder is a HiFi-GAN (transformers `SpeechT5HifiGan`) from mel
+(B, T, 64) to wav. A diffusers-format AudioLDM checkpoint holds both as `vae/` and
+`vocoder/` subfolders: set `codec.name=audioldm codec.path=FOLDER` (and
+`codec.vocoder=hifigan` to use its HiFi-GAN). `diffusers` is the optional extra
+`pip install energytta[audioldm]`.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from energytta.audio.codec import Codec
+from energytta.audio.mel import MelFrontend
+from energytta.config import AudioConfig, Config
+from energytta.errors import UserError
+
+
+def model_folder(path: str | Path, sub: str, flag: str) -> Path:
+    """`path/sub` if it holds a config.json, else `path` if it does; otherwise UserError.
+
+    Args:
+        path: a diffusers pipeline folder (with `sub/`) or the model folder itself.
+        sub: "vae" | "vocoder"; flag: the config key that named `path` (for messages).
+    """
+    base = Path(path)
+    for folder in (base / sub, base):
+        if (folder / "config.json").is_file():
+            return folder
+    raise UserError(f"{flag}={path}: no config.json in it or in its {sub}/ subfolder "
+                    "(point it at a local AudioLDM folder saved by diffusers)")
+
+
+def _read_config(folder: Path) -> dict:
+    try:
+        return json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{folder / 'config.json'} is not valid JSON ({e})") from None
+
+
+def load_autoencoder(path: str | Path) -> nn.Module:
+    """diffusers `AutoencoderKL` from `path` (or `path/vae`), offline, frozen, eval mode."""
+    folder = model_folder(path, "vae", "codec.path")
+    try:
+        from diffusers import AutoencoderKL
+    except ImportError:
+        raise UserError("codec.name=audioldm needs diffusers: pip install "
+                        "'energytta[audioldm]' (or bash scripts/install.sh test)") from None
+    vae = AutoencoderKL.from_pretrained(str(folder), local_files_only=True)
+    return vae.eval().requires_grad_(False)
+
+
+def load_hifigan(path: str | Path) -> nn.Module:
+    """transformers `SpeechT5HifiGan` from `path` (or `path/vocoder`), offline, frozen, eval."""
+    from transformers import SpeechT5HifiGan
+
+    folder = model_folder(path, "vocoder", "codec.vocoder_path")
+    return SpeechT5HifiGan.from_pretrained(str(folder), local_files_only=True
+                                           ).eval().requires_grad_(False)
+
+
+class HifiGanVocoder(nn.Module):
+    """AudioLDM's HiFi-GAN as a vocoder: log-mel (B, n_mels, T) -> wav (B, T·hop).
+
+    Args:
+        path: folder of a `SpeechT5HifiGan` (or a pipeline folder with `vocoder/`).
+        audio_cfg: the front-end settings; n_mels, sample rate and hop must match the model.
+    """
+
+    def __init__(self, path: str | Path, audio_cfg: AudioConfig) -> None:
+        super().__init__()
+        self.model = load_hifigan(path)
+        c = self.model.config
+        hop = self.hop_length = int(torch.tensor(c.upsample_rates).prod())
+        wanted = (audio_cfg.n_mels, audio_cfg.sample_rate, audio_cfg.hop_length)
+        if (c.model_in_dim, c.sampling_rate, hop) != wanted:
+            raise UserError(f"codec.vocoder_path={path}: HiFi-GAN takes {c.model_in_dim} mels at "
+                            f"{c.sampling_rate} Hz, hop {hop}; the config has audio.n_mels="
+                            f"{audio_cfg.n_mels}, sample_rate={audio_cfg.sample_rate}, "
+                            f"hop_length={audio_cfg.hop_length}")
+
+    def forward(self, mel: torch.Tensor, generator: torch.Generator | None = None
+                ) -> torch.Tensor:
+        """log-mel (B, n_mels, T) -> wav (B, T·hop). `generator` is unused (deterministic)."""
+        p = next(self.model.parameters())
+        wav = self.model(mel.transpose(1, 2).to(p.dtype))  # HiFi-GAN takes (B, T, n_mels)
+        wav = wav.reshape(mel.shape[0], -1).float()
+        # its transposed convs (kernel != 2·stride) add a few samples: cut to T·hop, as
+        # AudioLDM's pipeline cuts to the requested length
+        n = mel.shape[-1] * self.hop_length
+        return torch.nn.functional.pad(wav[:, :n], (0, max(0, n - wav.shape[1])))
+
+
+class AudioLDMCodec(Codec):
+    """AudioLDM's VAE as a codec: latents (B, 8, ceil(T/4), 16) = scaling_factor · posterior mean.
+
+    The diffusers weights are registered submodules, so they are saved with every model
+    checkpoint like any codec state (and checked against the folder on load).
+
+    Args:
+        cfg: `codec.path` (AudioLDM folder or its `vae/`), `codec.vocoder*`, `audio.*`.
+    """
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__()
+        from energytta.audio.vocoder import build_vocoder
+
+        a = cfg.audio
+        if not cfg.codec.path:
+            raise UserError("codec.name=audioldm needs codec.path=<local AudioLDM folder>")
+        self.frontend = MelFrontend(a)
+        self.vae = load_autoencoder(cfg.codec.path)
+        vc = self.vae.config
+        self.factor = 2 ** (len(vc.block_out_channels) - 1)
+        if vc.in_channels != 1 or a.n_mels % self.factor:
+            raise UserError(f"codec.path={cfg.codec.path}: expected a 1-channel mel VAE whose "
+                            f"downsampling {self.factor} divides audio.n_mels={a.n_mels}")
+        self.scaling_factor = float(vc.scaling_factor)
+        self.sample_rate, self.hop_length = a.sample_rate, a.hop_length
+        self.frames_per_second = a.sample_rate / a.hop_length / self.factor
+        self.latent_channels, self.latent_freq = int(vc.latent_channels), a.n_mels // self.factor
+        self.vocoder = build_vocoder(cfg)
+
+    def latent_frames(self, seconds: float) -> int:
+        """ceil((S // hop) / f) with S = round(seconds · sample_rate)."""
+        return -(-(round(seconds * self.sample_rate) // self.hop_length) // self.factor)
+
+    def encode(self, wav: torch.Tensor) -> torch.Tensor:
+        """wav (B, S) -> latents (B, C, ceil((S // hop) / f), n_mels / f)."""
+        mel = self.frontend(wav if wav.dim() == 2 else wav.reshape(1, -1))  # (B, M, T)
+        x = mel.transpose(1, 2)  # AudioLDM's image: (B, T, M) with time as height
+        pad = -x.shape[1] % self.factor
+        if pad:  # edge-pad to whole latent frames
+            x = torch.cat([x, x[:, -1:].expand(-1, pad, -1)], dim=1)
+        p = next(self.vae.parameters())
+        mean = self.vae.encode(x.unsqueeze(1).to(p.dtype)).latent_dist.mean
+        return mean.float() * self.scaling_factor
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """latents (B, C, T, n_mels / f) -> log-mel (B, n_mels, f·T)."""
+        if latents.dim() != 4 or latents.shape[1] != self.latent_channels:
+            raise ValueError(f"expected latents (B, {self.latent_channels}, T, "
+                             f"{self.latent_freq}), got {tuple(latents.shape)}")
+        p = next(self.vae.parameters())
+        image = self.vae.decode((latents / self.scaling_factor).to(p.dtype)).sample
+        return image[:, 0].float().transpose(1, 2)
+
+    @torch.no_grad()
+    def vocode(self, mel: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """log-mel (B, n_mels, T) -> wav (B, T·hop) with the configured vocoder."""
+        return self.vocoder(mel, generator=generator)
+
+
+def audioldm_latent_shape(cfg: Config, seconds: float) -> tuple[int, int, int]:
+    """(C, T, F) of `AudioLDMCodec` latents for `seconds`, read from the VAE's config.json."""
+    vc = _read_config(model_folder(cfg.codec.path, "vae", "codec.path"))
+    f = 2 ** (len(vc["block_out_channels"]) - 1)
+    frames = round(seconds * cfg.audio.sample_rate) // cfg.audio.hop_length
+    return int(vc["latent_channels"]), -(-frames // f), cfg.audio.n_mels // f
