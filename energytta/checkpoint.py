@@ -362,6 +362,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"
         text_dim = int(loaded["state"]["text_dim"])
     model = TTAModel(cfg, text_dim)
     load_weights(model, model_state, src)
-    codec = build_codec(cfg)
+    codec = build_codec(cfg, load_parts=False)  # trained codec parts come from the checkpoint
     load_weights(codec, codec_state, src, "codec")
     return cfg, kind or kind_for(cfg), model.to(device).eval(), codec.to(device).eval()

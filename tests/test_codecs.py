@@ -3,6 +3,7 @@ from local folders (tiny random models), config selection, checkpoints, energytt
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -163,6 +164,29 @@ def test_checkpoint_carries_the_learned_codec_weights(vae_file, tmp_path):
     state, state2 = codec.state_dict(), codec2.state_dict()
     assert state.keys() == state2.keys() and any(k.startswith("vae.") for k in state)
     assert all(torch.equal(state[k], state2[k]) for k in state)
+
+
+def test_checkpoint_loads_after_the_codec_part_files_move(vae_file, vocoder_file, tmp_path):
+    """A model checkpoint holds every codec.* tensor: it must not need codec.path or
+    codec.vocoder_path to exist any more (sharing a model means sharing one file)."""
+    moved = {}
+    for name, src in (("vae", vae_file), ("voc", vocoder_file)):
+        moved[name] = tmp_path / f"{name}.safetensors"
+        shutil.copy(src, moved[name])
+    cfg = load_config("tiny", ["codec.name=vae", f"codec.path={moved['vae']}",
+                               *TINY_VAE[:2], "codec.vocoder=trained",
+                               f"codec.vocoder_path={moved['voc']}", *TINY_VOC[:2]])
+    codec = build_codec(cfg)
+    path = ckpt.save_inference(tmp_path / "m.safetensors", TTAModel(cfg, 24), codec, cfg,
+                               text_dim=24)
+    for part in moved.values():
+        part.unlink()
+    _, _, _, codec2 = ckpt.load_model(path)
+    state, state2 = codec.state_dict(), codec2.state_dict()
+    assert any(k.startswith("vocoder.") for k in state) and state.keys() == state2.keys()
+    assert all(torch.equal(state[k], state2[k]) for k in state)
+    with pytest.raises(UserError, match="codec.path"):  # building from files still needs them
+        build_codec(cfg)
 
 
 # ------------------------------------------------------------------ vocoder

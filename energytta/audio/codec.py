@@ -65,7 +65,7 @@ class MelCodec(Codec):
         cfg: uses `cfg.audio` (front-end) and `cfg.codec.griffin_lim_iters` (vocoder).
     """
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, load_parts: bool = True) -> None:
         super().__init__()
         a = cfg.audio
         self.frontend = MelFrontend(a)
@@ -73,7 +73,7 @@ class MelCodec(Codec):
             self.vocoder = GriffinLim(a, n_iter=cfg.codec.griffin_lim_iters)
         else:  # a trained or pretrained vocoder (energytta.audio.vocoder; imports this module)
             from energytta.audio.vocoder import build_vocoder
-            self.vocoder = build_vocoder(cfg)
+            self.vocoder = build_vocoder(cfg, load_parts)
         self.sample_rate = a.sample_rate
         self.hop_length = a.hop_length
         self.frames_per_second = a.sample_rate / a.hop_length
@@ -145,24 +145,33 @@ class MelCodec(Codec):
         self.fitted.fill_(True)
 
 
-def _vae_codec(cfg: Config) -> Codec:
+def _vae_codec(cfg: Config, load_parts: bool = True) -> Codec:
     from energytta.audio.vae import VAECodec  # imports this module: resolve lazily
-    return VAECodec(cfg)
+    return VAECodec(cfg, load_parts)
 
 
-def _audioldm_codec(cfg: Config) -> Codec:
+def _audioldm_codec(cfg: Config, load_parts: bool = True) -> Codec:
     from energytta.audio.pretrained import AudioLDMCodec  # diffusers stays an optional import
-    return AudioLDMCodec(cfg)
+    return AudioLDMCodec(cfg, load_parts)
 
 
-# name -> constructor taking the full config (docs/codecs.md)
-CODECS: dict[str, Callable[[Config], Codec]] = {
+# name -> constructor taking the full config and `load_parts` (docs/codecs.md)
+CODECS: dict[str, Callable[[Config, bool], Codec]] = {
     "mel": MelCodec, "vae": _vae_codec, "audioldm": _audioldm_codec}
 
 
-def build_codec(cfg: Config) -> Codec:
-    """The codec named by `cfg.codec.name`; unknown names raise `UserError`."""
+def build_codec(cfg: Config, load_parts: bool = True) -> Codec:
+    """The codec named by `cfg.codec.name`; unknown names raise `UserError`.
+
+    Args:
+        cfg: the full config.
+        load_parts: read trained parts (`codec.path` VAE, `codec.vocoder_path` vocoder)
+            from their files. False builds them empty, for a caller that loads their
+            weights from a model checkpoint (which holds every `codec.*` tensor), so a
+            model keeps working after those files move. Pretrained folders (AudioLDM,
+            HiFi-GAN) define the architecture and are always read.
+    """
     name = cfg.codec.name
     if name not in CODECS:
         raise UserError(f"unknown codec.name '{name}' (choose from: {', '.join(sorted(CODECS))})")
-    return CODECS[name](cfg)
+    return CODECS[name](cfg, load_parts)

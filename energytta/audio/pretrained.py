@@ -106,9 +106,11 @@ class AudioLDMCodec(Codec):
 
     Args:
         cfg: `codec.path` (AudioLDM folder or its `vae/`), `codec.vocoder*`, `audio.*`.
+        load_parts: passed to `build_vocoder` (a trained vocoder's file); the folder
+            always defines the VAE's architecture, so it is read either way.
     """
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, load_parts: bool = True) -> None:
         super().__init__()
         from energytta.audio.vocoder import build_vocoder
 
@@ -126,7 +128,7 @@ class AudioLDMCodec(Codec):
         self.sample_rate, self.hop_length = a.sample_rate, a.hop_length
         self.frames_per_second = a.sample_rate / a.hop_length / self.factor
         self.latent_channels, self.latent_freq = int(vc.latent_channels), a.n_mels // self.factor
-        self.vocoder = build_vocoder(cfg)
+        self.vocoder = build_vocoder(cfg, load_parts)
 
     def latent_frames(self, seconds: float) -> int:
         """ceil((S // hop) / f) with S = round(seconds · sample_rate)."""

@@ -115,7 +115,7 @@ class VAECodec(Codec):
             come from `codec.path` (a file from `energytta-train --config codec_vae`).
     """
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, load_parts: bool = True) -> None:
         super().__init__()
         from energytta.audio.vocoder import build_vocoder, load_part
 
@@ -134,12 +134,15 @@ class VAECodec(Codec):
         self.register_buffer("mel_std", torch.ones(a.n_mels))
         self.register_buffer("latent_mean", torch.zeros(c.vae_latent_channels))
         self.register_buffer("latent_std", torch.ones(c.vae_latent_channels))
-        if c.path:
+        if not load_parts:
+            pass  # the caller loads every codec.* tensor from a model checkpoint
+        elif c.path:
             load_part(c.path, self, cfg, "vae", "codec.path")
         elif c.train != "vae":
             raise UserError("codec.name=vae needs codec.path=<codec .safetensors> (train one: "
                             "energytta-train --config codec_vae)")
-        self.vocoder = build_vocoder(cfg)  # after load_part: the VAE file holds no vocoder
+        # after load_part: the VAE file holds no vocoder
+        self.vocoder = build_vocoder(cfg, load_parts)
 
     def latent_frames(self, seconds: float) -> int:
         """ceil((S // hop) / f) with S = round(seconds · sample_rate)."""

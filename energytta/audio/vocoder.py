@@ -186,12 +186,14 @@ def trained_vocoder(cfg: Config) -> MelVocoder:
     return MelVocoder(cfg.audio, c.vocoder_width, c.vocoder_depth, c.vocoder_n_fft)
 
 
-def build_vocoder(cfg: Config) -> nn.Module:
+def build_vocoder(cfg: Config, load_parts: bool = True) -> nn.Module:
     """The vocoder named by `cfg.codec.vocoder`, weights loaded from `cfg.codec.vocoder_path`.
 
     Args:
         cfg: uses `codec.vocoder`, `codec.vocoder_path`, `codec.griffin_lim_iters`,
             `codec.path` (an AudioLDM folder's `vocoder/` is the default HiFi-GAN), `audio`.
+        load_parts: False builds a trained vocoder without reading its file (its weights
+            then come from a model checkpoint; see `build_codec`).
     Returns:
         a module `(log-mel (B, n_mels, T), generator=None) -> wav (B, T·hop)`.
     """
@@ -201,6 +203,8 @@ def build_vocoder(cfg: Config) -> nn.Module:
         return GriffinLim(cfg.audio, n_iter=c.griffin_lim_iters)
     if c.vocoder == "trained":
         voc = trained_vocoder(cfg)
+        if not load_parts:
+            return voc
         if c.vocoder_path:
             load_part(c.vocoder_path, voc, cfg, "vocoder", "codec.vocoder_path")
         elif c.train != "vocoder":
