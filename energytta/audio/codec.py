@@ -6,6 +6,7 @@ Latent statistics live with the codec as buffers so they travel in every checkpo
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Callable, Iterable
 
 import torch
@@ -19,7 +20,7 @@ from energytta.errors import UserError
 STD_FLOOR = 0.1  # nats; a bin that is silent in every clip must not blow up when normalised
 
 
-class Codec(nn.Module):
+class Codec(ABC, nn.Module):
     """Base class. Subclasses set the attributes and implement encode / decode / vocode.
 
     Attributes:
@@ -33,17 +34,17 @@ class Codec(nn.Module):
     latent_channels: int
     latent_freq: int
 
+    @abstractmethod
     def encode(self, wav: torch.Tensor) -> torch.Tensor:
         """wav (B, S) -> latents (B, C, T, F)."""
-        raise NotImplementedError(f"{type(self).__name__} must implement encode")
 
+    @abstractmethod
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """latents (B, C, T, F) -> log-mel (B, n_mels, T_mel)."""
-        raise NotImplementedError(f"{type(self).__name__} must implement decode")
 
+    @abstractmethod
     def vocode(self, mel: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """log-mel (B, n_mels, T_mel) -> wav (B, S)."""
-        raise NotImplementedError(f"{type(self).__name__} must implement vocode")
 
     def latent_frames(self, seconds: float) -> int:
         """Latent frames for a clip of `seconds` (the frames `encode` gives for it)."""
