@@ -55,6 +55,10 @@ def _load(folder: Path) -> tuple[Any, nn.Module]:
     import transformers as tf
 
     kw = {"local_files_only": True}
+    # transformers draws a "Loading weights" bar on every load; a frozen encoder loaded
+    # from disk in a second needs none. Silence it for this load only, then restore.
+    bar_was_on = tf.utils.logging.is_progress_bar_enabled()
+    tf.utils.logging.disable_progress_bar()
     try:
         config = tf.AutoConfig.from_pretrained(folder, **kw)
         tokenizer = tf.AutoTokenizer.from_pretrained(folder, **kw)
@@ -69,6 +73,9 @@ def _load(folder: Path) -> tuple[Any, nn.Module]:
     except (OSError, ValueError, KeyError) as e:
         first = (str(e).splitlines() or [type(e).__name__])[0]
         raise UserError(f"cannot load text encoder from {folder}: {first}") from None
+    finally:
+        if bar_was_on:
+            tf.utils.logging.enable_progress_bar()
     return tokenizer, model
 
 

@@ -79,3 +79,12 @@ def test_packaged_minilm_distinguishes_prompts():
     alone, alone_mask = enc(["a low beep"])
     n = int(alone_mask.sum())
     torch.testing.assert_close(states[1, :n], alone[0, :n], atol=1e-4, rtol=1e-4)
+
+
+def test_loading_is_quiet_and_restores_the_progress_bar_setting(tiny_text_dir, capfd):
+    import transformers.utils.logging as hf_logging
+
+    before = hf_logging.is_progress_bar_enabled()
+    TextEncoder(str(tiny_text_dir), max_length=8)
+    assert "Loading weights" not in capfd.readouterr().err
+    assert hf_logging.is_progress_bar_enabled() == before
