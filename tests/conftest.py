@@ -1,8 +1,10 @@
 """Shared fixtures: tiny in-code models, no downloads, one thread (CI has 2 cores)."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -34,3 +36,16 @@ def tiny_text_dir(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     BertModel(config).save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def load_tool():
+    """Import a script from tools/ (not a package) by name: `load_tool("bench")`."""
+    def load(name: str):
+        path = Path(__file__).resolve().parent.parent / "tools" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(f"tools_{name}", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+        return module
+    return load

@@ -301,16 +301,8 @@ def test_save_spectrogram_png(tmp_path):
         save_spectrogram_png(np.zeros(5), tmp_path / "bad.png")
 
 
-def test_griffinlim_report_tool(tmp_path):
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location(
-        "griffinlim_report", Path(__file__).resolve().parents[1] / "tools/griffinlim_report.py")
-    tool = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = tool  # dataclasses look their module up there
-    spec.loader.exec_module(tool)
+def test_griffinlim_report_tool(tmp_path, load_tool):
+    tool = load_tool("griffinlim_report")
     lines = []
     for i, f in enumerate((440.0, 1200.0)):
         write_wav(tmp_path / "clips" / f"{i}.wav", tones([f], 16000, 0.4), 16000)

@@ -1,30 +1,17 @@
 """tools/bench.py keeps working: tiny config, one batch size, all three generators."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
 
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench", ROOT / "tools" / "bench.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_bench_tiny_writes_rows(tmp_path, tiny_text_dir):
+def test_bench_tiny_writes_rows(tmp_path, tiny_text_dir, load_tool):
     out = tmp_path / "bench.json"
-    rows = _bench().run(["--config", "tiny", "--batch-sizes", "2", "--iterations", "3",
-                         "--duration", "1", "--warmup", "0", "--repeats", "1",
-                         "--json", str(out), "--markdown", str(tmp_path / "b.md"),
-                         f"text.model={tiny_text_dir}"])
+    rows = load_tool("bench").run([
+        "--config", "tiny", "--batch-sizes", "2", "--iterations", "3", "--duration", "1",
+        "--warmup", "0", "--repeats", "1", "--json", str(out),
+        "--markdown", str(tmp_path / "b.md"), f"text.model={tiny_text_dir}"])
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["generator"] for r in lines] == ["student", "teacher", "floor"]
     by = {r["generator"]: r for r in rows}
@@ -40,6 +27,6 @@ def test_bench_tiny_writes_rows(tmp_path, tiny_text_dir):
     assert by["teacher"]["head_steps"] == 4 and by["student"]["head_steps"] == 1
 
 
-def test_bench_bad_batch_sizes_is_one_line(capsys):
-    assert _bench().main(["--batch-sizes", "one,two"]) == 2
+def test_bench_bad_batch_sizes_is_one_line(capsys, load_tool):
+    assert load_tool("bench").main(["--batch-sizes", "one,two"]) == 2
     assert capsys.readouterr().err.startswith("error: --batch-sizes")

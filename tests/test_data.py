@@ -2,7 +2,6 @@
 and the latent cache (tools/cache_latents.py)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import warnings
 from pathlib import Path
@@ -20,7 +19,6 @@ from energytta.data.manifest import check_manifest, read_manifest
 from energytta.errors import UserError
 
 SR = 16000
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def wav(path: Path, seconds: float = 0.5, sr: int = SR, freq: float = 440.0) -> Path:
@@ -232,21 +230,13 @@ def test_build_dataset_from_manifest(tmp_path):
 
 
 # ------------------------------------------------------------------------ latent cache
-def _cache_tool():
-    spec = importlib.util.spec_from_file_location("cache_latents", ROOT / "tools" /
-                                                  "cache_latents.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.slow
-def test_cache_latents_roundtrip_and_resume(tmp_path, tiny_text_dir):
+def test_cache_latents_roundtrip_and_resume(tmp_path, tiny_text_dir, load_tool):
     from energytta.data import synth
 
     synth.generate(tmp_path / "corpus", num=10, seconds=1.0, seed=0, workers=1, progress=False)
     manifest = tmp_path / "corpus" / "train.jsonl"  # 8 clips
-    tool = _cache_tool()
+    tool = load_tool("cache_latents")
     overrides = [f"text.model={tiny_text_dir}", f"data.train={tmp_path / 'cache'}"]
     cfg = load_config("tiny", overrides)
     argv = ["--manifest", str(manifest), "--out", str(tmp_path / "cache"), "--config", "tiny",

@@ -2,10 +2,8 @@
 in the official key layouts, and tools/evaluate.py end to end on tiny inputs."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +13,6 @@ import torch
 
 from energytta.data import synth
 from energytta.eval import metrics
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 # ------------------------------------------------------------------------- metrics
@@ -203,14 +199,6 @@ def test_mel_stats_features():
 
 
 # ------------------------------------------------------------------------- the tool
-def _tool():
-    spec = importlib.util.spec_from_file_location("evaluate_tool", ROOT / "tools" / "evaluate.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["evaluate_tool"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     """A 12-clip synth manifest (2 s clips) written like `energytta-data synth` does."""
@@ -232,12 +220,13 @@ def _mkdir(p: Path) -> Path:
     return p
 
 
-def test_tool_reference_against_itself(corpus, tmp_path):
+def test_tool_reference_against_itself(corpus, tmp_path, load_tool):
     gen = tmp_path / "gen"
     shutil.copytree(corpus / "audio", gen)
     out = tmp_path / "eval.json"
-    code = _tool().main(["--generated", str(gen), "--reference", str(corpus / "test.jsonl"),
-                         "--embedders", "mel-stats,synth-classifier", "--json", str(out)])
+    tool = load_tool("evaluate")
+    code = tool.main(["--generated", str(gen), "--reference", str(corpus / "test.jsonl"),
+                      "--embedders", "mel-stats,synth-classifier", "--json", str(out)])
     assert code == 0
     res = json.loads(out.read_text())
     assert res["num_paired"] == 12
@@ -247,8 +236,8 @@ def test_tool_reference_against_itself(corpus, tmp_path):
     assert res["attributes"]["all"]["overall"]["accuracy"] >= 0.9
 
 
-def test_tool_errors(corpus, tmp_path, capsys):
-    tool = _tool()
+def test_tool_errors(corpus, tmp_path, capsys, load_tool):
+    tool = load_tool("evaluate")
     ref = str(corpus / "test.jsonl")
     gen = _mkdir(tmp_path / "gen")
     shutil.copy(corpus / "audio" / "000000.wav", gen / "not-a-reference-id.wav")
@@ -259,7 +248,7 @@ def test_tool_errors(corpus, tmp_path, capsys):
     assert "manifest not found" in capsys.readouterr().err
 
 
-def test_tool_generates_then_evaluates(corpus, tmp_path, tiny_text_dir):
+def test_tool_generates_then_evaluates(corpus, tmp_path, tiny_text_dir, load_tool):
     from energytta.audio.codec import build_codec
     from energytta.checkpoint import save_inference
     from energytta.config import load_config
@@ -271,9 +260,10 @@ def test_tool_generates_then_evaluates(corpus, tmp_path, tiny_text_dir):
                           build_codec(cfg), cfg, "student")
     out = tmp_path / "eval.json"
     gen = tmp_path / "gen"
-    code = _tool().main(["--ckpt", str(ckpt), "--iterations", "2", "--seed", "3", "--limit", "10",
-                         "--generated", str(gen), "--reference", str(corpus / "test.jsonl"),
-                         "--embedders", "mel-stats", "--json", str(out)])
+    tool = load_tool("evaluate")
+    code = tool.main(["--ckpt", str(ckpt), "--iterations", "2", "--seed", "3", "--limit", "10",
+                      "--generated", str(gen), "--reference", str(corpus / "test.jsonl"),
+                      "--embedders", "mel-stats", "--json", str(out)])
     assert code == 0
     res = json.loads(out.read_text())
     assert sorted(p.stem for p in gen.glob("*.wav")) == [f"{i:06d}" for i in range(10)]

@@ -1,8 +1,6 @@
 """tools/export.py: a step folder becomes an inference file with the same EMA weights."""
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import torch
@@ -11,16 +9,6 @@ from energytta.checkpoint import load_inference, load_model, save_training_state
 from energytta.config import load_config
 from energytta.audio.codec import build_codec
 from energytta.models.tta import TTAModel
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _tool():
-    spec = importlib.util.spec_from_file_location("export_tool", ROOT / "tools" / "export.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["export_tool"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _run_folder(tmp_path: Path) -> tuple[Path, TTAModel]:
@@ -33,10 +21,10 @@ def _run_folder(tmp_path: Path) -> tuple[Path, TTAModel]:
     return tmp_path / "run", ema
 
 
-def test_export_latest_step_with_sample_defaults(tmp_path):
+def test_export_latest_step_with_sample_defaults(tmp_path, load_tool):
     run, ema = _run_folder(tmp_path)
     out = tmp_path / "m.safetensors"
-    assert _tool().main([str(run), "--out", str(out), "sample.iterations=7"]) == 0
+    assert load_tool("export").main([str(run), "--out", str(out), "sample.iterations=7"]) == 0
     cfg, kind, model, _ = load_model(out)
     assert cfg.sample.iterations == 7 and kind == "teacher"
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
@@ -44,9 +32,9 @@ def test_export_latest_step_with_sample_defaults(tmp_path):
     assert load_inference(out)[4]["text_dim"] == "32"
 
 
-def test_export_refuses_non_sample_overrides(tmp_path, capsys):
+def test_export_refuses_non_sample_overrides(tmp_path, capsys, load_tool):
     run, _ = _run_folder(tmp_path)
-    assert _tool().main([str(run), "--out", str(tmp_path / "m.safetensors"),
-                         "model.width=8"]) == 2
+    out = tmp_path / "m.safetensors"
+    assert load_tool("export").main([str(run), "--out", str(out), "model.width=8"]) == 2
     assert "only sample.*" in capsys.readouterr().err
     assert not (tmp_path / "m.safetensors").exists()
