@@ -41,7 +41,7 @@ from energytta.errors import UserError
 from energytta.utils import atomic_write_text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from griffinlim_report import read_jsonl, spectral_convergence  # noqa: E402
+from griffinlim_report import read_rows, spectral_convergence  # noqa: E402
 
 
 def part_overrides(path: Path, flag: str) -> list[str]:
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         fe = MelFrontend(cfg.audio)
         n = int(round(args.seconds * cfg.audio.sample_rate))
         clips = [torch.from_numpy(load_audio(a, cfg.audio.sample_rate)[:n])[None]
-                 for a, _ in read_jsonl(args.manifest, args.num)]
+                 for a, _ in read_rows(args.manifest, args.num)]
         codecs = pipelines(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -1,9 +1,9 @@
 """How well does Griffin-Lim invert our log-mels? mel -> Griffin-Lim -> mel, on real clips.
 
-For each clip of a JSONL manifest ({"audio", "caption"} per line, paths relative to the
-manifest) this computes the AudioLDM log-mel M, inverts it with `GriffinLim` for several
-iteration counts (fast GL, momentum 0.99, and classic GL, momentum 0), re-analyses the
-audio and reports the spectral convergence on the linear-magnitude mel,
+For each clip of a manifest (JSONL `{"audio", "caption"}`, AudioCaps or Clotho CSV; paths
+relative to the manifest) this computes the AudioLDM log-mel M, inverts it with
+`GriffinLim` for several iteration counts (fast GL, momentum 0.99, and classic GL,
+momentum 0), re-analyses the audio and reports the spectral convergence on the linear-magnitude mel,
 
     SC = ||exp(M) - exp(M_hat)||_F / ||exp(M)||_F,
 
@@ -16,7 +16,6 @@ holding the table and the exact command line.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import sys
@@ -31,6 +30,7 @@ from energytta.audio.griffinlim import NNLS_ITERS, GriffinLim
 from energytta.audio.io import load_audio
 from energytta.audio.mel import MelFrontend
 from energytta.config import AudioConfig, load_config
+from energytta.data.manifest import read_manifest
 from energytta.errors import UserError
 from energytta.utils import atomic_write_text
 
@@ -48,25 +48,9 @@ class Results:
     example: tuple[np.ndarray, np.ndarray, str] | None = None  # (mel, reconstructed, caption)
 
 
-def read_jsonl(path: Path, num: int) -> list[tuple[Path, str]]:
-    """First `num` (audio path, caption) rows of a JSONL manifest."""
-    if not path.is_file():
-        raise UserError(f"manifest not found: {path} (make one with `energytta-data synth`)")
-    rows = []
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            audio, caption = Path(row["audio"]), str(row.get("caption", ""))
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise UserError(f"{path}:{line_no}: expected a JSON object with an 'audio' key")
-        rows.append((audio if audio.is_absolute() else path.parent / audio, caption))
-        if len(rows) == num:
-            break
-    if not rows:
-        raise UserError(f"manifest {path} has no rows")
-    return rows
+def read_rows(path: str | Path, num: int) -> list[tuple[Path, str]]:
+    """First `num` (audio path, caption) pairs of a manifest (JSONL, AudioCaps, Clotho)."""
+    return [(item.audio, item.caption) for item in read_manifest(path)[:num]]
 
 
 def spectral_convergence(mel: torch.Tensor, mel_hat: torch.Tensor) -> float:
@@ -211,7 +195,8 @@ SC = ‖exp(M) − exp(M̂)‖_F / ‖exp(M)‖_F (lower is better).
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--manifest", required=True, help="JSONL manifest of test clips")
+    p.add_argument("--manifest", required=True,
+                   help="manifest of test clips (JSONL / AudioCaps / Clotho)")
     p.add_argument("--num", type=int, default=16, help="clips to use (default 16)")
     p.add_argument("--iters", default="0,4,8,16,32,64",
                    help="comma-separated Griffin-Lim iteration counts")
@@ -239,7 +224,7 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     torch.set_num_threads(max(1, args.threads))
     audio_cfg = load_config(args.config).audio
-    rows = read_jsonl(Path(args.manifest), args.num)
+    rows = read_rows(args.manifest, args.num)
     res = evaluate(rows, audio_cfg, args.iters, args.seconds, args.seed, not args.no_progress)
     out_md, out_png = Path(args.out_md), Path(args.out_png)
     save_figure(res, out_png, audio_cfg)
