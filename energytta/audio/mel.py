@@ -61,11 +61,6 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float = 0.0
     return weights.astype(np.float32)
 
 
-def frame_count(num_samples: int, hop_length: int) -> int:
-    """Mel frames for a clip of `num_samples` samples (S // hop)."""
-    return num_samples // hop_length
-
-
 class MelFrontend(nn.Module):
     """wav (B, S) -> log-mel (B, n_mels, S // hop), AudioLDM's TacotronSTFT settings.
 
