@@ -3,7 +3,7 @@
 Works for student (energy head, one pass per token) and teacher (diffusion head)
 checkpoints alike: the sampler only calls `head.sample`.
 
-    pipe = TextToAudio.from_pretrained("runs/student_small/model.safetensors")
+    pipe = TextToAudio.from_pretrained()  # the shipped student; or a path, or "teacher"
     wavs, sr = pipe(["a high beep repeats three times"], seed=0)
 
 Reproducibility: each batch draws from its own `torch.Generator`, seeded from
@@ -26,7 +26,10 @@ from energytta.config import Config
 from energytta.errors import UserError
 from energytta.utils import pick_device
 
-DEFAULT_CKPT = Path(__file__).resolve().parent / "assets" / "default.safetensors"
+ASSETS = Path(__file__).resolve().parent / "assets"
+# The models that ship with the package (docs/quality.md); names usable as `path`.
+SHIPPED = {"student": ASSETS / "student.safetensors", "teacher": ASSETS / "teacher.safetensors"}
+DEFAULT_CKPT = SHIPPED["student"]
 KINDS = ("teacher", "student")
 # autocast precision of text encoding and decoding; the codec and vocoder stay in fp32
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -61,6 +64,18 @@ class Generation:
     mels: np.ndarray
     sample_rate: int
     settings: SampleSettings
+
+
+def resolve_checkpoint(path: str | Path | None) -> Path:
+    """`path` itself, or the shipped model it names (None = "student"; a file or folder of
+    that name in the working directory wins over the shipped one)."""
+    name = "student" if path is None else str(path)
+    if name in SHIPPED and not Path(name).exists():
+        if not SHIPPED[name].is_file():
+            raise UserError(f"the shipped {name} model is missing ({SHIPPED[name]}); "
+                            "reinstall energytta or pass --ckpt PATH")
+        return SHIPPED[name]
+    return Path(path)
 
 
 def batch_seed(seed: int, first_index: int) -> int:
@@ -113,18 +128,14 @@ class TextToAudio:
         named by its config loads on first use.
 
         Args:
-            path: checkpoint; None = the shipped default `energytta/assets/default.safetensors`.
+            path: checkpoint; None or "student" = the shipped student
+                (`energytta/assets/student.safetensors`), "teacher" = the shipped teacher.
             device: "auto" (cuda if available), "cpu", "cuda:1", ...
             dtype: "fp32" | "bf16" | "fp16" autocast for text encoding and decoding.
         """
         from energytta.checkpoint import load_model
 
-        if path is None:
-            if not DEFAULT_CKPT.is_file():
-                raise UserError(f"no checkpoint given and no shipped default model at "
-                                f"{DEFAULT_CKPT}; pass --ckpt PATH "
-                                "(train one with energytta-train)")
-            path = DEFAULT_CKPT
+        path = resolve_checkpoint(path)
         dev = pick_device(str(device)) if isinstance(device, str) else device
         cfg, kind, model, codec = load_model(path, dev)
         if kind not in KINDS:

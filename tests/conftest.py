@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import sys
@@ -49,3 +50,24 @@ def load_tool():
         spec.loader.exec_module(module)
         return module
     return load
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> Path:
+    """A 12-clip synth manifest (2 s clips) written like `energytta-data synth` does."""
+    import soundfile as sf
+
+    from energytta.data import synth
+
+    root = tmp_path_factory.mktemp("corpus")
+    audio = root / "audio"
+    audio.mkdir()
+    rows = []
+    for i in range(12):
+        rng = synth.clip_rng(7, i)
+        attrs = synth.attributes_for_split(rng, 2.0, "test")
+        sf.write(audio / f"{i:06d}.wav", synth.render(rng, attrs, 2.0), 16000, subtype="PCM_16")
+        rows.append({"audio": f"audio/{i:06d}.wav", "caption": synth.make_caption(rng, attrs),
+                     "attributes": attrs})
+    (root / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root

@@ -8,10 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
 
-from energytta.data import synth
 from energytta.eval import metrics
 
 
@@ -199,22 +197,6 @@ def test_mel_stats_features():
 
 
 # ------------------------------------------------------------------------- the tool
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    """A 12-clip synth manifest (2 s clips) written like `energytta-data synth` does."""
-    root = tmp_path_factory.mktemp("corpus")
-    audio = _mkdir(root / "audio")
-    rows = []
-    for i in range(12):
-        rng = synth.clip_rng(7, i)
-        attrs = synth.attributes_for_split(rng, 2.0, "test")
-        sf.write(audio / f"{i:06d}.wav", synth.render(rng, attrs, 2.0), 16000, subtype="PCM_16")
-        rows.append({"audio": f"audio/{i:06d}.wav", "caption": synth.make_caption(rng, attrs),
-                     "attributes": attrs})
-    (root / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return root
-
-
 def _mkdir(p: Path) -> Path:
     p.mkdir(parents=True, exist_ok=True)
     return p
@@ -234,6 +216,7 @@ def test_tool_reference_against_itself(corpus, tmp_path, load_tool):
     sc = res["metrics"]["synth-classifier"]
     assert abs(sc["fd"]) < 1e-3 and abs(sc["kl_softmax"]) < 1e-4 and sc["is_mean"] >= 1.0
     assert res["attributes"]["all"]["overall"]["accuracy"] >= 0.9
+    assert res["attributes"]["all"]["type"]["n"] == 12  # the classifier's type check
 
 
 def test_tool_errors(corpus, tmp_path, capsys, load_tool):

@@ -156,8 +156,9 @@ def run(args) -> dict:
                 m.update(runner.clap_metrics(emb, data, max_s, bar))
             result["metrics"][emb.name] = m
         if not args.no_attributes:
+            typer = next((e for e in embedders if e.name == "synth-classifier"), None)
             result["attributes"] = runner.attribute_accuracy(data, max_s, bar,
-                                                             args.strict_attributes)
+                                                             args.strict_attributes, typer)
     return result
 
 

@@ -260,7 +260,7 @@ def summarize(checks: list[dict[str, bool]], heldout: list[bool]) -> dict[str, d
         if not rows:
             continue
         res: dict[str, dict] = {}
-        for name in NAMES:
+        for name in ("type", *NAMES):  # "type": the classifier's check, when one was made
             vals = [c[name] for c in rows if name in c]
             if vals:
                 res[name] = {"accuracy": float(np.mean(vals)), "n": len(vals)}

@@ -97,6 +97,12 @@ class SynthClassifierEmbedder(ModelEmbedder):
         out = self.model(wav)
         return out["features"], out["logits"]["type"]
 
+    def predict_type(self, wav: torch.Tensor) -> str:
+        """The sound type (one of `synth.TYPES`) the classifier hears in wav (S,) at 16 kHz."""
+        from energytta.eval.classifier import LABELS
+
+        return LABELS["type"][int(np.argmax(self.embed(wav).logits))]
+
 
 class PannsEmbedder(ModelEmbedder):
     name, has_logits, multilabel = "panns-cnn14", True, True

@@ -144,13 +144,16 @@ def clap_metrics(emb: Embedder, data: EvalSet, max_seconds: float | None,
 
 
 def attribute_accuracy(data: EvalSet, max_seconds: float | None,
-                       progress: Callable | None = None, strict: bool = False
-                       ) -> dict[str, Any] | None:
+                       progress: Callable | None = None, strict: bool = False,
+                       type_classifier: Any = None) -> dict[str, Any] | None:
     """Caption-attribute accuracy of the generated audio; None without synth attributes.
 
     Args:
         strict: also check omitted attributes against their default class
             (`detectors.check_clip(named_only=False)`).
+        type_classifier: a `SynthClassifierEmbedder`; when given, every clip also gets a
+            "type" check (the classifier's most likely type == the caption's type), which
+            no analytic detector can make.
     """
     from energytta.eval.detectors import check_clip, summarize
 
@@ -161,7 +164,10 @@ def attribute_accuracy(data: EvalSet, max_seconds: float | None,
     for i, s in enumerate(stems):
         attrs = data.reference[s].attributes
         wav = load_eval_wav(data.generated[s], 16000, max_seconds)
-        checks.append(check_clip(wav, attrs, named_only=not strict))
+        check = check_clip(wav, attrs, named_only=not strict)
+        if type_classifier is not None:
+            check["type"] = type_classifier.predict_type(torch.from_numpy(wav)) == attrs["type"]
+        checks.append(check)
         heldout.append(bool(attrs.get("heldout", False)))
         if progress:
             progress("attributes", i + 1, len(stems))

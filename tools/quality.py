@@ -1,0 +1,247 @@
+"""Student vs teacher on the synthetic test split, at several decoding-iteration counts:
+writes docs/quality.md.
+
+    python tools/quality.py --out docs/quality.md                  # every row, then the page
+    python tools/quality.py --models teacher --threads 1 &         # rows in two processes,
+    python tools/quality.py --models student --threads 1; wait     # then the page from the
+    python tools/quality.py --out docs/quality.md                  # rows they saved
+
+Each row (model, K) generates the first --limit captions of --reference with K iterations
+into WORK/<model>-k<K>/<stem>.wav, then scores them with tools/evaluate.py's machinery:
+FD on the synth-classifier's and mel-stats features, KL and IS of the classifier's type
+logits, and caption-attribute accuracy (the analytic detectors plus the classifier's type
+check) on seen and held-out combinations. A row is saved as WORK/<model>-k<K>.json and
+reused while its settings and checkpoint hash are unchanged, so runs resume and rows can
+be computed in parallel processes. Latency is the generation's wall and process-CPU time
+per clip at --batch-size (text encoding, decoding and vocoder; not the scoring).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+TOOLS = Path(__file__).resolve().parent
+ROOT = TOOLS.parent
+for _p in (ROOT, TOOLS):  # run from a checkout without installing; quality_report beside us
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+
+from energytta.errors import UserError  # noqa: E402
+
+MODELS = ("teacher", "student")
+EMBEDDERS = ("synth-classifier", "mel-stats")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tools/quality.py", description=__doc__.split("\n\n")[0],
+                                epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--teacher", default="teacher", metavar="CKPT",
+                   help="teacher checkpoint (default: the shipped one)")
+    p.add_argument("--student", default="student", metavar="CKPT",
+                   help="student checkpoint (default: the shipped one)")
+    p.add_argument("--models", default="teacher,student", metavar="A,B",
+                   help="rows to compute/report (default: teacher,student)")
+    p.add_argument("--reference", default="data/synth10k/test.jsonl", metavar="MANIFEST",
+                   help="test split with synthetic attributes (default: data/synth10k/test.jsonl)")
+    p.add_argument("--real", default="data/synth10k/val.jsonl", metavar="MANIFEST",
+                   help="real clips scored like a generator, for scale ('' = skip)")
+    p.add_argument("--limit", type=int, default=200, metavar="N",
+                   help="first N reference captions (default 200)")
+    p.add_argument("--iterations", default="64,32,16,8", metavar="K,K",
+                   help="decoding iterations per row (default 64,32,16,8)")
+    p.add_argument("--seed", type=int, default=0, metavar="N")
+    p.add_argument("--batch-size", type=int, default=20, metavar="B")
+    p.add_argument("--threads", type=int, default=0, metavar="T",
+                   help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--work", default="runs/quality", metavar="DIR",
+                   help="wavs and saved rows (default: runs/quality)")
+    p.add_argument("--out", default=None, metavar="MD", help="write the markdown page here")
+    p.add_argument("--command", default=None, help=argparse.SUPPRESS)  # shown on the page
+    return p
+
+
+def sha256(path: Path) -> str:
+    """Hex digest of a file, or of a folder's files in name order."""
+    h = hashlib.sha256()
+    for f in [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+class MemoEmbedder:
+    """Wraps an embedder so that identical audio (the reference clips, scored once per row)
+    is embedded once per process."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.cache = inner, {}
+        for attr in ("name", "sample_rate", "metric", "has_logits", "multilabel"):
+            setattr(self, attr, getattr(inner, attr))
+
+    def embed(self, wav: Any) -> Any:
+        key = hashlib.sha1(wav.numpy().tobytes()).digest()
+        if key not in self.cache:
+            self.cache[key] = self.inner.embed(wav)
+        return self.cache[key]
+
+    def predict_type(self, wav: Any) -> str:
+        return self.inner.predict_type(wav)
+
+
+def score(generated: Path | str, reference: str, limit: int, embedders: dict,
+          attributes_of: str | None = None) -> dict[str, Any]:
+    """FD/KL/IS per embedder of `generated` vs `reference`, and attribute accuracy of the
+    pairs of `generated` with `attributes_of` (default: `reference`)."""
+    from energytta.eval import runner
+
+    data = runner.collect(generated, reference).limit(limit)
+    out = {"metrics": {n: runner.embedder_metrics(e, data, None) for n, e in embedders.items()}}
+    pairs = runner.collect(generated, attributes_of or reference).limit(limit)
+    out["attributes"] = runner.attribute_accuracy(pairs, None, None, False,
+                                                  embedders["synth-classifier"])
+    return out
+
+
+def generate_row(args, model: str, ckpt: Path, k: int, folder: Path) -> dict[str, Any]:
+    """Generate the captions into `folder`; returns settings and timings."""
+    from energytta.audio.io import write_wav
+    from energytta.data.manifest import read_manifest
+    from energytta.eval.runner import by_stem
+    from energytta.pipeline import TextToAudio
+
+    items = list(by_stem(read_manifest(args.reference)).items())[:args.limit]
+    pipe = TextToAudio.from_pretrained(ckpt, "cpu")
+    if pipe.kind != model:
+        raise UserError(f"--{model} {ckpt} holds a {pipe.kind}, not a {model}")
+    s = pipe.settings(seed=args.seed, iterations=k, batch_size=args.batch_size)
+    pipe.text_encoder  # load outside the timed region
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = pipe.generate([it.caption for _, it in items], s)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    folder.mkdir(parents=True, exist_ok=True)
+    for (stem, _), wav in zip(items, result.wavs):
+        write_wav(folder / f"{stem}.wav", wav, result.sample_rate)
+    return {"clips": len(items), "duration": s.duration, "cfg": s.cfg,
+            "temperature": s.temperature, "wall_s_per_clip": wall / len(items),
+            "cpu_s_per_clip": cpu / len(items)}
+
+
+def row_key(args, model: str, ckpt: Path, k: int) -> dict[str, Any]:
+    """Everything a saved row depends on; a saved row with another key is recomputed."""
+    return {"model": model, "checkpoint": str(ckpt), "sha256": sha256(ckpt), "iterations": k,
+            "seed": args.seed, "limit": args.limit, "batch_size": args.batch_size,
+            "reference": str(args.reference)}
+
+
+def get_row(args, model: str, ckpt: Path, k: int, embedders: dict) -> dict[str, Any]:
+    """The saved row for (model, k), or a freshly computed (and saved) one."""
+    from energytta.utils import atomic_write_text
+
+    work = Path(args.work)
+    path, key = work / f"{model}-k{k}.json", row_key(args, model, ckpt, k)
+    if path.is_file():
+        row = json.loads(path.read_text())
+        if row.get("key") == key:
+            print(f"{model} K={k}: reusing {path}", file=sys.stderr)
+            return row
+    print(f"{model} K={k}: generating {args.limit} clips ...", file=sys.stderr)
+    folder, start = work / f"{model}-k{k}", time.time()
+    row = {"key": key, "generation": generate_row(args, model, ckpt, k, folder),
+           "threads": _threads(), **score(folder, args.reference, args.limit, embedders)}
+    row["seconds"] = round(time.time() - start, 1)  # generation + scoring
+    atomic_write_text(path, json.dumps(row, indent=1) + "\n")
+    print(f"{model} K={k}: {_summary(row)}", file=sys.stderr)
+    return row
+
+
+def real_row(args, embedders: dict) -> dict[str, Any] | None:
+    """The --real clips scored as if generated: what a perfect generator would get."""
+    if not args.real:
+        return None
+    return score(args.real, args.reference, args.limit, embedders, attributes_of=args.real)
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _acc(row: dict, split: str, key: str = "overall") -> float | None:
+    a = (row.get("attributes") or {}).get(split, {}).get(key)
+    return None if a is None else a["accuracy"]
+
+
+def _summary(row: dict) -> str:
+    fd = row["metrics"]["synth-classifier"]["fd"]
+    return f"FD {fd:.2f}, attribute accuracy {_acc(row, 'all'):.3f}"
+
+
+def main(argv: list[str]) -> int:
+    try:
+        return _main(argv)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _parse(argv: list[str]) -> tuple[Any, list[str], list[int], dict[str, Path]]:
+    from energytta.pipeline import resolve_checkpoint
+
+    args = build_parser().parse_args(argv)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    bad = [m for m in models if m not in MODELS]
+    if bad or not models:
+        raise UserError(f"--models: unknown {bad or models} (valid: {', '.join(MODELS)})")
+    try:
+        ks = sorted({int(k) for k in args.iterations.split(",") if k.strip()}, reverse=True)
+    except ValueError:
+        raise UserError(f"--iterations {args.iterations!r}: give integers like "
+                        "64,32,16,8") from None
+    if not ks or min(ks) < 1 or args.limit < 10 or args.batch_size < 1:
+        raise UserError("--iterations must be >= 1, --limit >= 10 (IS uses 10 splits) and "
+                        "--batch-size >= 1")
+    for path in [args.reference] + ([args.real] if args.real else []):
+        if not Path(path).is_file():
+            raise UserError(f"manifest {path} not found; make the corpus with "
+                            "`energytta-data synth --out data/synth10k --num 10000 --seconds 4`")
+    ckpts = {m: resolve_checkpoint(getattr(args, m)) for m in models}
+    for m, c in ckpts.items():
+        if not c.exists():
+            raise UserError(f"--{m} {c}: no such checkpoint")
+    return args, models, ks, ckpts
+
+
+def _main(argv: list[str]) -> int:
+    import torch
+
+    from energytta.eval.embedders import get_embedder
+
+    args, models, ks, ckpts = _parse(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    embedders = {n: MemoEmbedder(get_embedder(n, "cpu")) for n in EMBEDDERS}
+    rows = {(m, k): get_row(args, m, ckpts[m], k, embedders) for m in models for k in ks}
+    if args.out:
+        from energytta.utils import atomic_write_text
+        from quality_report import render
+
+        real = real_row(args, embedders)
+        command = args.command or "python tools/quality.py " + " ".join(argv)
+        meta = {"command": command, "machine": f"{platform.machine()}, "
+                f"{torch.get_num_threads()} torch threads, torch {torch.__version__}",
+                "date": time.strftime("%Y-%m-%d"),
+                "seconds": round(sum(r.get("seconds", 0) for r in rows.values()))}
+        atomic_write_text(args.out, render(args, rows, real, meta))
+        print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

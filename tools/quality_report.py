@@ -1,0 +1,127 @@
+"""Markdown for docs/quality.md from the rows tools/quality.py computed (no computing here)."""
+from __future__ import annotations
+
+from typing import Any
+
+# The targets of issue 7: the student's attribute accuracy within 3 points of the teacher's
+# and its FD (the FAD stand-in) within 1.2x the teacher's, at 64 iterations.
+TARGET_K, TARGET_ACC_POINTS, TARGET_FD_RATIO = 64, 3.0, 1.2
+
+COLUMNS = ("model", "K", "FD clf ↓", "FD mel ↓", "KL ↓", "IS ↑", "attributes ↑", "seen ↑",
+           "held-out ↑", "type ↑", "all right ↑", "wall s/clip", "CPU s/clip")
+
+
+def _f(x: float | None, digits: int = 2) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def _acc(result: dict, split: str, key: str = "overall") -> float | None:
+    a = (result.get("attributes") or {}).get(split, {}).get(key)
+    return None if a is None else a["accuracy"]
+
+
+def _cells(name: str, k: str, result: dict, gen: dict | None) -> list[str]:
+    clf, mel = result["metrics"]["synth-classifier"], result["metrics"]["mel-stats"]
+    is_ = f"{clf['is_mean']:.2f} ± {clf['is_std']:.2f}" if "is_mean" in clf else "–"
+    return [name, k, _f(clf["fd"]), _f(mel["fd"]), _f(clf.get("kl_softmax"), 3), is_,
+            _f(_acc(result, "all"), 3), _f(_acc(result, "seen"), 3),
+            _f(_acc(result, "heldout"), 3), _f(_acc(result, "all", "type"), 3),
+            _f(_acc(result, "all", "clips_all_correct"), 3),
+            _f(gen and gen["wall_s_per_clip"]), _f(gen and gen["cpu_s_per_clip"])]
+
+
+def _table(header: tuple[str, ...], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def _targets(rows: dict) -> list[str]:
+    t, s = rows.get(("teacher", TARGET_K)), rows.get(("student", TARGET_K))
+    if not (t and s):
+        return [f"(Needs both models at K = {TARGET_K}.)"]
+    ta, sa = _acc(t, "all"), _acc(s, "all")
+    tf, sf = t["metrics"]["synth-classifier"]["fd"], s["metrics"]["synth-classifier"]["fd"]
+    gap, ratio = 100 * (ta - sa), sf / tf
+    ok = ("**met**", "**not met**")
+    return [
+        f"- Attribute accuracy: student {sa:.3f} vs teacher {ta:.3f}, "
+        f"{gap:+.1f} points behind (target: at most {TARGET_ACC_POINTS:g}) — "
+        f"{ok[0] if gap <= TARGET_ACC_POINTS else ok[1]}.",
+        f"- FD (synth-classifier; the FAD stand-in): student {sf:.2f} vs teacher {tf:.2f}, "
+        f"{ratio:.2f}× (target: at most {TARGET_FD_RATIO:g}×) — "
+        f"{ok[0] if ratio <= TARGET_FD_RATIO else ok[1]}."]
+
+
+def _per_attribute(rows: dict, real: dict | None) -> list[str]:
+    cols = [(m, rows[(m, TARGET_K)]) for m in ("teacher", "student") if (m, TARGET_K) in rows]
+    if real:
+        cols.append(("real clips", real))
+    names = []
+    for _, r in cols:
+        names += [n for n in (r.get("attributes") or {}).get("all", {}) if n not in names]
+    out = []
+    for n in names:
+        cells = [n]
+        for _, r in cols:
+            for split in ("seen", "heldout"):
+                a = (r.get("attributes") or {}).get(split, {}).get(n)
+                cells.append("–" if a is None else f"{a['accuracy']:.3f} ({a['n']})")
+        out.append(cells)
+    header = ("check", *(f"{name} {split}" for name, _ in cols for split in ("seen", "held-out")))
+    return _table(header, out)
+
+
+def render(args: Any, rows: dict, real: dict | None, meta: dict) -> str:
+    """The whole page. rows: {(model, K): saved row}; real: score() of the --real clips."""
+    any_row = next(iter(rows.values()))
+    gen, key = any_row["generation"], any_row["key"]
+    all_n = (any_row.get("attributes") or {}).get("all", {}).get("clips_all_correct", {})
+    held = (any_row.get("attributes") or {}).get("heldout", {}).get("clips_all_correct", {})
+    ckpts = {m: (r["key"]["checkpoint"], r["key"]["sha256"][:12]) for (m, _), r in rows.items()}
+    table = [_cells(m, str(k), r, r["generation"]) for (m, k), r in rows.items()]
+    if real:
+        table.append(_cells("real clips", "–", real, None))
+    lines = [
+        "# Quality: the shipped student vs the shipped teacher",
+        "",
+        "<!-- Written by tools/quality.py; edit that tool, not this page. -->",
+        f"Regenerate with `{meta['command']}` ({meta['date']}, {meta['machine']}). Rows are "
+        f"saved in `{args.work}` and reused while their settings and checkpoints are "
+        f"unchanged; computing the rows below took {meta['seconds']} s in all (generation "
+        "and scoring, summed over rows).",
+        "",
+        f"Test set: the first {all_n.get('n', '?')} captions of `{key['reference']}` "
+        f"({held.get('n', 0)} of them held-out attribute combinations), {gen['duration']:g} s "
+        f"each, seed {key['seed']}, CFG {gen['cfg']:g} (linear schedule), temperature "
+        f"{gen['temperature']:g}, batch {key['batch_size']}. Checkpoints: "
+        + ", ".join(f"{m} `{p}` (sha256 {h}…)" for m, (p, h) in ckpts.items()) + ".",
+        "",
+        *_table(COLUMNS, table),
+        "",
+        "Columns: FD on the synth-classifier's 128-d features (clf) and on log-mel statistics "
+        "(mel) against the test clips; KL of the classifier's type probabilities between each "
+        "test clip and its generation; IS of the type logits; caption-attribute accuracy over "
+        "every check of every clip (analytic detectors for pitch, count, tempo, loudness, "
+        "direction, envelope, plus the classifier's type check), split into seen and "
+        "held-out combinations; `type`: the classifier's type check alone; `all right`: "
+        "clips with every check right. Latency: generation only (text, decoding, latent "
+        "decode, Griffin-Lim), wall and process-CPU seconds per clip at the batch size above, "
+        f"{'/'.join(sorted({str(r.get('threads', '?')) for r in rows.values()}))} torch "
+        "thread(s) per row; rows computed side by side share the machine, so read wall "
+        "times as upper bounds. "
+        f"`real clips`: {args.limit} real clips of `{args.real}` scored as if generated "
+        "(FD between two finite samples is not 0; this is what a perfect generator gets).",
+        "",
+        f"## Targets at K = {TARGET_K}",
+        "",
+        *_targets(rows),
+        "",
+        f"## Per check at K = {TARGET_K} (accuracy, number of checks)",
+        "",
+        *_per_attribute(rows, real),
+        "",
+        "FAD proper needs VGGish weights, which cannot be fetched here; the synth-classifier "
+        "FD above stands in for it (docs/evaluation.md has the VGGish path for when the file "
+        "is on disk).",
+        ""]
+    return "\n".join(lines)
