@@ -94,6 +94,7 @@ class HeadConfig:
     learn_sigma: bool = False
     batch_mul: int = 4  # MAR: each token's loss uses this many noise draws
     clip_x0: float = 10.0  # clamp predicted x_0 when sampling (0 = off, as MAR); see teachers/
+    sample_max_t: int = -1  # first timestep of the sampling chain; -1 = T-1 (MAR); see teachers/
     # energy head (EAR)
     noise_dim: int = 64
     noise_type: str = "gaussian"  # "gaussian" | "uniform"

@@ -57,14 +57,22 @@ def named_betas(schedule: str, num_timesteps: int) -> np.ndarray:
                     "(use 'cosine' or 'linear')")
 
 
-def space_timesteps(num_timesteps: int, sampling_steps: int) -> list[int]:
-    """`sampling_steps` evenly spaced indices of [0, T-1], both ends kept (IDDPM's "100")."""
-    if not 1 <= sampling_steps <= num_timesteps:
+def space_timesteps(num_timesteps: int, sampling_steps: int,
+                    max_t: int | None = None) -> list[int]:
+    """`sampling_steps` evenly spaced indices of [0, max_t], both ends kept (IDDPM's "100").
+
+    `max_t` (default T-1) is where the sampling chain starts; see `create_diffusion`.
+    """
+    max_t = num_timesteps - 1 if max_t is None or max_t < 0 else max_t
+    if not 0 <= max_t < num_timesteps:
+        raise UserError(f"config key 'head.sample_max_t': {max_t} must be in "
+                        f"[0, head.num_timesteps - 1 = {num_timesteps - 1}] (or -1)")
+    if not 1 <= sampling_steps <= max_t + 1:
         raise UserError(f"config key 'head.sampling_steps': {sampling_steps} must be in "
-                        f"[1, head.num_timesteps={num_timesteps}]")
+                        f"[1, {max_t + 1}] (the timesteps 0..{max_t} the chain can use)")
     if sampling_steps == 1:
         return [0]
-    stride = (num_timesteps - 1) / (sampling_steps - 1)
+    stride = max_t / (sampling_steps - 1)
     return sorted({round(i * stride) for i in range(sampling_steps)})
 
 
@@ -253,7 +261,7 @@ def respace(base: GaussianDiffusion, use_timesteps: list[int]) -> GaussianDiffus
 
 def create_diffusion(num_timesteps: int = 1000, schedule: str = "cosine",
                      sampling_steps: int | None = None,
-                     learn_sigma: bool = False) -> GaussianDiffusion:
+                     learn_sigma: bool = False, max_t: int | None = None) -> GaussianDiffusion:
     """The training chain (sampling_steps None) or its respaced sampling chain.
 
     Args:
@@ -261,10 +269,20 @@ def create_diffusion(num_timesteps: int = 1000, schedule: str = "cosine",
         schedule: "cosine" (MAR) or "linear".
         sampling_steps: number of evenly spaced steps to keep (MAR: 100); None = all.
         learn_sigma: see GaussianDiffusion.
+        max_t: first (noisiest) timestep of the sampling chain, which starts there from
+            x ~ N(0, I); None or -1 = T-1 (MAR). Why start lower: at t = T-1 the cosine
+            schedule has ᾱ ≈ 2e-9, so an ε-predicting network carries no information about
+            x_0 and x̂_0 = (x_t − √(1−ᾱ)·ε̂)/√ᾱ turns an ε̂ error e into e/√ᾱ; the first
+            step's posterior mean then multiplies it by ~300 (Lin et al. 2024, "Common
+            diffusion noise schedules and sample steps are flawed", §3: ε-prediction cannot
+            work at zero terminal SNR). A briefly trained head (ε̂ error ~0.1) sends the
+            chain off the data manifold for good. Starting where ᾱ is ~0.02 (t = 900)
+            drops a √ᾱ·x_0 ≈ 0.15·x_0 term from x_T, a small, bounded approximation.
     """
     if num_timesteps < 1:
         raise UserError(f"config key 'head.num_timesteps': {num_timesteps} must be >= 1")
     base = GaussianDiffusion(named_betas(schedule, num_timesteps), learn_sigma=learn_sigma)
-    if sampling_steps is None or sampling_steps == num_timesteps:
+    full = max_t is None or max_t < 0 or max_t == num_timesteps - 1
+    if sampling_steps is None or (sampling_steps == num_timesteps and full):
         return base
-    return respace(base, space_timesteps(num_timesteps, sampling_steps))
+    return respace(base, space_timesteps(num_timesteps, sampling_steps, max_t))

@@ -89,7 +89,7 @@ class DiffusionHead(nn.Module):
             head_cfg.num_timesteps, head_cfg.noise_schedule, None, head_cfg.learn_sigma)
         self.gen_diffusion: GaussianDiffusion = create_diffusion(
             head_cfg.num_timesteps, head_cfg.noise_schedule, head_cfg.sampling_steps,
-            head_cfg.learn_sigma)
+            head_cfg.learn_sigma, head_cfg.sample_max_t)
 
     def loss(self, z: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
              generator: torch.Generator | None = None) -> torch.Tensor:

@@ -55,6 +55,40 @@ def test_respacing_keeps_alphas_cumprod_at_kept_steps():
         create_diffusion(10, "sigmoid")
 
 
+def test_sample_max_t_starts_the_chain_lower():
+    base = create_diffusion(1000, "cosine")
+    spaced = create_diffusion(1000, "cosine", sampling_steps=100, max_t=900)
+    assert spaced.timestep_map[0] == 0 and spaced.timestep_map[-1] == 900
+    assert len(spaced.timestep_map) == 100
+    np.testing.assert_allclose(spaced.alphas_cumprod,
+                               base.alphas_cumprod[spaced.timestep_map], rtol=1e-10)
+    assert create_diffusion(1000, "cosine", 100, max_t=-1).timestep_map[-1] == 999
+    assert create_diffusion(1000, "cosine", 1000, max_t=999).timestep_map == list(range(1000))
+    with pytest.raises(UserError, match="head.sample_max_t"):
+        space_timesteps(1000, 100, 1000)
+    with pytest.raises(UserError, match="head.sampling_steps"):
+        space_timesteps(1000, 100, 50)
+
+
+def test_first_step_amplifies_eps_errors_300x_from_t999_but_not_from_t900():
+    """Why `head.sample_max_t` exists: at t = 999 (ᾱ ≈ 2e-9, zero terminal SNR) the first
+    reverse step's mean moves ~316x an error on ε̂; started at t = 900, ~0.17x."""
+    base = create_diffusion(1000, "cosine")
+    ideal_scale = np.sqrt(1 - base.alphas_cumprod)  # ε̂ = √(1−ᾱ)·x_t is ideal for N(0, I) data
+
+    def gain(max_t: int) -> float:
+        diff = create_diffusion(1000, "cosine", 100, max_t=max_t)
+        x = torch.randn(256, 8, generator=_gen(5), dtype=torch.float64)
+        t = torch.full((256,), diff.num_timesteps - 1, dtype=torch.long)
+        ideal = float(ideal_scale[max_t]) * x
+        clean = diff.p_mean_log_variance(ideal, x, t)[0]
+        off = diff.p_mean_log_variance(ideal + 0.01, x, t)[0]
+        return float((off - clean).abs().mean() / 0.01)
+
+    assert gain(999) > 300
+    assert gain(900) < 0.2
+
+
 def test_posterior_matches_gaussian_conditioning_and_q_sample_inverts():
     diff = create_diffusion(1000, "cosine")
     g = _gen()

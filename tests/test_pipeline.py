@@ -15,7 +15,8 @@ from energytta.cli import sample_main
 from energytta.config import load_config
 from energytta.errors import UserError
 from energytta.models.tta import TTAModel
-from energytta.pipeline import DEFAULT_CKPT, TextToAudio, batch_seed
+from energytta import pipeline
+from energytta.pipeline import TextToAudio, batch_seed
 from energytta.sample_cli import output_stems, read_prompts, slugify
 
 PROMPTS = ("# a comment\n\na high beep repeats three times\n\nrain falls\n"
@@ -165,11 +166,33 @@ def test_unwritable_output_folder_exit_2(student, prompts_file, tmp_path, capsys
     assert "not writable" in _error_line(capsys)
 
 
-def test_missing_default_checkpoint_is_user_error():
-    if DEFAULT_CKPT.is_file():
-        pytest.skip("a default checkpoint is shipped")
-    with pytest.raises(UserError, match="--ckpt"):
+def test_missing_shipped_model_is_user_error(monkeypatch, tmp_path):
+    monkeypatch.setitem(pipeline.SHIPPED, "student", tmp_path / "gone.safetensors")
+    with pytest.raises(UserError, match="reinstall energytta or pass --ckpt"):
         TextToAudio.from_pretrained(None, "cpu")
+
+
+def test_shipped_models_fit_the_budget_and_generate():
+    sizes = sum(p.stat().st_size for p in pipeline.ASSETS.glob("*.safetensors"))
+    assert sizes <= 60 * 1024 * 1024  # issue 7: every shipped weight together <= 60 MB
+    for name in ("student", "teacher"):
+        pipe = TextToAudio.from_pretrained(None if name == "student" else name, "cpu")
+        assert pipe.kind == name and pipe.checkpoint == pipeline.SHIPPED[name]
+        wavs, sr = pipe(["a bell rings twice"], seed=0, iterations=2, duration=1.0)
+        assert sr == 16000 and wavs.shape == (1, 16000) and np.isfinite(wavs).all()
+        assert 0.01 < np.abs(wavs).max() <= 1.0  # neither silent nor clipped garbage
+
+
+def test_sample_cli_uses_the_shipped_student(tmp_path, capsys):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a high beep repeats three times\n", encoding="utf-8")
+    code = sample_main(["--prompts", str(prompts), "--out-dir", str(tmp_path / "out"),
+                        "--device", "cpu", "--iterations", "2", "--duration", "1"])
+    assert code == 0
+    record = json.loads((tmp_path / "out" / "000-a-high-beep-repeats-three-times.json")
+                        .read_text())
+    assert record["kind"] == "student"
+    assert Path(record["checkpoint"]) == pipeline.DEFAULT_CKPT
 
 
 def test_prompt_helpers(tmp_path):

@@ -6,7 +6,8 @@
 The training loop already writes `out_dir/model.safetensors` at the end of a run; this
 tool exports any step folder (or a run's latest one) mid-run, and can override the
 sampling defaults stored with the model (`sample.iterations=16 sample.cfg=3`), which
-`energytta-sample` and `TextToAudio` read when a setting is not given.
+`energytta-sample` and `TextToAudio` read when a setting is not given, and the diffusion
+head's sampling-only keys (`head.sampling_steps`, `head.clip_x0`, `head.sample_max_t`).
 """
 from __future__ import annotations
 
@@ -21,21 +22,26 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
 from energytta.errors import UserError  # noqa: E402
 
 
+# what may change at export: sampling settings, never what the weights were trained with
+SAMPLING_KEYS = ("sample.", "head.sampling_steps=", "head.clip_x0=", "head.sample_max_t=")
+
+
 def export(src: str | Path, out: str | Path, overrides: list[str] | None = None) -> Path:
     """Load `src` (inference file, step folder or run folder) and write `out`.
 
     Args:
         src: checkpoint to read (a training state's EMA weights are used).
         out: destination `.safetensors` (written atomically).
-        overrides: `sample.*` key=value pairs changing the stored sampling defaults.
+        overrides: key=value pairs changing the stored sampling settings (SAMPLING_KEYS).
     """
     from energytta.checkpoint import load_model, save_inference
     from energytta.config import apply_overrides
 
     overrides = overrides or []
-    bad = [o for o in overrides if not o.startswith("sample.")]
+    bad = [o for o in overrides if not o.startswith(SAMPLING_KEYS)]
     if bad:
-        raise UserError(f"override '{bad[0]}': only sample.* defaults can change at export "
+        raise UserError(f"override '{bad[0]}': only sample.* defaults and "
+                        f"{', '.join(SAMPLING_KEYS[1:])} can change at export "
                         "(the weights fix everything else)")
     cfg, kind, model, codec = load_model(src, "cpu")
     return save_inference(out, model, codec, apply_overrides(cfg, overrides), kind)
@@ -43,7 +49,8 @@ def export(src: str | Path, out: str | Path, overrides: list[str] | None = None)
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                epilog="Extra key=value arguments change sample.* defaults.")
+                                epilog="Extra key=value arguments change sample.* defaults and "
+                                       "head.sampling_steps / clip_x0 / sample_max_t.")
     p.add_argument("src", help="step-XXXXXXX/ folder, run folder or inference file")
     p.add_argument("--out", required=True, help="destination .safetensors")
     args, rest = p.parse_known_args(sys.argv[1:] if argv is None else argv)
