@@ -71,3 +71,24 @@ def corpus(tmp_path_factory) -> Path:
                      "attributes": attrs})
     (root / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpts(tmp_path_factory, tiny_text_dir) -> dict[str, Path]:
+    """Inference files of a tiny random teacher and student ({"teacher": path, ...})."""
+    from energytta.audio.codec import build_codec
+    from energytta.checkpoint import save_inference
+    from energytta.config import load_config
+    from energytta.models.tta import TTAModel
+
+    folder = tmp_path_factory.mktemp("tiny_ckpts")
+    out = {}
+    for kind, head in (("teacher", "diffusion"), ("student", "energy")):
+        cfg = load_config("tiny", [f"head.kind={head}", f"text.model={tiny_text_dir}"])
+        torch.manual_seed(0)
+        model = TTAModel(cfg, 32)  # the tiny BERT has hidden size 32
+        for p in model.head.parameters():  # untrained heads output zeros: give them signal
+            torch.nn.init.normal_(p, std=0.05)
+        out[kind] = save_inference(folder / f"{kind}.safetensors", model, build_codec(cfg),
+                                   cfg, kind)
+    return out

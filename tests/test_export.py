@@ -24,9 +24,12 @@ def _run_folder(tmp_path: Path) -> tuple[Path, TTAModel]:
 def test_export_latest_step_with_sample_defaults(tmp_path, load_tool):
     run, ema = _run_folder(tmp_path)
     out = tmp_path / "m.safetensors"
-    assert load_tool("export").main([str(run), "--out", str(out), "sample.iterations=7"]) == 0
+    assert load_tool("export").main([str(run), "--out", str(out), "sample.iterations=7",
+                                     "head.sample_max_t=3"]) == 0
     cfg, kind, model, _ = load_model(out)
     assert cfg.sample.iterations == 7 and kind == "teacher"
+    # the head's sampling chain is rebuilt from the stored setting (tiny: 4 steps in 0..3)
+    assert cfg.head.sample_max_t == 3 and model.head.gen_diffusion.timestep_map == [0, 1, 2, 3]
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
                                                  ema.state_dict().values()))
     assert load_inference(out)[4]["text_dim"] == "32"
@@ -37,4 +40,9 @@ def test_export_refuses_non_sample_overrides(tmp_path, capsys, load_tool):
     out = tmp_path / "m.safetensors"
     assert load_tool("export").main([str(run), "--out", str(out), "model.width=8"]) == 2
     assert "only sample.*" in capsys.readouterr().err
+    assert load_tool("export").main([str(run), "--out", str(out), "head.width=8"]) == 2
+    assert "only sample.*" in capsys.readouterr().err
+    # a sampling setting the head cannot use is refused before anything is written
+    assert load_tool("export").main([str(run), "--out", str(out), "head.sample_max_t=2"]) == 2
+    assert "head.sampling_steps" in capsys.readouterr().err
     assert not (tmp_path / "m.safetensors").exists()

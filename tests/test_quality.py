@@ -2,44 +2,19 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
-
-import pytest
-import torch
-
-from energytta.audio.codec import build_codec
-from energytta.checkpoint import save_inference
-from energytta.config import load_config
-from energytta.models.tta import TTAModel
 
 
-def _save(folder: Path, text_dir: Path, kind: str) -> Path:
-    head = "energy" if kind == "student" else "diffusion"
-    cfg = load_config("tiny", [f"head.kind={head}", f"text.model={text_dir}"])
-    torch.manual_seed(0)
-    model = TTAModel(cfg, 32)  # the fixture's tiny BERT has hidden size 32
-    for p in model.head.parameters():  # untrained heads output zeros: give them some signal
-        torch.nn.init.normal_(p, std=0.05)
-    return save_inference(folder / f"{kind}.safetensors", model, build_codec(cfg), cfg, kind)
-
-
-@pytest.fixture(scope="module")
-def ckpts(tmp_path_factory, tiny_text_dir) -> dict[str, Path]:
-    folder = tmp_path_factory.mktemp("quality_ckpts")
-    return {k: _save(folder, tiny_text_dir, k) for k in ("teacher", "student")}
-
-
-def _args(ckpts, corpus, work, *extra):
+def _args(tiny_ckpts, corpus, work, *extra):
     ref = str(corpus / "test.jsonl")
-    return ["--teacher", str(ckpts["teacher"]), "--student", str(ckpts["student"]),
+    return ["--teacher", str(tiny_ckpts["teacher"]), "--student", str(tiny_ckpts["student"]),
             "--reference", ref, "--real", ref, "--limit", "10", "--iterations", "1,2",
             "--batch-size", "5", "--work", str(work), *extra]
 
 
-def test_rows_page_and_reuse(ckpts, corpus, tmp_path, load_tool, capsys):
+def test_rows_page_and_reuse(tiny_ckpts, corpus, tmp_path, load_tool, capsys):
     tool = load_tool("quality")
     work, page = tmp_path / "work", tmp_path / "quality.md"
-    assert tool.main(_args(ckpts, corpus, work, "--out", str(page))) == 0
+    assert tool.main(_args(tiny_ckpts, corpus, work, "--out", str(page))) == 0
     row = json.loads((work / "student-k2.json").read_text())
     assert row["key"]["iterations"] == 2 and row["generation"]["clips"] == 10
     assert len(list((work / "teacher-k1").glob("*.wav"))) == 10
@@ -50,15 +25,15 @@ def test_rows_page_and_reuse(ckpts, corpus, tmp_path, load_tool, capsys):
     assert "(Needs both models at K = 64.)" in text
     capsys.readouterr()
     # a second run reuses every row; another seed recomputes them
-    assert tool.main(_args(ckpts, corpus, work, "--models", "student")) == 0
+    assert tool.main(_args(tiny_ckpts, corpus, work, "--models", "student")) == 0
     assert capsys.readouterr().err.count("reusing") == 2
-    assert tool.main(_args(ckpts, corpus, work, "--models", "student", "--iterations", "1",
+    assert tool.main(_args(tiny_ckpts, corpus, work, "--models", "student", "--iterations", "1",
                            "--seed", "5")) == 0
     assert "reusing" not in capsys.readouterr().err
     assert json.loads((work / "student-k1.json").read_text())["key"]["seed"] == 5
 
 
-def test_targets_are_judged_from_the_k64_rows(ckpts, corpus, tmp_path, load_tool):
+def test_targets_are_judged_from_the_k64_rows(tiny_ckpts, corpus, tmp_path, load_tool):
     report = load_tool("quality_report")
 
     def row(fd, acc):
@@ -71,15 +46,33 @@ def test_targets_are_judged_from_the_k64_rows(ckpts, corpus, tmp_path, load_tool
     assert "**not met**" in lines[0] and "**not met**" in lines[1]
 
 
-def test_errors(ckpts, corpus, tmp_path, load_tool, capsys):
+def test_errors(tiny_ckpts, corpus, tmp_path, load_tool, capsys):
     tool = load_tool("quality")
-    assert tool.main(_args(ckpts, corpus, tmp_path, "--models", "teacher,oracle")) == 2
+    assert tool.main(_args(tiny_ckpts, corpus, tmp_path, "--models", "teacher,oracle")) == 2
     assert "unknown" in capsys.readouterr().err
-    assert tool.main(_args(ckpts, corpus, tmp_path, "--iterations", "8,x")) == 2
+    assert tool.main(_args(tiny_ckpts, corpus, tmp_path, "--iterations", "8,x")) == 2
     assert tool.main(["--reference", str(tmp_path / "none.jsonl")]) == 2
     assert "energytta-data synth" in capsys.readouterr().err
     # a student checkpoint passed as the teacher is refused, not mislabelled
-    args = _args(ckpts, corpus, tmp_path, "--models", "teacher")
-    args[1] = str(ckpts["student"])
+    args = _args(tiny_ckpts, corpus, tmp_path, "--models", "teacher")
+    args[1] = str(tiny_ckpts["student"])
     assert tool.main(args) == 2
+    assert "holds a student" in capsys.readouterr().err
+
+
+def test_teacher_start_t_scan(tiny_ckpts, tiny_text_dir, tmp_path, load_tool, capsys):
+    from energytta.data import synth
+
+    synth.generate(tmp_path / "corpus", num=5, seconds=1.0, seed=0, workers=1, progress=False)
+    cache = tmp_path / "cache"
+    assert load_tool("cache_latents").main(
+        ["--manifest", str(tmp_path / "corpus" / "train.jsonl"), "--out", str(cache),
+         "--config", "tiny", "--device", "cpu", f"text.model={tiny_text_dir}"]) == 0
+    tool = load_tool("teacher_start_t")
+    rows = tool.scan(str(tiny_ckpts["teacher"]), str(cache), 2, [999, 500], 0)
+    assert [r["start"] for r in rows] == ["real", 999, 500]
+    assert all(len(r["stats"]) == 2 and all(s > 0 for s in r["stats"]) for r in rows)
+    assert tool.main([str(tiny_ckpts["teacher"]), "--data", str(cache), "--starts", "999"]) == 0
+    assert "| 999 |" in capsys.readouterr().out
+    assert tool.main([str(tiny_ckpts["student"]), "--data", str(cache)]) == 2
     assert "holds a student" in capsys.readouterr().err

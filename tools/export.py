@@ -44,7 +44,14 @@ def export(src: str | Path, out: str | Path, overrides: list[str] | None = None)
                         f"{', '.join(SAMPLING_KEYS[1:])} can change at export "
                         "(the weights fix everything else)")
     cfg, kind, model, codec = load_model(src, "cpu")
-    return save_inference(out, model, codec, apply_overrides(cfg, overrides), kind)
+    cfg = apply_overrides(cfg, overrides)
+    if cfg.head.kind == "diffusion":  # check the sampling chain now, not at the user's load
+        from teachers.diffusion import create_diffusion
+
+        h = cfg.head
+        create_diffusion(h.num_timesteps, h.noise_schedule, h.sampling_steps, h.learn_sigma,
+                         h.sample_max_t)
+    return save_inference(out, model, codec, cfg, kind)
 
 
 def main(argv: list[str] | None = None) -> int:
