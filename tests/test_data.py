@@ -145,7 +145,8 @@ def _mixed_manifest(tmp_path: Path) -> Path:
                                              "empty.wav", "missing.wav")])
 
 
-def test_check_lists_every_bad_file(tmp_path, capsys):
+def test_check_lists_every_bad_file(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")  # rich wraps cells to the width: keep long tmp paths whole
     m = _mixed_manifest(tmp_path)
     assert check_manifest(m) == 1
     out = capsys.readouterr().out
