@@ -93,7 +93,8 @@ def _config_from_json(text: str, path: Path) -> Config:
 # ------------------------------------------------------------------ inference file
 def save_inference(path: str | Path, model: nn.Module | Mapping[str, torch.Tensor],
                    codec: nn.Module, cfg: Config, kind: str | None = None,
-                   text_dim: int | None = None) -> Path:
+                   text_dim: int | None = None,
+                   weight_dtype: torch.dtype | None = None) -> Path:
     """Write the inference file (atomically).
 
     Args:
@@ -104,6 +105,9 @@ def save_inference(path: str | Path, model: nn.Module | Mapping[str, torch.Tenso
         cfg: the full config; stored as JSON.
         kind: "teacher" | "student"; default from `cfg.head.kind`.
         text_dim: text-encoder width; default read from the model.
+        weight_dtype: store the model's floating-point tensors in this dtype (e.g.
+            torch.float16: half the file; loading casts them back to the model's dtype).
+            Codec buffers always stay as they are.
     """
     path = Path(path)
     if isinstance(model, nn.Module):
@@ -112,6 +116,8 @@ def save_inference(path: str | Path, model: nn.Module | Mapping[str, torch.Tenso
         if text_dim is None:
             raise ValueError("save_inference needs text_dim when given a state dict")
         state, dim = model, int(text_dim)
+    if weight_dtype is not None:
+        state = {k: v.to(weight_dtype) if v.is_floating_point() else v for k, v in state.items()}
     tensors = {**_cpu_tensors(state, "model."), **_cpu_tensors(codec.state_dict(), "codec.")}
     meta = {"format": FORMAT, "version": energytta.__version__, "kind": kind or kind_for(cfg),
             "config": cfg.to_json(), "text_dim": str(dim)}

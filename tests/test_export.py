@@ -46,3 +46,18 @@ def test_export_refuses_non_sample_overrides(tmp_path, capsys, load_tool):
     assert load_tool("export").main([str(run), "--out", str(out), "head.sample_max_t=2"]) == 2
     assert "head.sampling_steps" in capsys.readouterr().err
     assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_export_half_stores_float16_and_loads_as_float32(tmp_path, load_tool):
+    run, ema = _run_folder(tmp_path)
+    full, half = tmp_path / "full.safetensors", tmp_path / "half.safetensors"
+    assert load_tool("export").main([str(run), "--out", str(full)]) == 0
+    assert load_tool("export").main([str(run), "--out", str(half), "--half"]) == 0
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    _, _, state, codec_state, _ = load_inference(half)
+    assert all(v.dtype == torch.float16 for v in state.values() if v.is_floating_point())
+    assert all(v.dtype != torch.float16 for v in codec_state.values())
+    _, _, model, _ = load_model(half)
+    for (name, a), b in zip(model.state_dict().items(), ema.state_dict().values()):
+        assert a.dtype == b.dtype, name
+        torch.testing.assert_close(a, b.half().to(b.dtype), rtol=0, atol=0)

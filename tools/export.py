@@ -26,14 +26,18 @@ from energytta.errors import UserError  # noqa: E402
 SAMPLING_KEYS = ("sample.", "head.sampling_steps=", "head.clip_x0=", "head.sample_max_t=")
 
 
-def export(src: str | Path, out: str | Path, overrides: list[str] | None = None) -> Path:
+def export(src: str | Path, out: str | Path, overrides: list[str] | None = None,
+           half: bool = False) -> Path:
     """Load `src` (inference file, step folder or run folder) and write `out`.
 
     Args:
         src: checkpoint to read (a training state's EMA weights are used).
         out: destination `.safetensors` (written atomically).
         overrides: key=value pairs changing the stored sampling settings (SAMPLING_KEYS).
+        half: store the weights in float16 (half the file; loaded back as float32).
     """
+    import torch
+
     from energytta.checkpoint import load_model, save_inference
     from energytta.config import apply_overrides
 
@@ -51,7 +55,8 @@ def export(src: str | Path, out: str | Path, overrides: list[str] | None = None)
         h = cfg.head
         create_diffusion(h.num_timesteps, h.noise_schedule, h.sampling_steps, h.learn_sigma,
                          h.sample_max_t)
-    return save_inference(out, model, codec, cfg, kind)
+    return save_inference(out, model, codec, cfg, kind,
+                          weight_dtype=torch.float16 if half else None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,11 +65,13 @@ def main(argv: list[str] | None = None) -> int:
                                        "head.sampling_steps / clip_x0 / sample_max_t.")
     p.add_argument("src", help="step-XXXXXXX/ folder, run folder or inference file")
     p.add_argument("--out", required=True, help="destination .safetensors")
+    p.add_argument("--half", action="store_true",
+                   help="store the weights in float16: half the file, for shipping")
     args, rest = p.parse_known_args(sys.argv[1:] if argv is None else argv)
     try:
         if any("=" not in a for a in rest):
             raise UserError(f"unrecognised arguments: {' '.join(rest)}")
-        path = export(args.src, args.out, rest)
+        path = export(args.src, args.out, rest, args.half)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
