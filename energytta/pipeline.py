@@ -222,7 +222,8 @@ class TextToAudio:
     @torch.no_grad()
     def _generate_batch(self, prompts: list[str], s: SampleSettings, first_index: int,
                         progress: Callable[[int, int], None]) -> tuple[np.ndarray, np.ndarray]:
-        """One batch through the numbered steps. Returns wavs (B, S), mels (B, n_mels, T)."""
+        """One batch through the numbered steps. Returns wavs (B, S) with peaks <= 1, and
+        mels (B, n_mels, T)."""
         from energytta.models.patchify import unpatchify
         from energytta.sampling import decode
 
@@ -249,5 +250,9 @@ class TextToAudio:
         mel = self.codec.decode(latents)
         # 4. Vocode the mel to a waveform (B, S); the vocoder's random phase uses `g` too.
         wav = self.codec.vocode(mel, generator=g)
+        # 5. Scale down (never up) any waveform louder than full scale: 16-bit files would
+        #    clip it to a square wave, and a weak model's outlier tokens can decode to peaks
+        #    of 10-100x. Quieter clips keep their level (loudness is part of a caption).
+        wav = wav / wav.abs().amax(dim=-1, keepdim=True).clamp(min=1.0)
         return (wav.float().cpu().numpy().astype(np.float32),
                 mel.float().cpu().numpy().astype(np.float32))
