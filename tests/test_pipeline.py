@@ -9,12 +9,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from energytta.audio.codec import build_codec
-from energytta.checkpoint import save_inference
 from energytta.cli import sample_main
-from energytta.config import load_config
 from energytta.errors import UserError
-from energytta.models.tta import TTAModel
 from energytta import pipeline
 from energytta.pipeline import TextToAudio, batch_seed
 from energytta.sample_cli import output_stems, read_prompts, slugify
@@ -23,19 +19,9 @@ PROMPTS = ("# a comment\n\na high beep repeats three times\n\nrain falls\n"
            "a high beep repeats three times\n")
 
 
-def _save(folder: Path, text_dir: Path, kind: str) -> Path:
-    head = "energy" if kind == "student" else "diffusion"
-    cfg = load_config("tiny", [f"head.kind={head}", f"text.model={text_dir}"])
-    torch.manual_seed(0)
-    model = TTAModel(cfg, 32)  # the fixture's tiny BERT has hidden size 32
-    for p in model.head.parameters():  # untrained heads output zeros: give them some signal
-        torch.nn.init.normal_(p, std=0.05)
-    return save_inference(folder / f"{kind}.safetensors", model, build_codec(cfg), cfg, kind)
-
-
 @pytest.fixture(scope="module")
-def student(tmp_path_factory, tiny_text_dir) -> Path:
-    return _save(tmp_path_factory.mktemp("ckpt"), tiny_text_dir, "student")
+def student(tiny_ckpts) -> Path:
+    return tiny_ckpts["student"]
 
 
 @pytest.fixture
@@ -115,8 +101,8 @@ def test_cli_writes_wav_png_json_per_prompt_and_is_byte_identical(student, promp
     assert (out1 / f"{stems[0]}.wav").read_bytes() != (out1 / f"{stems[2]}.wav").read_bytes()
 
 
-def test_cli_works_for_a_teacher(tmp_path, tiny_text_dir, prompts_file):
-    ckpt = _save(tmp_path, tiny_text_dir, "teacher")
+def test_cli_works_for_a_teacher(tmp_path, tiny_ckpts, prompts_file):
+    ckpt = tiny_ckpts["teacher"]
     assert _sample(prompts_file, ckpt, tmp_path / "out", "--iterations", "2") == 0
     record = json.loads((tmp_path / "out" / "001-rain-falls.json").read_text())
     assert record["kind"] == "teacher"
@@ -180,7 +166,7 @@ def test_shipped_models_fit_the_budget_and_generate():
         assert pipe.kind == name and pipe.checkpoint == pipeline.SHIPPED[name]
         wavs, sr = pipe(["a bell rings twice"], seed=0, iterations=2, duration=1.0)
         assert sr == 16000 and wavs.shape == (1, 16000) and np.isfinite(wavs).all()
-        assert 0.01 < np.abs(wavs).max() <= 1.0  # neither silent nor clipped garbage
+        assert 0.01 < np.abs(wavs).max() <= 1.0  # not silent; louder clips are scaled down
 
 
 def test_sample_cli_uses_the_shipped_student(tmp_path, capsys):

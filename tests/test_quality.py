@@ -40,7 +40,7 @@ def test_targets_are_judged_from_the_k64_rows(tiny_ckpts, corpus, tmp_path, load
         return {"metrics": {"synth-classifier": {"fd": fd}},
                 "attributes": {"all": {"overall": {"accuracy": acc, "n": 10}}}}
     lines = report._targets({("teacher", 64): row(10.0, 0.80), ("student", 64): row(11.0, 0.78)})
-    assert "+2.0 points behind" in lines[0] and "**met**" in lines[0]
+    assert "2.0 points behind" in lines[0] and "**met**" in lines[0]
     assert "1.10×" in lines[1] and "**met**" in lines[1]
     lines = report._targets({("teacher", 64): row(10.0, 0.80), ("student", 64): row(13.0, 0.70)})
     assert "**not met**" in lines[0] and "**not met**" in lines[1]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import platform
 import sys
 import time
@@ -235,8 +236,8 @@ def _main(argv: list[str]) -> int:
 
         real = real_row(args, embedders)
         command = args.command or "python tools/quality.py " + " ".join(argv)
-        meta = {"command": command, "machine": f"{platform.machine()}, "
-                f"{torch.get_num_threads()} torch threads, torch {torch.__version__}",
+        meta = {"command": command, "machine": f"{platform.machine()}, {os.cpu_count()} "
+                f"CPU cores, torch {torch.__version__}",
                 "date": time.strftime("%Y-%m-%d"),
                 "seconds": round(sum(r.get("seconds", 0) for r in rows.values()))}
         atomic_write_text(args.out, render(args, rows, real, meta))

@@ -1,6 +1,7 @@
 """Markdown for docs/quality.md from the rows tools/quality.py computed (no computing here)."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 # The targets of issue 7: the student's attribute accuracy within 3 points of the teacher's
@@ -30,6 +31,15 @@ def _cells(name: str, k: str, result: dict, gen: dict | None) -> list[str]:
             _f(gen and gen["wall_s_per_clip"]), _f(gen and gen["cpu_s_per_clip"])]
 
 
+def _display(path: str) -> str:
+    """A checkpoint path relative to the working directory when it is below it."""
+    p = Path(path)
+    try:
+        return str(p.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return path
+
+
 def _table(header: tuple[str, ...], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
             *("| " + " | ".join(r) + " |" for r in rows)]
@@ -43,13 +53,30 @@ def _targets(rows: dict) -> list[str]:
     tf, sf = t["metrics"]["synth-classifier"]["fd"], s["metrics"]["synth-classifier"]["fd"]
     gap, ratio = 100 * (ta - sa), sf / tf
     ok = ("**met**", "**not met**")
+    where = f"{gap:.1f} points behind" if gap > 0 else f"{-gap:.1f} points ahead"
     return [
-        f"- Attribute accuracy: student {sa:.3f} vs teacher {ta:.3f}, "
-        f"{gap:+.1f} points behind (target: at most {TARGET_ACC_POINTS:g}) — "
+        f"- Attribute accuracy: student {sa:.3f} vs teacher {ta:.3f}, {where} "
+        f"(target: at most {TARGET_ACC_POINTS:g} behind) — "
         f"{ok[0] if gap <= TARGET_ACC_POINTS else ok[1]}.",
         f"- FD (synth-classifier; the FAD stand-in): student {sf:.2f} vs teacher {tf:.2f}, "
         f"{ratio:.2f}× (target: at most {TARGET_FD_RATIO:g}×) — "
         f"{ok[0] if ratio <= TARGET_FD_RATIO else ok[1]}."]
+
+
+def _against_real(rows: dict, real: dict | None) -> list[str]:
+    """One plain sentence per model: how far its K = 64 row is from the real clips."""
+    if not real:
+        return []
+    ra, rf = _acc(real, "all"), real["metrics"]["synth-classifier"]["fd"]
+    out = []
+    for m in ("teacher", "student"):
+        r = rows.get((m, TARGET_K))
+        if r:
+            out.append(f"- Against real clips, the {m}: attribute accuracy {_acc(r, 'all'):.3f} "
+                       f"vs {ra:.3f}, type {_acc(r, 'all', 'type'):.3f} vs "
+                       f"{_acc(real, 'all', 'type'):.3f}, FD "
+                       f"{r['metrics']['synth-classifier']['fd']:.1f} vs {rf:.1f}.")
+    return out
 
 
 def _per_attribute(rows: dict, real: dict | None) -> list[str]:
@@ -77,7 +104,8 @@ def render(args: Any, rows: dict, real: dict | None, meta: dict) -> str:
     gen, key = any_row["generation"], any_row["key"]
     all_n = (any_row.get("attributes") or {}).get("all", {}).get("clips_all_correct", {})
     held = (any_row.get("attributes") or {}).get("heldout", {}).get("clips_all_correct", {})
-    ckpts = {m: (r["key"]["checkpoint"], r["key"]["sha256"][:12]) for (m, _), r in rows.items()}
+    ckpts = {m: (_display(r["key"]["checkpoint"]), r["key"]["sha256"][:12])
+             for (m, _), r in rows.items()}
     table = [_cells(m, str(k), r, r["generation"]) for (m, k), r in rows.items()]
     if real:
         table.append(_cells("real clips", "–", real, None))
@@ -115,6 +143,7 @@ def render(args: Any, rows: dict, real: dict | None, meta: dict) -> str:
         f"## Targets at K = {TARGET_K}",
         "",
         *_targets(rows),
+        *_against_real(rows, real),
         "",
         f"## Per check at K = {TARGET_K} (accuracy, number of checks)",
         "",
