@@ -34,6 +34,7 @@ for _p in (ROOT, TOOLS):  # run from a checkout without installing; quality_repo
         sys.path.insert(0, str(_p))
 
 from energytta.errors import UserError  # noqa: E402
+from quality_report import accuracy  # noqa: E402
 
 MODELS = ("teacher", "student")
 EMBEDDERS = ("synth-classifier", "mel-stats")
@@ -104,7 +105,7 @@ def score(generated: Path | str, reference: str, limit: int, embedders: dict,
 
     data = runner.collect(generated, reference).limit(limit)
     out = {"metrics": {n: runner.embedder_metrics(e, data, None) for n, e in embedders.items()}}
-    pairs = runner.collect(generated, attributes_of or reference).limit(limit)
+    pairs = data if attributes_of is None else runner.collect(generated, attributes_of).limit(limit)
     out["attributes"] = runner.attribute_accuracy(pairs, None, None, False,
                                                   embedders["synth-classifier"])
     return out
@@ -175,14 +176,9 @@ def _threads() -> int:
     return torch.get_num_threads()
 
 
-def _acc(row: dict, split: str, key: str = "overall") -> float | None:
-    a = (row.get("attributes") or {}).get(split, {}).get(key)
-    return None if a is None else a["accuracy"]
-
-
 def _summary(row: dict) -> str:
     fd = row["metrics"]["synth-classifier"]["fd"]
-    return f"FD {fd:.2f}, attribute accuracy {_acc(row, 'all'):.3f}"
+    return f"FD {fd:.2f}, attribute accuracy {accuracy(row, 'all'):.3f}"
 
 
 def main(argv: list[str]) -> int:

@@ -16,7 +16,8 @@ def _f(x: float | None, digits: int = 2) -> str:
     return "–" if x is None else f"{x:.{digits}f}"
 
 
-def _acc(result: dict, split: str, key: str = "overall") -> float | None:
+def accuracy(result: dict, split: str, key: str = "overall") -> float | None:
+    """Accuracy of check `key` on `split` ("all" | "seen" | "heldout"), None if absent."""
     a = (result.get("attributes") or {}).get(split, {}).get(key)
     return None if a is None else a["accuracy"]
 
@@ -25,9 +26,9 @@ def _cells(name: str, k: str, result: dict, gen: dict | None) -> list[str]:
     clf, mel = result["metrics"]["synth-classifier"], result["metrics"]["mel-stats"]
     is_ = f"{clf['is_mean']:.2f} ± {clf['is_std']:.2f}" if "is_mean" in clf else "–"
     return [name, k, _f(clf["fd"]), _f(mel["fd"]), _f(clf.get("kl_softmax"), 3), is_,
-            _f(_acc(result, "all"), 3), _f(_acc(result, "seen"), 3),
-            _f(_acc(result, "heldout"), 3), _f(_acc(result, "all", "type"), 3),
-            _f(_acc(result, "all", "clips_all_correct"), 3),
+            _f(accuracy(result, "all"), 3), _f(accuracy(result, "seen"), 3),
+            _f(accuracy(result, "heldout"), 3), _f(accuracy(result, "all", "type"), 3),
+            _f(accuracy(result, "all", "clips_all_correct"), 3),
             _f(gen and gen["wall_s_per_clip"]), _f(gen and gen["cpu_s_per_clip"])]
 
 
@@ -49,7 +50,7 @@ def _targets(rows: dict) -> list[str]:
     t, s = rows.get(("teacher", TARGET_K)), rows.get(("student", TARGET_K))
     if not (t and s):
         return [f"(Needs both models at K = {TARGET_K}.)"]
-    ta, sa = _acc(t, "all"), _acc(s, "all")
+    ta, sa = accuracy(t, "all"), accuracy(s, "all")
     tf, sf = t["metrics"]["synth-classifier"]["fd"], s["metrics"]["synth-classifier"]["fd"]
     gap, ratio = 100 * (ta - sa), sf / tf
     ok = ("**met**", "**not met**")
@@ -67,14 +68,15 @@ def _against_real(rows: dict, real: dict | None) -> list[str]:
     """One plain sentence per model: how far its K = 64 row is from the real clips."""
     if not real:
         return []
-    ra, rf = _acc(real, "all"), real["metrics"]["synth-classifier"]["fd"]
+    ra, rf = accuracy(real, "all"), real["metrics"]["synth-classifier"]["fd"]
     out = []
     for m in ("teacher", "student"):
         r = rows.get((m, TARGET_K))
         if r:
-            out.append(f"- Against real clips, the {m}: attribute accuracy {_acc(r, 'all'):.3f} "
-                       f"vs {ra:.3f}, type {_acc(r, 'all', 'type'):.3f} vs "
-                       f"{_acc(real, 'all', 'type'):.3f}, FD "
+            out.append(f"- Against real clips, the {m}: attribute accuracy "
+                       f"{accuracy(r, 'all'):.3f} vs {ra:.3f}, type "
+                       f"{accuracy(r, 'all', 'type'):.3f} vs "
+                       f"{accuracy(real, 'all', 'type'):.3f}, FD "
                        f"{r['metrics']['synth-classifier']['fd']:.1f} vs {rf:.1f}.")
     return out
 
