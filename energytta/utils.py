@@ -25,6 +25,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) / path.name
     try:
         yield tmp
+        _apply_umask(tmp)
         if path.is_dir() and tmp.is_dir():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -35,6 +36,19 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp.parent, ignore_errors=True)
+
+
+def _apply_umask(path: Path) -> None:
+    """Give the files under `path` the mode a plain `open()` would have (0o666 & ~umask).
+
+    Some writers (safetensors' `save_file`) create files owner-only (0o600); an exported
+    model or checkpoint should be as readable as any other file its user writes.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    for f in files:
+        os.chmod(f, 0o666 & ~umask)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 
 import numpy as np
@@ -149,6 +150,20 @@ def test_failed_save_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
     assert [p.name for p in tmp_path.iterdir()] == ["step-0000010"]  # no temporaries left
     assert ckpt.latest_checkpoint(tmp_path) == folder
+
+
+def test_saved_files_get_the_umask_mode_not_owner_only(tmp_path):
+    # safetensors' save_file creates 0o600 files; atomic_path gives them 0o666 & ~umask
+    cfg, model, codec = _model_and_codec()
+    old = os.umask(0o022)
+    try:
+        path = ckpt.save_inference(tmp_path / "m.safetensors", model, codec, cfg,
+                                   text_dim=TEXT_DIM)
+        folder = _save_state(tmp_path / "run", 1, model, codec, cfg)
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in [path, *folder.iterdir()]}
+    assert set(modes.values()) == {0o644}, modes
 
 
 def test_keep_last_n_deletes_the_oldest(tmp_path):
