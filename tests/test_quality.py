@@ -76,3 +76,23 @@ def test_teacher_start_t_scan(tiny_ckpts, tiny_text_dir, tmp_path, load_tool, ca
     assert "| 999 |" in capsys.readouterr().out
     assert tool.main([str(tiny_ckpts["student"]), "--data", str(cache)]) == 2
     assert "holds a student" in capsys.readouterr().err
+
+
+def test_sampling_sweep_cells_table_and_reuse(tiny_ckpts, corpus, tmp_path, load_tool, capsys):
+    tool = load_tool("sampling_sweep")
+    work, page = tmp_path / "work", tmp_path / "sweep.md"
+    args = [str(tiny_ckpts["student"]), "--reference", str(corpus / "test.jsonl"),
+            "--limit", "10", "--iterations", "1", "--cfg", "1,3", "--temperature", "0.5",
+            "--batch-size", "5", "--work", str(work), "--out", str(page)]
+    assert tool.main(args) == 0
+    cells = sorted(p.name for p in work.rglob("*.json"))
+    assert cells == ["k1-cfg1-t0.5.json", "k1-cfg3-t0.5.json"]
+    cell = json.loads(next(work.rglob("k1-cfg3-t0.5.json")).read_text())
+    assert cell["generation"]["cfg"] == 3.0 and cell["generation"]["temperature"] == 0.5
+    text = page.read_text()
+    assert text.count("\n| ") == 3 and text.count("**best**") == 1
+    capsys.readouterr()
+    assert tool.main(args) == 0  # every cell reused: nothing generated
+    assert "generating" not in capsys.readouterr().err
+    assert tool.main(args[:1] + ["--cfg", "1,x", "--reference", str(corpus / "test.jsonl")]) == 2
+    assert "--cfg" in capsys.readouterr().err

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
-from energytta.errors import UserError  # noqa: E402
+from energytta.errors import UserError, run_cli  # noqa: E402
 
 EPILOG = """\
 pairing:
@@ -189,11 +189,7 @@ def print_tables(result: dict) -> None:
 
 def main(argv: list[str]) -> int:
     """Run the tool; a UserError becomes `error: ...` on stderr and exit code 2."""
-    try:
-        return _main(argv)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_cli(_main, argv)
 
 
 def _main(argv: list[str]) -> int:

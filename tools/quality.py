@@ -33,7 +33,7 @@ for _p in (ROOT, TOOLS):  # run from a checkout without installing; quality_repo
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-from energytta.errors import UserError  # noqa: E402
+from energytta.errors import UserError, run_cli  # noqa: E402
 from quality_report import accuracy  # noqa: E402
 
 MODELS = ("teacher", "student")
@@ -111,8 +111,11 @@ def score(generated: Path | str, reference: str, limit: int, embedders: dict,
     return out
 
 
-def generate_row(args, model: str, ckpt: Path, k: int, folder: Path) -> dict[str, Any]:
-    """Generate the captions into `folder`; returns settings and timings."""
+def generate_row(args, model: str, ckpt: Path, k: int, folder: Path,
+                 **knobs: float) -> dict[str, Any]:
+    """Generate the captions into `folder`; returns settings and timings.
+
+    `knobs` (cfg=, temperature=) override the checkpoint's sampling defaults."""
     from energytta.audio.io import write_wav
     from energytta.data.manifest import read_manifest
     from energytta.eval.runner import by_stem
@@ -122,7 +125,7 @@ def generate_row(args, model: str, ckpt: Path, k: int, folder: Path) -> dict[str
     pipe = TextToAudio.from_pretrained(ckpt, "cpu")
     if pipe.kind != model:
         raise UserError(f"--{model} {ckpt} holds a {pipe.kind}, not a {model}")
-    s = pipe.settings(seed=args.seed, iterations=k, batch_size=args.batch_size)
+    s = pipe.settings(seed=args.seed, iterations=k, batch_size=args.batch_size, **knobs)
     pipe.text_encoder  # load outside the timed region
     wall, cpu = time.perf_counter(), time.process_time()
     result = pipe.generate([it.caption for _, it in items], s)
@@ -182,11 +185,7 @@ def _summary(row: dict) -> str:
 
 
 def main(argv: list[str]) -> int:
-    try:
-        return _main(argv)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_cli(_main, argv)
 
 
 def _parse(argv: list[str]) -> tuple[Any, list[str], list[int], dict[str, Path]]:
