@@ -90,7 +90,7 @@ def test_sampling_sweep_cells_table_and_reuse(tiny_ckpts, corpus, tmp_path, load
     cell = json.loads(next(work.rglob("k1-cfg3-t0.5.json")).read_text())
     assert cell["generation"]["cfg"] == 3.0 and cell["generation"]["temperature"] == 0.5
     text = page.read_text()
-    assert text.count("\n| ") == 3 and text.count("**best**") == 1
+    assert text.count("\n| ") == 3 and text.count("**best**") == 1 and "sample.cfg=" in text
     capsys.readouterr()
     assert tool.main(args) == 0  # every cell reused: nothing generated
     assert "generating" not in capsys.readouterr().err

@@ -94,10 +94,15 @@ def _rank(cell: dict) -> tuple[float, float]:
     return (accuracy(cell, "all") or 0.0, -cell["metrics"]["synth-classifier"]["fd"])
 
 
-def render(args, ckpt: Path, digest: str, cells: dict) -> str:
+def render(args, ckpt: Path, digest: str, cells: dict, command: str) -> str:
     best = max(cells, key=lambda c: _rank(cells[c]))
-    lines = [f"Checkpoint `{ckpt}` (sha256 {digest[:12]}…), K = {args.iterations}, the first "
-             f"{args.limit} captions of `{args.reference}`, seed {args.seed}.", "",
+    lines = ["# Sampling defaults: CFG scale × temperature", "",
+             "<!-- Written by tools/sampling_sweep.py; edit that tool, not this page. -->",
+             f"Regenerate with `{command}` ({time.strftime('%Y-%m-%d')}; cells are saved in "
+             f"`{args.work}` and reused).", "",
+             f"Checkpoint `{ckpt}` (sha256 {digest[:12]}…), K = {args.iterations}, the first "
+             f"{args.limit} captions of `{args.reference}`, seed {args.seed}. Columns as in "
+             "[quality.md](quality.md).", "",
              "| cfg | temperature | FD clf ↓ | FD mel ↓ | attributes ↑ | type ↑ | all right ↑ |",
              "|---|---|---|---|---|---|---|"]
     for (cfg, temp), c in cells.items():
@@ -106,6 +111,9 @@ def render(args, ckpt: Path, digest: str, cells: dict) -> str:
                      f"| {c['metrics']['mel-stats']['fd']:.2f} | {accuracy(c, 'all'):.3f} "
                      f"| {accuracy(c, 'all', 'type'):.3f} "
                      f"| {accuracy(c, 'all', 'clips_all_correct'):.3f} |")
+    lines += ["", f"Best (highest attribute accuracy, FD breaks ties): cfg {best[0]:g}, "
+              f"temperature {best[1]:g}. Write it into a checkpoint with `python tools/export.py "
+              f"CKPT --out OUT sample.cfg={best[0]:g} sample.temperature={best[1]:g}`."]
     return "\n".join(lines) + "\n"
 
 
@@ -132,7 +140,8 @@ def _main(argv: list[str]) -> int:
     embedders = {n: MemoEmbedder(get_embedder(n, "cpu")) for n in EMBEDDERS}
     cells = {(c, t): get_cell(args, kind, ckpt, digest, c, t, embedders)
              for c in cfgs for t in temps}
-    table = render(args, ckpt, digest, cells)
+    command = "python tools/sampling_sweep.py " + " ".join(argv)
+    table = render(args, ckpt, digest, cells, command)
     print(table)
     if args.out:
         from energytta.utils import atomic_write_text
