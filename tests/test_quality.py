@@ -20,8 +20,17 @@ def test_rows_page_and_reuse(tiny_ckpts, corpus, tmp_path, load_tool, capsys):
     assert len(list((work / "teacher-k1").glob("*.wav"))) == 10
     assert row["attributes"]["all"]["type"]["n"] == 10
     text = page.read_text()
-    for cells in ("| teacher | 2 |", "| teacher | 1 |", "| student | 2 |", "| real clips | – |"):
+    for cells in ("| teacher | 2 |", "| teacher | 1 |", "| student | 2 |", "| real clips | – |",
+                  "| real → mel → GL | – |"):
         assert cells in text
+    # the vocoder's ceiling: real clips through mel -> Griffin-Lim, as long as generations,
+    # and far closer to the test clips than an untrained tiny model's
+    import soundfile as sf
+    vocoded = json.loads((work / "real-vocoded.json").read_text())
+    first = sorted((work / "real-vocoded").glob("*.wav"))
+    assert len(first) == 10
+    assert sf.info(first[0]).frames == sf.info(next((work / "student-k2").glob("*.wav"))).frames
+    assert vocoded["metrics"]["mel-stats"]["fd"] < row["metrics"]["mel-stats"]["fd"]
     assert "(Needs both models at K = 64.)" in text
     capsys.readouterr()
     # a second run reuses every row; another seed recomputes them

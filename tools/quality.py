@@ -14,6 +14,10 @@ check) on seen and held-out combinations. A row is saved as WORK/<model>-k<K>.js
 reused while its settings and checkpoint hash are unchanged, so runs resume and rows can
 be computed in parallel processes. Latency is the generation's wall and process-CPU time
 per clip at --batch-size (text encoding, decoding and vocoder; not the scoring).
+
+With --out, two reference rows join the page: the --real clips scored as if generated, and
+the same clips through the models' codec and Griffin-Lim (WORK/real-vocoded.json), which
+separates what the vocoder loses from what the models get wrong.
 """
 from __future__ import annotations
 
@@ -173,6 +177,56 @@ def real_row(args, embedders: dict) -> dict[str, Any] | None:
     return score(args.real, args.reference, args.limit, embedders, attributes_of=args.real)
 
 
+def vocoded_row(args, ckpt: Path, embedders: dict) -> dict[str, Any] | None:
+    """The --real clips through the shipped codec and vocoder (mel -> Griffin-Lim), scored
+    as if generated: the best any model that predicts mels can get here. Saved as
+    WORK/real-vocoded.json and reused like a model row."""
+    from energytta.utils import atomic_write_text
+
+    if not args.real:
+        return None
+    work = Path(args.work)
+    path = work / "real-vocoded.json"
+    key = {"real": str(args.real), "limit": args.limit, "seed": args.seed,
+           "sha256": sha256(ckpt), "reference": str(args.reference)}
+    if path.is_file() and json.loads(path.read_text()).get("key") == key:
+        return json.loads(path.read_text())
+    print(f"real clips -> mel -> Griffin-Lim: {args.limit} clips ...", file=sys.stderr)
+    manifest = vocode_clips(args, ckpt, work / "real-vocoded")
+    row = {"key": key, **score(manifest, args.reference, args.limit, embedders,
+                               attributes_of=manifest)}
+    atomic_write_text(path, json.dumps(row, indent=1) + "\n")
+    return row
+
+
+def vocode_clips(args, ckpt: Path, folder: Path) -> Path:
+    """Write the first --limit --real clips, analysed to log-mels and vocoded back with the
+    checkpoint's codec, to `folder` (same length and peak handling as generation), and a
+    manifest of them with the originals' captions and attributes; returns its path."""
+    import torch
+
+    from energytta.audio.io import crop_or_pad, load_audio, write_wav
+    from energytta.data.manifest import read_manifest
+    from energytta.eval.runner import by_stem
+    from energytta.pipeline import TextToAudio, batch_seed
+    from energytta.utils import atomic_write_text
+
+    pipe = TextToAudio.from_pretrained(ckpt, "cpu")
+    sr, length = pipe.sample_rate, int(round(pipe.settings().duration * pipe.sample_rate))
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i, (stem, it) in enumerate(list(by_stem(read_manifest(args.real)).items())[:args.limit]):
+        wav = torch.from_numpy(crop_or_pad(load_audio(it.audio, sr), length, offset=0))
+        g = torch.Generator().manual_seed(batch_seed(args.seed, i))
+        out = pipe.codec.vocode(pipe.codec.mel(wav), generator=g)[0]  # (S,)
+        write_wav(folder / f"{stem}.wav", out / out.abs().max().clamp(min=1.0), sr)
+        lines.append(json.dumps({"audio": f"{stem}.wav", "caption": it.caption,
+                                 "attributes": it.attributes}))
+    manifest = folder / "manifest.jsonl"
+    atomic_write_text(manifest, "\n".join(lines) + "\n")
+    return manifest
+
+
 def _threads() -> int:
     import torch
 
@@ -230,12 +284,13 @@ def _main(argv: list[str]) -> int:
         from quality_report import render
 
         real = real_row(args, embedders)
+        vocoded = vocoded_row(args, ckpts[models[-1]], embedders)
         command = args.command or "python tools/quality.py " + " ".join(argv)
         meta = {"command": command, "machine": f"{platform.machine()}, {os.cpu_count()} "
                 f"CPU cores, torch {torch.__version__}",
                 "date": time.strftime("%Y-%m-%d"),
                 "seconds": round(sum(r.get("seconds", 0) for r in rows.values()))}
-        atomic_write_text(args.out, render(args, rows, real, meta))
+        atomic_write_text(args.out, render(args, rows, real, meta, vocoded))
         print(f"wrote {args.out}", file=sys.stderr)
     return 0
 

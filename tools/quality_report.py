@@ -81,10 +81,9 @@ def _against_real(rows: dict, real: dict | None) -> list[str]:
     return out
 
 
-def _per_attribute(rows: dict, real: dict | None) -> list[str]:
+def _per_attribute(rows: dict, real: dict | None, vocoded: dict | None) -> list[str]:
     cols = [(m, rows[(m, TARGET_K)]) for m in ("teacher", "student") if (m, TARGET_K) in rows]
-    if real:
-        cols.append(("real clips", real))
+    cols += [(name, r) for name, r in (("real clips", real), ("vocoded", vocoded)) if r]
     names = []
     for _, r in cols:
         names += [n for n in (r.get("attributes") or {}).get("all", {}) if n not in names]
@@ -100,8 +99,10 @@ def _per_attribute(rows: dict, real: dict | None) -> list[str]:
     return _table(header, out)
 
 
-def render(args: Any, rows: dict, real: dict | None, meta: dict) -> str:
-    """The whole page. rows: {(model, K): saved row}; real: score() of the --real clips."""
+def render(args: Any, rows: dict, real: dict | None, meta: dict,
+           vocoded: dict | None = None) -> str:
+    """The whole page. rows: {(model, K): saved row}; real: score() of the --real clips;
+    vocoded: the same clips through the codec and Griffin-Lim (tools/quality.py)."""
     any_row = next(iter(rows.values()))
     gen, key = any_row["generation"], any_row["key"]
     all_n = (any_row.get("attributes") or {}).get("all", {}).get("clips_all_correct", {})
@@ -111,6 +112,8 @@ def render(args: Any, rows: dict, real: dict | None, meta: dict) -> str:
     table = [_cells(m, str(k), r, r["generation"]) for (m, k), r in rows.items()]
     if real:
         table.append(_cells("real clips", "–", real, None))
+    if vocoded:
+        table.append(_cells("real → mel → GL", "–", vocoded, None))
     lines = [
         "# Quality: the shipped student vs the shipped teacher",
         "",
@@ -140,7 +143,10 @@ def render(args: Any, rows: dict, real: dict | None, meta: dict) -> str:
         "thread(s) per row; rows computed side by side share the machine, so read wall "
         "times as upper bounds. "
         f"`real clips`: {args.limit} real clips of `{args.real}` scored as if generated "
-        "(FD between two finite samples is not 0; this is what a perfect generator gets).",
+        "(FD between two finite samples is not 0; this is what a perfect generator gets). "
+        "`real → mel → GL`: the same clips analysed to log-mels and turned back into audio by "
+        "the models' codec and Griffin-Lim vocoder: what a perfect *mel* generator gets "
+        "here, so the gap between it and `real clips` is the vocoder's, not the models'.",
         "",
         f"## Targets at K = {TARGET_K}",
         "",
@@ -149,7 +155,7 @@ def render(args: Any, rows: dict, real: dict | None, meta: dict) -> str:
         "",
         f"## Per check at K = {TARGET_K} (accuracy, number of checks)",
         "",
-        *_per_attribute(rows, real),
+        *_per_attribute(rows, real, vocoded),
         "",
         "FAD proper needs VGGish weights, which cannot be fetched here; the synth-classifier "
         "FD above stands in for it (docs/evaluation.md has the VGGish path for when the file "
