@@ -20,6 +20,7 @@ from energytta.cli import train_main
 from energytta.config import load_config
 from energytta.errors import UserError
 from energytta.train.logging import read_metrics
+from energytta.train.optim import WarmupSchedule
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -84,6 +85,25 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(
     _, _, ema_b, _ = load_model(out / "model.safetensors")
     assert _states_equal(ema_a, ema_b)
     assert not _states_equal(ema_a, straight)  # the export holds the EMA, not the raw weights
+
+
+@pytest.mark.slow
+def test_resume_with_more_steps_extends_the_lr_schedule(tiny_text_dir, corpus, tmp_path, capsys):
+    """A finished run resumed with a larger train.steps trains on along the config's cosine,
+    not at the saved run's final min_lr."""
+    out, extra = tmp_path / "run", ("train.warmup_steps=1", "train.min_lr=1e-5")
+    loop.train(_cfg(tiny_text_dir, corpus, out, "train.steps=3", *extra))
+    first = read_metrics(out / "metrics.jsonl")
+    capsys.readouterr()
+    loop.train(_cfg(tiny_text_dir, corpus, out, "train.steps=6", *extra), resume=True)
+    assert "not the saved run's (3, 1)" in " ".join(capsys.readouterr().out.split())
+    lrs = [r["lr"] for r in read_metrics(out / "metrics.jsonl")]
+    assert len(lrs) == 6 and lrs[:3] == [r["lr"] for r in first]
+    # steps 4-6 follow the 6-step cosine (the saved 3-step one would give min_lr, 1e-5)
+    base = _cfg(tiny_text_dir, corpus, out).train.lr
+    curve = WarmupSchedule(1, 6, "cosine", 1e-5 / base)
+    assert lrs[3:] == pytest.approx([base * curve(s) for s in (3, 4, 5)])
+    assert min(lrs[3:]) > 1e-5
 
 
 @pytest.mark.slow

@@ -39,7 +39,7 @@ from energytta.errors import UserError
 from energytta.train.ema import EMA
 from energytta.train.logging import MetricsLog, Window, format_stats, make_progress
 from energytta.train.objectives import build_objective
-from energytta.train.optim import build_optimizer
+from energytta.train.optim import build_optimizer, keep_config_schedule
 from energytta.utils import atomic_path, atomic_write_text, seed_everything
 
 CODEC_FIT_ITEMS = 64  # clips used to fit the mel codec's per-bin statistics at step 0
@@ -318,7 +318,14 @@ class Trainer:
         except (ValueError, KeyError) as e:
             raise UserError(f"{folder}: optimizer state does not fit this model ({e}); "
                             "resume with the config the run was started with") from None
+        fresh = [dict(vars(f)) for f in self.sched.lr_lambdas]
         self.sched.load_state_dict(decode_tree(st["scheduler"], {}))
+        saved = keep_config_schedule(self.sched, fresh)
+        if saved is not None:
+            self.console.print(
+                f"[yellow]the lr schedule follows this config (train.steps "
+                f"{fresh[0]['total_steps']}, warm-up {fresh[0]['warmup_steps']}), not the "
+                f"saved run's ({saved['total_steps']}, {saved['warmup_steps']})[/yellow]")
         set_rng_state(st["rng"])
         self.step, self.elapsed = int(st["step"]), float(st.get("elapsed", 0.0))
         self.console.print(f"resumed from {folder} (step {self.step})")

@@ -90,3 +90,22 @@ def build_optimizer(model: nn.Module, cfg: Config, extra: Any = None
     # every group follows the same curve; its lr_mult is already in its initial lr
     sched = torch.optim.lr_scheduler.LambdaLR(opt, [base] * len(groups))
     return opt, sched
+
+
+def keep_config_schedule(sched: torch.optim.lr_scheduler.LambdaLR,
+                         settings: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Put the config's schedule back after `LambdaLR.load_state_dict`.
+
+    Loading restores the saved run's `WarmupSchedule` settings too, so a run resumed with a
+    larger `train.steps` (to train longer) would stay at min_lr. `settings` are the
+    config's (`vars()` of the fresh lambdas, taken before loading). Sets each group's lr
+    for the next step from them; returns the saved settings if they differed, else None.
+    """
+    saved = dict(vars(sched.lr_lambdas[0]))
+    if all(vars(f) == s for f, s in zip(sched.lr_lambdas, settings)):
+        return None
+    for f, s in zip(sched.lr_lambdas, settings):
+        f.__dict__.update(s)
+    for group, base, f in zip(sched.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
+        group["lr"] = base * f(sched.last_epoch)
+    return saved
