@@ -32,6 +32,7 @@ def test_rows_page_and_reuse(tiny_ckpts, corpus, tmp_path, load_tool, capsys):
     assert sf.info(first[0]).frames == sf.info(next((work / "student-k2").glob("*.wav"))).frames
     assert vocoded["metrics"]["mel-stats"]["fd"] < row["metrics"]["mel-stats"]["fd"]
     assert "(Needs both models at K = 64.)" in text
+    assert "sampling defaults (teacher CFG " in text and "; student CFG " in text
     capsys.readouterr()
     # a second run reuses every row; another seed recomputes them
     assert tool.main(_args(tiny_ckpts, corpus, work, "--models", "student")) == 0
@@ -100,6 +101,7 @@ def test_sampling_sweep_cells_table_and_reuse(tiny_ckpts, corpus, tmp_path, load
     assert cell["generation"]["cfg"] == 3.0 and cell["generation"]["temperature"] == 0.5
     text = page.read_text()
     assert text.count("\n| ") == 3 and text.count("**best**") == 1 and "sample.cfg=" in text
+    assert "standard error" in text
     capsys.readouterr()
     assert tool.main(args) == 0  # every cell reused: nothing generated
     assert "generating" not in capsys.readouterr().err

@@ -32,6 +32,17 @@ def _cells(name: str, k: str, result: dict, gen: dict | None) -> list[str]:
             _f(gen and gen["wall_s_per_clip"]), _f(gen and gen["cpu_s_per_clip"])]
 
 
+def _knobs(rows: dict) -> str:
+    """'teacher CFG 5, temperature 1; student CFG 3, temperature 0.5' from the rows."""
+    seen: dict[str, list[str]] = {}
+    for (m, _), r in rows.items():
+        g = r["generation"]
+        knob = f"CFG {g['cfg']:g}, temperature {g['temperature']:g}"
+        if knob not in seen.setdefault(m, []):
+            seen[m].append(knob)
+    return "; ".join(f"{m} {' or '.join(k)}" for m, k in seen.items())
+
+
 def _display(path: str) -> str:
     """A checkpoint path relative to the working directory when it is below it."""
     p = Path(path)
@@ -125,8 +136,8 @@ def render(args: Any, rows: dict, real: dict | None, meta: dict,
         "",
         f"Test set: the first {all_n.get('n', '?')} captions of `{key['reference']}` "
         f"({held.get('n', 0)} of them held-out attribute combinations), {gen['duration']:g} s "
-        f"each, seed {key['seed']}, CFG {gen['cfg']:g} (linear schedule), temperature "
-        f"{gen['temperature']:g}, batch {key['batch_size']}. Checkpoints: "
+        f"each, seed {key['seed']}, batch {key['batch_size']}, each checkpoint's sampling "
+        f"defaults ({_knobs(rows)}; linear CFG schedule). Checkpoints: "
         + ", ".join(f"{m} `{p}` (sha256 {h}…)" for m, (p, h) in ckpts.items()) + ".",
         "",
         *_table(COLUMNS, table),

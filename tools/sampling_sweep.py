@@ -1,6 +1,6 @@
 """Pick a checkpoint's sampling defaults: CFG scale x temperature on the validation split.
 
-    python tools/sampling_sweep.py runs/student_long/model.safetensors \\
+    python tools/sampling_sweep.py runs/shipped_student/model.safetensors \\
         --cfg 1,3,5,8 --temperature 0.7,1 --out docs/sampling_sweep.md
 
 Each cell (cfg, temperature) generates the first --limit captions of --reference (the
@@ -94,6 +94,18 @@ def _rank(cell: dict) -> tuple[float, float]:
     return (accuracy(cell, "all") or 0.0, -cell["metrics"]["synth-classifier"]["fd"])
 
 
+def _noise(cells: dict, best: tuple[float, float]) -> str:
+    """How far the best cell's accuracy stands above the others, in binomial standard
+    errors: a small sweep cannot tell cells apart that lie within one."""
+    acc, n = accuracy(cells[best], "all"), cells[best]["attributes"]["all"]["overall"]["n"]
+    se = (acc * (1 - acc) / n) ** 0.5
+    close = [f"cfg {c:g} / temperature {t:g}" for (c, t), cell in cells.items()
+             if (c, t) != best and accuracy(cell, "all") >= acc - se]
+    return (f"Its attribute accuracy {acc:.3f} has a standard error of about {se:.3f} "
+            f"({n} checks); within one standard error of it: "
+            + (", ".join(close) if close else "no other cell") + ".")
+
+
 def render(args, ckpt: Path, digest: str, cells: dict, command: str) -> str:
     best = max(cells, key=lambda c: _rank(cells[c]))
     lines = ["# Sampling defaults: CFG scale × temperature", "",
@@ -113,7 +125,8 @@ def render(args, ckpt: Path, digest: str, cells: dict, command: str) -> str:
                      f"| {accuracy(c, 'all', 'clips_all_correct'):.3f} |")
     lines += ["", f"Best (highest attribute accuracy, FD breaks ties): cfg {best[0]:g}, "
               f"temperature {best[1]:g}. Write it into a checkpoint with `python tools/export.py "
-              f"CKPT --out OUT sample.cfg={best[0]:g} sample.temperature={best[1]:g}`."]
+              f"CKPT --out OUT sample.cfg={best[0]:g} sample.temperature={best[1]:g}`.", "",
+              _noise(cells, best)]
     return "\n".join(lines) + "\n"
 
 
