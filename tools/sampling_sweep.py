@@ -28,7 +28,7 @@ for _p in (ROOT, TOOLS):  # run from a checkout without installing
 
 from energytta.errors import UserError, run_cli  # noqa: E402
 from quality import EMBEDDERS, MemoEmbedder, generate_row, score, sha256  # noqa: E402
-from quality_report import accuracy  # noqa: E402
+from quality_report import accuracy, display_path  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,13 +106,14 @@ def _noise(cells: dict, best: tuple[float, float]) -> str:
             + (", ".join(close) if close else "no other cell") + ".")
 
 
-def render(args, ckpt: Path, digest: str, cells: dict, command: str) -> str:
+def render(args, kind: str, ckpt: Path, digest: str, cells: dict, command: str) -> str:
     best = max(cells, key=lambda c: _rank(cells[c]))
-    lines = ["# Sampling defaults: CFG scale × temperature", "",
+    lines = [f"# Sampling defaults of the {kind}: CFG scale × temperature", "",
              "<!-- Written by tools/sampling_sweep.py; edit that tool, not this page. -->",
              f"Regenerate with `{command}` ({time.strftime('%Y-%m-%d')}; cells are saved in "
              f"`{args.work}` and reused).", "",
-             f"Checkpoint `{ckpt}` (sha256 {digest[:12]}…), K = {args.iterations}, the first "
+             f"Checkpoint `{display_path(str(ckpt))}` (sha256 {digest[:12]}…), "
+             f"K = {args.iterations}, the first "
              f"{args.limit} captions of `{args.reference}`, seed {args.seed}. Columns as in "
              "[quality.md](quality.md).", "",
              "| cfg | temperature | FD clf ↓ | FD mel ↓ | attributes ↑ | type ↑ | all right ↑ |",
@@ -154,7 +155,7 @@ def _main(argv: list[str]) -> int:
     cells = {(c, t): get_cell(args, kind, ckpt, digest, c, t, embedders)
              for c in cfgs for t in temps}
     command = "python tools/sampling_sweep.py " + " ".join(argv)
-    table = render(args, ckpt, digest, cells, command)
+    table = render(args, kind, ckpt, digest, cells, command)
     print(table)
     if args.out:
         from energytta.utils import atomic_write_text
