@@ -249,3 +249,17 @@ def test_batch_stream_is_seeded_sharded_and_resumable():
     r0, r1 = stream(0).epoch_batches(0), stream(1).epoch_batches(0)
     assert not set(sum(r0, [])) & set(sum(r1, []))  # disjoint shards
     assert stream(0).epoch_batches(0) != stream(0).epoch_batches(1)  # reshuffled per epoch
+
+
+def test_plot_metrics_table_means_the_noisy_loss(tmp_path, load_tool, capsys):
+    tool = load_tool("plot_metrics")
+    log = tmp_path / "metrics.jsonl"
+    log.write_text("".join(json.dumps({"step": s, "loss": float(s % 2), "lr": 1e-3,
+                                       "grad_norm": 1.0, "steps_per_s": 1.0, "time": s}) + "\n"
+                           for s in range(1, 11)))
+    assert tool.main([str(log), "--rows", "2", "--mean-over", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "| loss (mean of 4 logs) |" in out
+    assert "| 1 | 1.0000 |" in out and "| 10 | 0.5000 |" in out  # first row: its one record
+    assert (tmp_path / "loss.png").stat().st_size > 0
+    assert tool.main([str(tmp_path / "none.jsonl")]) == 2

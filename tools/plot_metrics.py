@@ -43,15 +43,23 @@ def plot(records: list[dict], out: Path, title: str) -> None:
     plt.close(fig)
 
 
-def table(records: list[dict], rows: int) -> str:
-    """Markdown table of about `rows` evenly spaced records (always the first and last)."""
+def table(records: list[dict], rows: int, mean_over: int = 1) -> str:
+    """Markdown table of about `rows` evenly spaced records (always the first and last).
+
+    mean_over > 1: each row's loss is the mean over the last `mean_over` logged records up
+    to it (one-batch losses are noisy; a mean shows the trend).
+    """
     every = max(1, len(records) // max(1, rows - 1))
-    picked = records[::every]
-    if picked[-1] is not records[-1]:
-        picked.append(records[-1])
-    lines = ["| step | loss | lr | grad norm | steps/s | time (s) |", "|---|---|---|---|---|---|"]
-    for r in picked:
-        lines.append(f"| {r['step']} | {r['loss']:.4f} | {r['lr']:.2e} | {r['grad_norm']:.3f} "
+    picked = list(range(0, len(records), every))
+    if picked[-1] != len(records) - 1:
+        picked.append(len(records) - 1)
+    loss = "loss" if mean_over <= 1 else f"loss (mean of {mean_over} logs)"
+    lines = [f"| step | {loss} | lr | grad norm | steps/s | time (s) |",
+             "|---|---|---|---|---|---|"]
+    for i in picked:
+        r, window = records[i], records[max(0, i - mean_over + 1):i + 1]
+        mean = sum(w["loss"] for w in window) / len(window)
+        lines.append(f"| {r['step']} | {mean:.4f} | {r['lr']:.2e} | {r['grad_norm']:.3f} "
                      f"| {r['steps_per_s']:.3f} | {r['time']:.0f} |")
     return "\n".join(lines)
 
@@ -62,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run", type=Path, help="run folder (with metrics.jsonl) or the file itself")
     p.add_argument("--out", type=Path, default=None, help="PNG path (default RUN/loss.png)")
     p.add_argument("--rows", type=int, default=12, help="rows in the printed table")
+    p.add_argument("--mean-over", type=int, default=1, metavar="N",
+                   help="table loss = mean of the last N logged records (default 1: as logged)")
     args = p.parse_args(argv)
     path = args.run / "metrics.jsonl" if args.run.is_dir() else args.run
     try:
@@ -73,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = args.out or path.with_name("loss.png")
     plot(records, out, f"{path.parent.name}: training loss")
-    print(table(records, args.rows))
+    print(table(records, args.rows, args.mean_over))
     print(f"\nplot: {out}")
     return 0
 
