@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="classifier-free guidance scale (1 = none)")
     p.add_argument("--iterations", type=int, default=None, metavar="K",
                    help="parallel decoding iterations")
-    p.add_argument("--temperature", type=float, default=None, metavar="T")
+    p.add_argument("--temperature", type=float, default=None, metavar="T",
+                   help="scale of the head's sampling noise (lower: less varied)")
     p.add_argument("--batch-size", type=int, default=None, metavar="B")
     p.add_argument("--device", default="auto", metavar="D", help="auto | cpu | cuda | cuda:1")
     p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"),
