@@ -149,23 +149,34 @@ def row_key(args, model: str, ckpt: Path, k: int) -> dict[str, Any]:
             "reference": str(args.reference)}
 
 
-def get_row(args, model: str, ckpt: Path, k: int, embedders: dict) -> dict[str, Any]:
-    """The saved row for (model, k), or a freshly computed (and saved) one."""
+def saved(path: Path, key: dict) -> dict[str, Any] | None:
+    """The row saved at `path` if it was computed with exactly `key`, else None."""
+    if not path.is_file():
+        return None
+    row = json.loads(path.read_text())
+    return row if row.get("key") == key else None
+
+
+def save(path: Path, row: dict[str, Any]) -> None:
     from energytta.utils import atomic_write_text
 
+    atomic_write_text(path, json.dumps(row, indent=1) + "\n")
+
+
+def get_row(args, model: str, ckpt: Path, k: int, embedders: dict) -> dict[str, Any]:
+    """The saved row for (model, k), or a freshly computed (and saved) one."""
     work = Path(args.work)
     path, key = work / f"{model}-k{k}.json", row_key(args, model, ckpt, k)
-    if path.is_file():
-        row = json.loads(path.read_text())
-        if row.get("key") == key:
-            print(f"{model} K={k}: reusing {path}", file=sys.stderr)
-            return row
+    row = saved(path, key)
+    if row is not None:
+        print(f"{model} K={k}: reusing {path}", file=sys.stderr)
+        return row
     print(f"{model} K={k}: generating {args.limit} clips ...", file=sys.stderr)
     folder, start = work / f"{model}-k{k}", time.time()
     row = {"key": key, "generation": generate_row(args, model, ckpt, k, folder),
            "threads": _threads(), **score(folder, args.reference, args.limit, embedders)}
     row["seconds"] = round(time.time() - start, 1)  # generation + scoring
-    atomic_write_text(path, json.dumps(row, indent=1) + "\n")
+    save(path, row)
     print(f"{model} K={k}: {_summary(row)}", file=sys.stderr)
     return row
 
@@ -181,21 +192,20 @@ def vocoded_row(args, ckpt: Path, embedders: dict) -> dict[str, Any] | None:
     """The --real clips through the shipped codec and vocoder (mel -> Griffin-Lim), scored
     as if generated: the best any model that predicts mels can get here. Saved as
     WORK/real-vocoded.json and reused like a model row."""
-    from energytta.utils import atomic_write_text
-
     if not args.real:
         return None
     work = Path(args.work)
     path = work / "real-vocoded.json"
     key = {"real": str(args.real), "limit": args.limit, "seed": args.seed,
            "sha256": sha256(ckpt), "reference": str(args.reference)}
-    if path.is_file() and json.loads(path.read_text()).get("key") == key:
-        return json.loads(path.read_text())
+    row = saved(path, key)
+    if row is not None:
+        return row
     print(f"real clips -> mel -> Griffin-Lim: {args.limit} clips ...", file=sys.stderr)
     manifest = vocode_clips(args, ckpt, work / "real-vocoded")
     row = {"key": key, **score(manifest, args.reference, args.limit, embedders,
                                attributes_of=manifest)}
-    atomic_write_text(path, json.dumps(row, indent=1) + "\n")
+    save(path, row)
     return row
 
 

@@ -14,7 +14,6 @@ checkpoint with `tools/export.py CKPT --out OUT sample.cfg=X sample.temperature=
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -27,7 +26,8 @@ for _p in (ROOT, TOOLS):  # run from a checkout without installing
         sys.path.insert(0, str(_p))
 
 from energytta.errors import UserError, run_cli  # noqa: E402
-from quality import EMBEDDERS, MemoEmbedder, generate_row, score, sha256  # noqa: E402
+from quality import (EMBEDDERS, MemoEmbedder, generate_row, save, saved,  # noqa: E402
+                     score, sha256)
 from quality_report import accuracy, display_path  # noqa: E402
 
 
@@ -68,16 +68,15 @@ def _floats(text: str, flag: str) -> list[float]:
 def get_cell(args, kind: str, ckpt: Path, digest: str, cfg: float, temp: float,
              embedders: dict) -> dict[str, Any]:
     """The saved cell for (cfg, temp), or a freshly computed (and saved) one."""
-    from energytta.utils import atomic_write_text
-
     name = f"k{args.iterations}-cfg{cfg:g}-t{temp:g}"
     work = Path(args.work) / digest[:12]
     path = work / f"{name}.json"
     key = {"sha256": digest, "iterations": args.iterations, "cfg": cfg, "temperature": temp,
            "seed": args.seed, "limit": args.limit, "batch_size": args.batch_size,
            "reference": str(args.reference)}
-    if path.is_file() and json.loads(path.read_text()).get("key") == key:
-        return json.loads(path.read_text())
+    cell = saved(path, key)
+    if cell is not None:
+        return cell
     print(f"cfg {cfg:g}, temperature {temp:g}: generating {args.limit} clips ...",
           file=sys.stderr)
     start = time.time()
@@ -86,7 +85,7 @@ def get_cell(args, kind: str, ckpt: Path, digest: str, cfg: float, temp: float,
     cell = {"key": key, "generation": gen,
             **score(work / name, args.reference, args.limit, embedders)}
     cell["seconds"] = round(time.time() - start, 1)
-    atomic_write_text(path, json.dumps(cell, indent=1) + "\n")
+    save(path, cell)
     return cell
 
 
