@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 
 def _args(tiny_ckpts, corpus, work, *extra):
@@ -41,6 +42,14 @@ def test_rows_page_and_reuse(tiny_ckpts, corpus, tmp_path, load_tool, capsys):
                            "--seed", "5")) == 0
     assert "reusing" not in capsys.readouterr().err
     assert json.loads((work / "student-k1.json").read_text())["key"]["seed"] == 5
+    # rows follow the checkpoint's content, not its path: a copy elsewhere reuses them
+    copy = tmp_path / "elsewhere" / "student.safetensors"
+    copy.parent.mkdir()
+    shutil.copy(tiny_ckpts["student"], copy)
+    moved = {**tiny_ckpts, "student": copy}
+    assert tool.main(_args(moved, corpus, work, "--models", "student", "--iterations", "2")) == 0
+    err = capsys.readouterr().err
+    assert "reusing" in err and "generating" not in err
 
 
 def test_targets_are_judged_from_the_k64_rows(tiny_ckpts, corpus, tmp_path, load_tool):

@@ -143,8 +143,10 @@ def generate_row(args, model: str, ckpt: Path, k: int, folder: Path,
 
 
 def row_key(args, model: str, ckpt: Path, k: int) -> dict[str, Any]:
-    """Everything a saved row depends on; a saved row with another key is recomputed."""
-    return {"model": model, "checkpoint": str(ckpt), "sha256": sha256(ckpt), "iterations": k,
+    """Everything a saved row depends on; a saved row with another key is recomputed. The
+    checkpoint counts by content (sha256), not path, so a moved checkout or a copied file
+    reuses its rows."""
+    return {"model": model, "sha256": sha256(ckpt), "iterations": k,
             "seed": args.seed, "limit": args.limit, "batch_size": args.batch_size,
             "reference": str(args.reference)}
 
@@ -299,6 +301,7 @@ def _main(argv: list[str]) -> int:
         meta = {"command": command, "machine": f"{platform.machine()}, {os.cpu_count()} "
                 f"CPU cores, torch {torch.__version__}",
                 "date": time.strftime("%Y-%m-%d"),
+                "checkpoints": {m: str(c) for m, c in ckpts.items()},
                 "seconds": round(sum(r.get("seconds", 0) for r in rows.values()))}
         atomic_write_text(args.out, render(args, rows, real, meta, vocoded))
         print(f"wrote {args.out}", file=sys.stderr)

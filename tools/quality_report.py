@@ -118,7 +118,7 @@ def render(args: Any, rows: dict, real: dict | None, meta: dict,
     gen, key = any_row["generation"], any_row["key"]
     all_n = (any_row.get("attributes") or {}).get("all", {}).get("clips_all_correct", {})
     held = (any_row.get("attributes") or {}).get("heldout", {}).get("clips_all_correct", {})
-    ckpts = {m: (display_path(r["key"]["checkpoint"]), r["key"]["sha256"][:12])
+    ckpts = {m: (display_path(meta["checkpoints"][m]), r["key"]["sha256"][:12])
              for (m, _), r in rows.items()}
     table = [_cells(m, str(k), r, r["generation"]) for (m, k), r in rows.items()]
     if real:
