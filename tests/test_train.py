@@ -255,10 +255,12 @@ def test_plot_metrics_table_means_the_noisy_loss(tmp_path, load_tool, capsys):
     tool = load_tool("plot_metrics")
     log = tmp_path / "metrics.jsonl"
     log.write_text("".join(json.dumps({"step": s, "loss": float(s % 2), "lr": 1e-3,
-                                       "grad_norm": 1.0, "steps_per_s": 1.0, "time": s}) + "\n"
+                                       "distill": s / 1000, "grad_norm": 1.0,
+                                       "steps_per_s": 1.0, "time": s}) + "\n"
                            for s in range(1, 11)))
     assert tool.main([str(log), "--rows", "2", "--mean-over", "4"]) == 0
     out = capsys.readouterr().out
+    assert "(one-batch values as logged): distill 0.001 to 0.01\n" in out
     assert "| loss (mean of 4 logs) |" in out
     assert "| 1 | 1.0000 |" in out and "| 10 | 0.5000 |" in out  # first row: its one record
     assert (tmp_path / "loss.png").stat().st_size > 0
