@@ -111,6 +111,8 @@ def test_sampling_sweep_cells_table_and_reuse(tiny_ckpts, corpus, tmp_path, load
     text = page.read_text()
     assert text.count("\n| ") == 3 and text.count("**best**") == 1 and "sample.cfg=" in text
     assert "standard error" in text and text.startswith("# Sampling defaults of the student")
+    seconds = sum(json.loads(f.read_text())["seconds"] for f in work.rglob("*.json"))
+    assert f"took {round(seconds)} s of generation and scoring" in text
     capsys.readouterr()
     assert tool.main(args) == 0  # every cell reused: nothing generated
     assert "generating" not in capsys.readouterr().err

@@ -110,7 +110,9 @@ def render(args, kind: str, ckpt: Path, digest: str, cells: dict, command: str) 
     lines = [f"# Sampling defaults of the {kind}: CFG scale × temperature", "",
              "<!-- Written by tools/sampling_sweep.py; edit that tool, not this page. -->",
              f"Regenerate with `{command}` ({time.strftime('%Y-%m-%d')}; cells are saved in "
-             f"`{args.work}` and reused).", "",
+             f"`{args.work}` and reused; computing the cells below took "
+             f"{round(sum(c.get('seconds', 0) for c in cells.values()))} s of generation and "
+             "scoring, summed over cells).", "",
              f"Checkpoint `{display_path(str(ckpt))}` (sha256 {digest[:12]}…), "
              f"K = {args.iterations}, the first "
              f"{args.limit} captions of `{args.reference}`, seed {args.seed}. Columns as in "
