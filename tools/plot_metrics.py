@@ -66,10 +66,13 @@ def table(records: list[dict], rows: int, mean_over: int = 1) -> str:
 
 def term_ranges(records: list[dict]) -> str:
     """Min and max of each logged loss term over the run (the table shows only the total;
-    a term logs unweighted, e.g. the student's `distill` before its weight λ)."""
+    a term logs unweighted, e.g. the student's `distill` before its weight λ). "" when the
+    run logs no terms besides the total."""
     keys = sorted({k for r in records for k in r} - SKIP - {"loss"})
     parts = [f"{k} {min(v):.3g} to {max(v):.3g}" for k in keys
              if (v := [r[k] for r in records if k in r])]
+    if not parts:
+        return ""
     return "loss terms over the run (one-batch values as logged): " + ", ".join(parts)
 
 
@@ -93,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or path.with_name("loss.png")
     plot(records, out, f"{path.parent.name}: training loss")
     print(table(records, args.rows, args.mean_over))
-    if {k for r in records for k in r} - SKIP - {"loss"}:
-        print("\n" + term_ranges(records))
+    if ranges := term_ranges(records):
+        print("\n" + ranges)
     print(f"\nplot: {out}")
     return 0
 
