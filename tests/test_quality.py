@@ -65,6 +65,18 @@ def test_targets_are_judged_from_the_k64_rows(tiny_ckpts, corpus, tmp_path, load
     assert "**not met**" in lines[0] and "**not met**" in lines[1]
 
 
+def test_per_check_table_names_columns_like_the_main_table(load_tool):
+    report = load_tool("quality_report")
+
+    def row(acc):
+        checks = {"type": {"accuracy": acc, "n": 4}}
+        return {"attributes": {"all": checks, "seen": checks, "heldout": {}}}
+    lines = report._per_attribute({("student", 64): row(0.5)}, row(1.0), row(0.75))
+    assert lines[0].startswith("| check | student seen | student held-out | real clips seen |")
+    assert "| real → mel → GL seen | real → mel → GL held-out |" in lines[0]
+    assert lines[2] == "| type | 0.500 (4) | – | 1.000 (4) | – | 0.750 (4) | – |"
+
+
 def test_errors(tiny_ckpts, corpus, tmp_path, load_tool, capsys):
     tool = load_tool("quality")
     assert tool.main(_args(tiny_ckpts, corpus, tmp_path, "--models", "teacher,oracle")) == 2

@@ -94,7 +94,7 @@ def _against_real(rows: dict, real: dict | None) -> list[str]:
 
 def _per_attribute(rows: dict, real: dict | None, vocoded: dict | None) -> list[str]:
     cols = [(m, rows[(m, TARGET_K)]) for m in ("teacher", "student") if (m, TARGET_K) in rows]
-    cols += [(name, r) for name, r in (("real clips", real), ("vocoded", vocoded)) if r]
+    cols += [(name, r) for name, r in (("real clips", real), ("real → mel → GL", vocoded)) if r]
     names = []
     for _, r in cols:
         names += [n for n in (r.get("attributes") or {}).get("all", {}) if n not in names]
