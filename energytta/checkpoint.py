@@ -10,7 +10,9 @@ Two forms (docs/architecture.md):
   `codec.safetensors` and `state.json` (step, optimizer/scheduler structure, RNG states,
   data position, config). The folder is written atomically, so a crash mid-save leaves
   the previous checkpoint of that step (if any) untouched; older folders beyond
-  `keep_last` are deleted after a successful save.
+  `keep_last` are deleted after a successful save. Objectives without an EMA or a frozen
+  codec (the codec parts, the classifier) write no `ema` / `codec` file; their `kind` in
+  state.json is the objective's ("vae", "vocoder", "classifier").
 
 `load_model(path, device)` accepts an inference file, a training-state folder (its EMA
 weights are used) or a run folder (its latest step folder).
@@ -38,6 +40,7 @@ from energytta.utils import atomic_path, atomic_write_text
 FORMAT = "energytta"
 STEP_RE = re.compile(r"^step-(\d{7,})$")
 _KINDS = {"diffusion": "teacher", "energy": "student"}
+MODEL_KINDS = ("teacher", "student")  # what `load_model` builds: text-to-audio models
 
 
 def kind_for(cfg: Config) -> str:
@@ -229,37 +232,41 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
-def save_training_state(run_dir: str | Path, step: int, *, model: nn.Module, ema: nn.Module,
-                        optimizer: torch.optim.Optimizer, codec: nn.Module, cfg: Config,
-                        state: Mapping[str, Any], text_dim: int, keep_last: int = 0,
-                        extra: Mapping[str, Mapping[str, torch.Tensor]] | None = None) -> Path:
+def save_training_state(run_dir: str | Path, step: int, *, model: nn.Module,
+                        ema: nn.Module | None, optimizer: torch.optim.Optimizer,
+                        codec: nn.Module | None, cfg: Config, state: Mapping[str, Any],
+                        text_dim: int | None, keep_last: int = 0,
+                        extra: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
+                        kind: str | None = None) -> Path:
     """Write `run_dir/step-XXXXXXX/` atomically, then prune to the newest `keep_last`.
 
     Args:
         run_dir: the run's output folder.
         step: optimizer steps done so far.
-        model, ema: the raw (unwrapped) model and its EMA copy.
+        model, ema: the raw (unwrapped) model and its EMA copy (None: no EMA).
         optimizer: a torch optimizer; its state dict is split into tensors + JSON.
-        codec: the codec (its buffers are saved).
+        codec: the frozen codec (its buffers are saved), or None.
         cfg: the config (stored in state.json).
         state: extra JSON-able entries (scheduler, rng, data position, ...).
-        text_dim: text-encoder width (needed to rebuild TTAModel).
+        text_dim: text-encoder width (needed to rebuild TTAModel), or None.
         keep_last: keep this many newest step folders (0 keeps all).
         extra: more tensor groups, each saved as `<name>.safetensors` when non-empty
             (e.g. "objective": the student objective's learned projections).
+        kind: the run's kind; default from `cfg.head.kind` ("teacher" | "student").
     """
     folder = step_dir(run_dir, step)
     optim_tensors: dict[str, torch.Tensor] = {}
     optim_tree = encode_tree(optimizer.state_dict(), optim_tensors, "optim")
-    doc = {"format": FORMAT, "version": energytta.__version__, "kind": kind_for(cfg),
+    doc = {"format": FORMAT, "version": energytta.__version__, "kind": kind or kind_for(cfg),
            "step": step, "text_dim": text_dim, "optimizer": optim_tree, **state,
            "config": cfg.to_dict()}
+    parts = {"model": model, "ema": ema, "codec": codec}
     with atomic_path(folder) as tmp:
         tmp.mkdir()
-        save_file(_cpu_tensors(model.state_dict()), str(tmp / "model.safetensors"))
-        save_file(_cpu_tensors(ema.state_dict()), str(tmp / "ema.safetensors"))
+        for name, module in parts.items():
+            if module is not None:
+                save_file(_cpu_tensors(module.state_dict()), str(tmp / f"{name}.safetensors"))
         save_file(optim_tensors, str(tmp / "optim.safetensors"))
-        save_file(_cpu_tensors(codec.state_dict()), str(tmp / "codec.safetensors"))
         for name, tensors in (extra or {}).items():
             if tensors:
                 save_file(_cpu_tensors(tensors), str(tmp / f"{name}.safetensors"))
@@ -272,8 +279,9 @@ def save_training_state(run_dir: str | Path, step: int, *, model: nn.Module, ema
 
 
 def load_training_state(folder: str | Path) -> dict[str, Any]:
-    """Read a step folder -> {"state": json dict, "config": Config, "model", "ema", "codec",
-    "optimizer" (a torch optimizer state dict), and any extra tensor group} (CPU tensors)."""
+    """Read a step folder -> {"state": json dict, "config": Config, "model", "optimizer" (a
+    torch optimizer state dict), and every other tensor group in it: "ema", "codec" (when
+    the run has them), "objective", ...} (CPU tensors)."""
     folder = Path(folder)
     path = folder / "state.json"
     if not path.is_file():
@@ -288,8 +296,7 @@ def load_training_state(folder: str | Path) -> dict[str, Any]:
         raise UserError(f"{path} is not an energytta training state (format missing)")
     out: dict[str, Any] = {"state": doc, "config": _config_from_json(json.dumps(doc["config"]),
                                                                      path)}
-    for name in ("model", "ema", "codec"):
-        out[name], _ = _read_safetensors(folder / f"{name}.safetensors", "checkpoint file")
+    out["model"], _ = _read_safetensors(folder / "model.safetensors", "checkpoint file")
     for extra in sorted(folder.glob("*.safetensors")):
         if extra.stem not in out and extra.stem != "optim":
             out[extra.stem], _ = _read_safetensors(extra, "checkpoint file")
@@ -364,6 +371,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"
     else:
         loaded = load_training_state(src)
         cfg, kind = loaded["config"], loaded["state"].get("kind", "")
+        if kind and kind not in MODEL_KINDS:
+            raise UserError(f"{src} is a training state of a {kind}, not of a text-to-audio "
+                            f"model; use the {kind} file its run exported")
         model_state, codec_state = loaded["ema"], loaded["codec"]
         text_dim = int(loaded["state"]["text_dim"])
     model = TTAModel(cfg, text_dim)

@@ -128,6 +128,9 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
+    # what trains (energytta.train.objectives): "teacher" | "student" | "vae" | "vocoder" |
+    # "classifier"; "" = what the config implies: codec.train's part, else the head's role
+    objective: str = ""
     out_dir: str = "runs/default"
     seed: int = 0
     steps: int = 2000
@@ -145,10 +148,25 @@ class TrainConfig:
     ckpt_every: int = 500
     keep_last: int = 3
     sample_every: int = 0  # 0 = only at the end
+    # validation stage (energytta/train/validation.py): every val_every steps and at the
+    # end, the objective scores the first val_batches batches of data.val; 0 = off
+    val_every: int = 0
+    val_batches: int = 4
     sample_prompts: list[str] = field(default_factory=lambda: [
         "a high beep repeats three times",
         "a dog-like bark with rain in the background",
     ])
+
+
+@dataclass
+class ClassifierConfig:
+    """The synth-classifier embedder (energytta/eval/classifier.py), trained by
+    `train.objective=classifier`."""
+
+    channels: list[int] = field(default_factory=lambda: [96, 96, 128, 128])  # conv blocks
+    kernel: int = 5
+    features: int = 128  # penultimate width: the FD/FAD features
+    dropout: float = 0.2
 
 
 @dataclass
@@ -174,6 +192,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -182,7 +201,10 @@ class Config:
         return json.dumps(self.to_dict(), sort_keys=True)
 
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# named configs ship inside the package, so `--config tiny` works after a plain `pip install`
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+CONFIG_HELP = ("YAML config: a bare name (no '/', no .yaml) is a packaged config, e.g. tiny or "
+               "teacher_small (energytta/configs/); anything else is a path: ./tiny, x/y.yaml")
 
 
 # ---------------------------------------------------------------------------- checks
@@ -246,7 +268,9 @@ def _merge(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> list[dict[str, Any]]:
     """Return the chain of mappings [root parent, ..., path] following `base:` links."""
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path} (see configs/ for the shipped ones)")
+        names = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+        raise ConfigError(f"config file not found: {path} (packaged configs, given by bare "
+                          f"name: {names})")
     if path in seen:
         raise ConfigError(f"config 'base' loop through {path}")
     try:
@@ -262,16 +286,27 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> list[dict[str, Any]]:
 
 
 def resolve_config_path(name: str, relative_to: Path | None = None) -> Path:
-    """`tiny`, `tiny.yaml`, `configs/tiny.yaml` or a path -> an existing-looking path."""
-    candidates = [Path(name)]
-    if relative_to is not None:
-        candidates.insert(0, relative_to / name)
-    for stem in (name, f"{name}.yaml"):
-        candidates.append(CONFIG_DIR / stem)
-    for c in candidates:
-        if c.is_file():
-            return c.resolve()
-    return Path(name)
+    """Where the config called `name` is; the rule is the same for `--config` and `base:`.
+
+    - A bare name (no directory part, no `.yaml`/`.yml` suffix), e.g. `tiny`, is the
+      packaged `energytta/configs/tiny.yaml`, whatever files the working folder holds (a
+      file named `tiny` there does not shadow it; write `./tiny` to mean that file). A bare
+      name that is not packaged is read as a path.
+    - Anything else is a path (`./tiny`, `x/tiny.yaml`, `tiny.yaml`), relative to the
+      working folder, or for a `base:` link to the folder of the file that names it.
+
+    Args:
+        name: the config as the user wrote it.
+        relative_to: folder of the YAML file whose `base:` names `name` (None for --config).
+    Returns:
+        the resolved path; it may not exist (`_read_yaml` then says so).
+    """
+    if Path(name).name == name and Path(name).suffix not in (".yaml", ".yml"):
+        packaged = CONFIG_DIR / f"{name}.yaml"
+        if packaged.is_file():
+            return packaged.resolve()
+    path = Path(name) if relative_to is None else relative_to / name
+    return path.resolve() if path.is_file() else path
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -1,21 +1,39 @@
 """User-facing errors: one line that names the problem and what to do.
 
-CLIs catch `UserError` and print `error: <message>` with exit code 2, never a traceback.
+Every installed command (`energytta/cli.py`) and every script in `tools/` runs its
+`main(argv)` through `run_cli`, the one place where failing is turned into exit codes:
+bad input (`UserError`) becomes `error: <message>` on stderr and exit code 2, Ctrl-C
+becomes `interrupted` and exit code 130 (the shell's code for SIGINT), never a traceback.
 """
 from __future__ import annotations
 
 import sys
 from typing import Callable
 
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
 
 class UserError(Exception):
     """Bad input from the user (file, flag, config); the message is shown as is."""
 
 
-def run_cli(main: Callable[[list[str]], int], argv: list[str]) -> int:
-    """Call a tool's `main(argv)`; a UserError becomes `error: ...` on stderr and exit 2."""
+def run_cli(main: Callable[[list[str]], int | None], argv: list[str] | None = None) -> int:
+    """Run a command's `main(argv)` and return its exit code.
+
+    Args:
+        main: parses `argv` (without the program name) and does the work; may raise
+            `UserError` or be interrupted. Returning None means success (0).
+        argv: the arguments; None reads `sys.argv[1:]`.
+    Returns:
+        main's code, EXIT_USER_ERROR after a UserError, EXIT_INTERRUPTED after Ctrl-C.
+        argparse's own exits (`--help`, a malformed flag) pass through as SystemExit.
+    """
     try:
-        return main(argv)
+        return int(main(sys.argv[1:] if argv is None else argv) or 0)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED

@@ -224,7 +224,7 @@ class TextToAudio:
                         progress: Callable[[int, int], None]) -> tuple[np.ndarray, np.ndarray]:
         """One batch through the numbered steps. Returns wavs (B, S) with peaks <= 1, and
         mels (B, n_mels, T)."""
-        from energytta.models.patchify import unpatchify
+        from energytta.audio.render import tokens_to_audio
         from energytta.sampling import decode
 
         model, B = self.model, len(prompts)
@@ -242,14 +242,10 @@ class TextToAudio:
                             iterations=s.iterations, cfg=s.cfg, cfg_schedule=s.cfg_schedule,
                             temperature=s.temperature, generator=g, uncond_text=uncond,
                             uncond_mask=uncond_mask, progress=progress)  # (B, N, d)
-        tokens = tokens.float()
-        # 3. Tokens -> latents (B, C, T, F) -> log-mel (B, n_mels, T_mel) via the codec.
-        frames = model.frames_for(s.duration)
-        latents = unpatchify(tokens, model.latent_channels, frames, model.latent_freq,
-                             model.patch_t, model.patch_f)
-        mel = self.codec.decode(latents)
-        # 4. Vocode the mel to a waveform (B, S); the vocoder's random phase uses `g` too.
-        wav = self.codec.vocode(mel, generator=g)
+        # 3. Tokens -> latents (B, C, T, F) by the model's geometry -> log-mel (B, n_mels,
+        #    T_mel) by the codec -> 4. waveform (B, S) by the vocoder, whose random phase
+        #    uses `g` too.
+        mel, wav = tokens_to_audio(tokens, model.geometry, self.codec, generator=g)
         # 5. Scale down (never up) any waveform louder than full scale: 16-bit files would
         #    clip it to a square wave, and a weak model's outlier tokens can decode to peaks
         #    of 10-100x. Quieter clips keep their level (loudness is part of a caption).

@@ -1,4 +1,8 @@
-"""Load a trained diffusion-head teacher, frozen, for distillation and benchmarks."""
+"""Load a trained diffusion-head teacher, frozen, for distillation and benchmarks.
+
+energytta reaches `load_teacher` through the `energytta.teachers` entry point (setup.cfg),
+never by importing this package.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from energytta.checkpoint import load_model
 from energytta.errors import UserError
 
 if TYPE_CHECKING:
@@ -26,8 +31,6 @@ def load_teacher(path: str | Path, device: str | torch.device = "cpu"
     Returns: `(cfg, model)` — the teacher's own `Config` and its `TTAModel`.
     Raises: UserError if the file is missing/corrupt or holds a student, not a teacher.
     """
-    from energytta.checkpoint import load_model  # lazy: teachers is imported by heads
-
     cfg, kind, model, _codec = load_model(path, device)
     if kind != "teacher":
         raise UserError(f"{path}: checkpoint kind is '{kind}', not 'teacher' "

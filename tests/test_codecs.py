@@ -23,7 +23,7 @@ from energytta.config import load_config
 from energytta.errors import UserError
 from energytta.models.patchify import patchify
 from energytta.models.tta import TTAModel, latent_shape
-from energytta.train.codec_train import vae_loss
+from energytta.train.objectives.codec import vae_loss
 from energytta.train.logging import read_metrics
 
 TINY_VAE = ["codec.vae_width=4", "codec.vae_latent_channels=2", "codec.train=vae"]
@@ -291,18 +291,19 @@ def _train(corpus: Path, out: Path, config: str, *extra: str) -> int:
 
 
 def test_energytta_train_codec_vae_writes_a_loadable_codec(corpus, tmp_path):
-    rc = _train(corpus, tmp_path / "vae", "configs/codec_vae.yaml", "train.steps=2",
+    rc = _train(corpus, tmp_path / "vae", "codec_vae", "train.steps=2",
                 "codec.vae_width=4", "codec.vae_latent_channels=2")
     assert rc == 0
     out = tmp_path / "vae"
-    assert (out / "config.yaml").is_file() and (out / "train_state.safetensors").is_file()
+    # the resumable state is the one loop's step folder (no more train_state.safetensors)
+    assert (out / "config.yaml").is_file() and ckpt.latest_checkpoint(out) is not None
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2]
     cfg = load_config("tiny", ["codec.name=vae", f"codec.path={out / 'codec.safetensors'}",
                                "codec.vae_width=4", "codec.vae_latent_channels=2"])
     codec = build_codec(cfg)
     assert not torch.equal(codec.latent_std, torch.ones(2))  # measured after training
     assert codec.encode(_wav(1)).shape == (1, 2, 25, 16)
-    assert _train(corpus, out, "configs/codec_vae.yaml", "train.steps=2") == 2  # exists
+    assert _train(corpus, out, "codec_vae", "train.steps=2") == 2  # exists
 
 
 def test_energytta_train_vocoder_resumes_and_gan_terms_run(corpus, tmp_path):
@@ -318,6 +319,24 @@ def test_energytta_train_vocoder_resumes_and_gan_terms_run(corpus, tmp_path):
                   "codec.vae_adv_weight=0.1", "codec.vae_perceptual_weight=1.0") == 0
     record = read_metrics(gan / "metrics.jsonl")[-1]
     assert {"adv", "fm", "disc"} <= set(record) and np.isfinite(record["disc"])
+
+
+def test_a_codec_run_folder_of_the_old_format_is_one_clear_error(corpus, tmp_path, capsys):
+    out = tmp_path / "old"
+    out.mkdir()
+    (out / "train_state.safetensors").write_bytes(b"")  # what codec runs wrote before
+    assert _train(corpus, out, "vocoder", "train.steps=1", "--resume") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "train_state.safetensors" in err
+    assert not (out / "config.yaml").exists()  # the old run folder is left as it was
+
+
+def test_a_codec_step_folder_is_not_a_text_to_audio_model(corpus, tmp_path):
+    out = tmp_path / "voc"
+    assert _train(corpus, out, "vocoder", "train.steps=1", "codec.vocoder_width=16",
+                  "codec.vocoder_depth=1") == 0
+    with pytest.raises(UserError, match="vocoder.*not of a text-to-audio model"):
+        ckpt.load_model(out)
 
 
 def test_teacher_trains_on_vae_latents_and_reloads_with_them(vae_file, corpus, tiny_text_dir,

@@ -1,5 +1,5 @@
 """Manifests (JSONL / AudioCaps / Clotho), `energytta-data check|synth`, datasets, collate,
-and the latent cache (tools/cache_latents.py)."""
+and the latent cache (`energytta-data cache`)."""
 from __future__ import annotations
 
 import json
@@ -232,23 +232,23 @@ def test_build_dataset_from_manifest(tmp_path):
 
 # ------------------------------------------------------------------------ latent cache
 @pytest.mark.slow
-def test_cache_latents_roundtrip_and_resume(tmp_path, tiny_text_dir, load_tool):
+def test_cache_latents_roundtrip_and_resume(tmp_path, tiny_text_dir):
     from energytta.data import synth
 
     synth.generate(tmp_path / "corpus", num=10, seconds=1.0, seed=0, workers=1, progress=False)
     manifest = tmp_path / "corpus" / "train.jsonl"  # 8 clips
-    tool = load_tool("cache_latents")
     overrides = [f"text.model={tiny_text_dir}", f"data.train={tmp_path / 'cache'}"]
     cfg = load_config("tiny", overrides)
-    argv = ["--manifest", str(manifest), "--out", str(tmp_path / "cache"), "--config", "tiny",
-            "--batch-size", "3", "--shard-size", "5", "--device", "cpu"] + overrides[:1]
-    assert tool.main(argv) == 0
+    argv = ["cache", "--manifest", str(manifest), "--out", str(tmp_path / "cache"),
+            "--config", "tiny", "--batch-size", "3", "--shard-size", "5", "--device", "cpu",
+            *overrides[:1]]
+    assert data_main(argv) == 0
     out = tmp_path / "cache"
     index = json.loads((out / "index.json").read_text())
     assert [s["count"] for s in index["shards"]] == [5, 3]
     first_shard = (out / "shard-00000.safetensors").stat().st_mtime_ns
     (out / "shard-00001.safetensors").unlink()  # an interrupted run
-    assert tool.main(argv) == 0
+    assert data_main(argv) == 0
     assert (out / "shard-00000.safetensors").stat().st_mtime_ns == first_shard
     assert (out / "shard-00001.safetensors").is_file()
 
@@ -275,4 +275,4 @@ def test_cache_latents_roundtrip_and_resume(tmp_path, tiny_text_dir, load_tool):
     with pytest.raises(UserError, match="cached with text.max_length"):
         build_dataset(load_config("tiny", overrides + ["text.max_length=8"]), "train")
     other = argv[:-1] + [f"text.model={tiny_text_dir}", "text.max_length=8"]
-    assert tool.main(other) == 2  # another config into the same folder is refused
+    assert data_main(other) == 2  # another config into the same folder is refused

@@ -12,8 +12,8 @@ from energytta.config import Config, load_config
 from energytta.errors import UserError
 from energytta.models.patchify import patchify
 from energytta.models.tta import TTAModel
-from energytta.train.distill import (StudentObjective, _distill_term,
-                                     init_student_from_teacher, prepare_student)
+from energytta.train.objectives.student import (StudentObjective, _distill_term,
+                                                init_student_from_teacher, prepare_student)
 
 TEXT_DIM = 12
 

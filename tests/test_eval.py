@@ -1,5 +1,5 @@
 """Evaluation: metrics on known distributions, embedder architectures loading state dicts
-in the official key layouts, and tools/evaluate.py end to end on tiny inputs."""
+in the official key layouts, and energytta-eval end to end on tiny inputs."""
 from __future__ import annotations
 
 import json
@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from energytta.cli import eval_main
 from energytta.eval import metrics
 
 
@@ -196,18 +197,17 @@ def test_mel_stats_features():
     assert out.features.shape == (1, 128) and out.logits is None
 
 
-# ------------------------------------------------------------------------- the tool
+# ------------------------------------------------------------------ energytta-eval
 def _mkdir(p: Path) -> Path:
     p.mkdir(parents=True, exist_ok=True)
     return p
 
 
-def test_tool_reference_against_itself(corpus, tmp_path, load_tool):
+def test_tool_reference_against_itself(corpus, tmp_path):
     gen = tmp_path / "gen"
     shutil.copytree(corpus / "audio", gen)
     out = tmp_path / "eval.json"
-    tool = load_tool("evaluate")
-    code = tool.main(["--generated", str(gen), "--reference", str(corpus / "test.jsonl"),
+    code = eval_main(["--generated", str(gen), "--reference", str(corpus / "test.jsonl"),
                       "--embedders", "mel-stats,synth-classifier", "--json", str(out)])
     assert code == 0
     res = json.loads(out.read_text())
@@ -219,19 +219,18 @@ def test_tool_reference_against_itself(corpus, tmp_path, load_tool):
     assert res["attributes"]["all"]["type"]["n"] == 12  # the classifier's type check
 
 
-def test_tool_errors(corpus, tmp_path, capsys, load_tool):
-    tool = load_tool("evaluate")
+def test_tool_errors(corpus, tmp_path, capsys):
     ref = str(corpus / "test.jsonl")
     gen = _mkdir(tmp_path / "gen")
     shutil.copy(corpus / "audio" / "000000.wav", gen / "not-a-reference-id.wav")
-    assert tool.main(["--generated", str(gen), "--reference", ref]) == 2
+    assert eval_main(["--generated", str(gen), "--reference", ref]) == 2
     assert "match no reference item" in capsys.readouterr().err
-    assert tool.main(["--generated", str(tmp_path / "missing"), "--reference", ref]) == 2
-    assert tool.main(["--generated", str(gen), "--reference", str(tmp_path / "x.jsonl")]) == 2
+    assert eval_main(["--generated", str(tmp_path / "missing"), "--reference", ref]) == 2
+    assert eval_main(["--generated", str(gen), "--reference", str(tmp_path / "x.jsonl")]) == 2
     assert "manifest not found" in capsys.readouterr().err
 
 
-def test_tool_generates_then_evaluates(corpus, tmp_path, tiny_text_dir, load_tool):
+def test_tool_generates_then_evaluates(corpus, tmp_path, tiny_text_dir):
     from energytta.audio.codec import build_codec
     from energytta.checkpoint import save_inference
     from energytta.config import load_config
@@ -243,8 +242,7 @@ def test_tool_generates_then_evaluates(corpus, tmp_path, tiny_text_dir, load_too
                           build_codec(cfg), cfg, "student")
     out = tmp_path / "eval.json"
     gen = tmp_path / "gen"
-    tool = load_tool("evaluate")
-    code = tool.main(["--ckpt", str(ckpt), "--iterations", "2", "--seed", "3", "--limit", "10",
+    code = eval_main(["--ckpt", str(ckpt), "--iterations", "2", "--seed", "3", "--limit", "10",
                       "--generated", str(gen), "--reference", str(corpus / "test.jsonl"),
                       "--embedders", "mel-stats", "--json", str(out)])
     assert code == 0

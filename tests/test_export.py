@@ -1,4 +1,4 @@
-"""tools/export.py: a step folder becomes an inference file with the same EMA weights."""
+"""energytta-export: a step folder becomes an inference file with the same EMA weights."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,6 +6,7 @@ from pathlib import Path
 import torch
 
 from energytta.checkpoint import load_inference, load_model, save_training_state
+from energytta.cli import export_main
 from energytta.config import load_config
 from energytta.audio.codec import build_codec
 from energytta.models.tta import TTAModel
@@ -21,11 +22,11 @@ def _run_folder(tmp_path: Path) -> tuple[Path, TTAModel]:
     return tmp_path / "run", ema
 
 
-def test_export_latest_step_with_sample_defaults(tmp_path, load_tool):
+def test_export_latest_step_with_sample_defaults(tmp_path):
     run, ema = _run_folder(tmp_path)
     out = tmp_path / "m.safetensors"
-    assert load_tool("export").main([str(run), "--out", str(out), "sample.iterations=7",
-                                     "head.sample_max_t=3"]) == 0
+    assert export_main([str(run), "--out", str(out), "sample.iterations=7",
+                        "head.sample_max_t=3"]) == 0
     cfg, kind, model, _ = load_model(out)
     assert cfg.sample.iterations == 7 and kind == "teacher"
     # the head's sampling chain is rebuilt from the stored setting (tiny: 4 steps in 0..3)
@@ -35,24 +36,24 @@ def test_export_latest_step_with_sample_defaults(tmp_path, load_tool):
     assert load_inference(out)[4]["text_dim"] == "32"
 
 
-def test_export_refuses_non_sample_overrides(tmp_path, capsys, load_tool):
+def test_export_refuses_non_sample_overrides(tmp_path, capsys):
     run, _ = _run_folder(tmp_path)
     out = tmp_path / "m.safetensors"
-    assert load_tool("export").main([str(run), "--out", str(out), "model.width=8"]) == 2
+    assert export_main([str(run), "--out", str(out), "model.width=8"]) == 2
     assert "only sample.*" in capsys.readouterr().err
-    assert load_tool("export").main([str(run), "--out", str(out), "head.width=8"]) == 2
+    assert export_main([str(run), "--out", str(out), "head.width=8"]) == 2
     assert "only sample.*" in capsys.readouterr().err
     # a sampling setting the head cannot use is refused before anything is written
-    assert load_tool("export").main([str(run), "--out", str(out), "head.sample_max_t=2"]) == 2
+    assert export_main([str(run), "--out", str(out), "head.sample_max_t=2"]) == 2
     assert "head.sampling_steps" in capsys.readouterr().err
     assert not (tmp_path / "m.safetensors").exists()
 
 
-def test_export_half_stores_float16_and_loads_as_float32(tmp_path, load_tool):
+def test_export_half_stores_float16_and_loads_as_float32(tmp_path):
     run, ema = _run_folder(tmp_path)
     full, half = tmp_path / "full.safetensors", tmp_path / "half.safetensors"
-    assert load_tool("export").main([str(run), "--out", str(full)]) == 0
-    assert load_tool("export").main([str(run), "--out", str(half), "--half"]) == 0
+    assert export_main([str(run), "--out", str(full)]) == 0
+    assert export_main([str(run), "--out", str(half), "--half"]) == 0
     assert half.stat().st_size < 0.6 * full.stat().st_size
     _, _, state, codec_state, _ = load_inference(half)
     assert all(v.dtype == torch.float16 for v in state.values() if v.is_floating_point())

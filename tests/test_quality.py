@@ -52,8 +52,8 @@ def test_rows_page_and_reuse(tiny_ckpts, corpus, tmp_path, load_tool, capsys):
     assert "reusing" in err and "generating" not in err
 
 
-def test_targets_are_judged_from_the_k64_rows(tiny_ckpts, corpus, tmp_path, load_tool):
-    report = load_tool("quality_report")
+def test_targets_are_judged_from_the_k64_rows(tiny_ckpts, corpus, tmp_path):
+    from energytta.reports import quality_report as report
 
     def row(fd, acc):
         return {"metrics": {"synth-classifier": {"fd": fd}},
@@ -65,8 +65,8 @@ def test_targets_are_judged_from_the_k64_rows(tiny_ckpts, corpus, tmp_path, load
     assert "**not met**" in lines[0] and "**not met**" in lines[1]
 
 
-def test_per_check_table_names_columns_like_the_main_table(load_tool):
-    report = load_tool("quality_report")
+def test_per_check_table_names_columns_like_the_main_table():
+    from energytta.reports import quality_report as report
 
     def row(acc):
         checks = {"type": {"accuracy": acc, "n": 4}}
@@ -92,15 +92,17 @@ def test_errors(tiny_ckpts, corpus, tmp_path, load_tool, capsys):
 
 
 def test_teacher_start_t_scan(tiny_ckpts, tiny_text_dir, tmp_path, load_tool, capsys):
+    from energytta.cli import data_main
     from energytta.data import synth
+    from energytta.reports.teacher_start_t import scan
 
     synth.generate(tmp_path / "corpus", num=5, seconds=1.0, seed=0, workers=1, progress=False)
     cache = tmp_path / "cache"
-    assert load_tool("cache_latents").main(
-        ["--manifest", str(tmp_path / "corpus" / "train.jsonl"), "--out", str(cache),
+    assert data_main(
+        ["cache", "--manifest", str(tmp_path / "corpus" / "train.jsonl"), "--out", str(cache),
          "--config", "tiny", "--device", "cpu", f"text.model={tiny_text_dir}"]) == 0
     tool = load_tool("teacher_start_t")
-    rows = tool.scan(str(tiny_ckpts["teacher"]), str(cache), 2, [999, 500], 0)
+    rows = scan(str(tiny_ckpts["teacher"]), str(cache), 2, [999, 500], 0)
     assert [r["start"] for r in rows] == ["real", 999, 500]
     assert all(len(r["stats"]) == 2 and all(s > 0 for s in r["stats"]) for r in rows)
     assert tool.main([str(tiny_ckpts["teacher"]), "--data", str(cache), "--starts", "999"]) == 0

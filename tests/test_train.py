@@ -265,3 +265,43 @@ def test_plot_metrics_table_means_the_noisy_loss(tmp_path, load_tool, capsys):
     assert "| 1 | 1.0000 |" in out and "| 10 | 0.5000 |" in out  # first row: its one record
     assert (tmp_path / "loss.png").stat().st_size > 0
     assert tool.main([str(tmp_path / "none.jsonl")]) == 2
+
+
+# ------------------------------------------------------------------ validation stage
+def _val_rows(run: Path) -> list[dict]:
+    return read_metrics(run / "metrics.jsonl", stage="val")
+
+
+@pytest.mark.slow
+def test_validation_changes_no_training_stream_and_repeats_on_resume(
+        tiny_text_dir, corpus, tmp_path, monkeypatch):
+    extra = ("train.steps=8", "train.ckpt_every=3", "model.dropout=0.1",
+             "model.text_dropout=0.5", "train.val_batches=2", "data.batch_size=2")
+    plain = loop.train(_cfg(tiny_text_dir, corpus, tmp_path / "plain", *extra))
+    watched = loop.train(_cfg(tiny_text_dir, corpus, tmp_path / "val", *extra,
+                              "train.val_every=5"))
+    assert _states_equal(plain, watched)  # validation moved no RNG stream
+    rows = _val_rows(tmp_path / "val")
+    assert [r["step"] for r in rows] == [5, 8]  # every val_every steps and at the end
+    assert all(np.isfinite(r["val/loss"]) for r in rows) and not _val_rows(tmp_path / "plain")
+
+    out = tmp_path / "resumed"
+    real_stop = loop.Trainer._stop_everywhere
+    monkeypatch.setattr(loop.Trainer, "_stop_everywhere",
+                        lambda self, stop: self.step == 6 or real_stop(self, stop))
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(_cfg(tiny_text_dir, corpus, out, *extra, "train.val_every=5"))
+    monkeypatch.setattr(loop.Trainer, "_stop_everywhere", real_stop)
+    loop.train(_cfg(tiny_text_dir, corpus, out, *extra, "train.val_every=5"), resume=True)
+    assert _val_rows(out) == rows  # the same numbers after a resume, no row twice
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl", stage="train")] == \
+        list(range(1, 9))
+
+
+def test_validation_without_val_data_is_one_line_at_start_up(tiny_text_dir, corpus, tmp_path):
+    cfg = _cfg(tiny_text_dir, corpus, tmp_path / "run", "train.val_every=2",
+               f"data.val={tmp_path / 'missing.jsonl'}")
+    with pytest.raises(UserError, match="data.val") as e:
+        loop.train(cfg)
+    assert "\n" not in str(e.value) and "val_every=0" in str(e.value)
+    assert latest_checkpoint(tmp_path / "run") is None

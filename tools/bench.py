@@ -8,7 +8,7 @@ Three generators share one backbone shape and one decoding loop (energytta.sampl
 - student: the energy-score head, one pass per token;
 - teacher: the diffusion head, `head.sampling_steps` (default 100) steps, CFG on ε;
 - floor: the head replaced by nothing (it returns zeros): backbone passes + scheduling only.
-With `--config` all weights are random (any shape can be timed, e.g. configs/impact_base);
+With `--config` all weights are random (any shape can be timed, e.g. impact_base);
 with `--ckpt`/`--teacher-ckpt` the trained models are used.
 
 For every batch size and generator: warm-up runs, then `--repeats` timed runs (median,
@@ -27,15 +27,10 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run from a checkout without installing
-    sys.path.insert(0, str(ROOT))
-
-from energytta.errors import UserError  # noqa: E402
+from energytta.errors import UserError, run_cli
 
 GENERATORS = ("student", "teacher", "floor")
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -89,6 +84,19 @@ class _TimedHead:
 
     def sample(self, *args, **kwargs):
         return self.clock.timed("head", self.head.sample, *args, **kwargs)
+
+
+class _TimedCodec:
+    """The codec's two rendering stages, timed as "latent_decode" and "vocoder"."""
+
+    def __init__(self, codec, clock) -> None:
+        self.codec, self.clock = codec, clock
+
+    def decode(self, latents):
+        return self.clock.timed("latent_decode", self.codec.decode, latents)
+
+    def vocode(self, mel, generator=None):
+        return self.clock.timed("vocoder", self.codec.vocode, mel, generator=generator)
 
 
 # ------------------------------------------------------------------------------ setup
@@ -151,13 +159,12 @@ def build_generators(args, overrides: list[str], device: torch.device
 def generate(gen: Generator, text_encoder, prompts: list[str], args, clock: Clock | None,
              device: torch.device) -> None:
     """One full generation; with a clock, each stage is timed (with syncs)."""
-    from energytta.models.patchify import unpatchify
+    from energytta.audio.render import tokens_to_audio
     from energytta.sampling import decode
 
     clock = clock or _NoClock()
     model, s = gen.model, gen.cfg.sample
     N = model.tokens_for(args.duration)
-    frames = model.frames_for(args.duration)
     backbone = _TimedBackbone(model.backbone, clock) if clock.active else model.backbone
     head = _TimedHead(gen.head, clock) if clock.active else gen.head
     g = torch.Generator(device=device).manual_seed(0)
@@ -165,10 +172,8 @@ def generate(gen: Generator, text_encoder, prompts: list[str], args, clock: Cloc
         text, mask = clock.timed("text", text_encoder, prompts)
         tokens = decode(backbone, head, text, mask, N, iterations=args.iterations, cfg=s.cfg,
                         cfg_schedule=s.cfg_schedule, temperature=s.temperature, generator=g)
-        lat = unpatchify(tokens.float(), model.latent_channels, frames, model.latent_freq,
-                         model.patch_t, model.patch_f)
-        mel = clock.timed("latent_decode", gen.codec.decode, lat)
-        clock.timed("vocoder", gen.codec.vocode, mel, generator=g)
+        # the pipeline's own rendering path, its two stages timed
+        tokens_to_audio(tokens, model.geometry, _TimedCodec(gen.codec, clock), generator=g)
 
 
 class _NoClock:
@@ -373,13 +378,14 @@ def run(argv: list[str]) -> list[dict]:
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    try:
-        run(sys.argv[1:] if argv is None else argv)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+def _main(argv: list[str]) -> int:
+    run(argv)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Args: argv without the program name (None reads sys.argv). Returns the exit code."""
+    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":

@@ -3,11 +3,17 @@
 `Codec` fixes the interface the backbone, sampler and pipeline use (docs/architecture.md);
 `MelCodec` is the built-in one: the normalised AudioLDM log-mel, vocoded by Griffin-Lim.
 Latent statistics live with the codec as buffers so they travel in every checkpoint.
+
+Every codec reports its latent geometry as a `LatentGrid`, from the config alone
+(`latent_grid(cfg)`: no weights are built or read), so the model can size its tokens
+without building the codec, and the built codec answers with the very same numbers.
 """
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
-from typing import Callable, Iterable
+from dataclasses import dataclass
+from typing import Iterable
 
 import torch
 from torch import nn
@@ -20,19 +26,69 @@ from energytta.errors import UserError
 STD_FLOOR = 0.1  # nats; a bin that is silent in every clip must not blow up when normalised
 
 
+@dataclass(frozen=True)
+class LatentGrid:
+    """Where a codec's latents (C, T, F) sit on the mel front-end's frames.
+
+    All codecs here encode the log-mel (S // hop frames for S samples) and downsample its
+    frames by `factor`, edge-padding a partial last frame: T = ceil((S // hop) / factor).
+
+    Args:
+        channels: C; freq: F (latent frequency bins).
+        sample_rate, hop_length: the mel front-end (`audio.*`).
+        factor: mel frames per latent frame (1: the mel itself).
+    """
+
+    channels: int
+    freq: int
+    sample_rate: int
+    hop_length: int
+    factor: int = 1
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.sample_rate / self.hop_length / self.factor
+
+    def frames(self, seconds: float) -> int:
+        """Latent frames `encode` gives for `seconds` (S = round(seconds · sample_rate),
+        so no float truncation)."""
+        return -(-(round(seconds * self.sample_rate) // self.hop_length) // self.factor)
+
+    def shape(self, seconds: float) -> tuple[int, int, int]:
+        """(C, T, F) of the latents of a `seconds`-long clip."""
+        return self.channels, self.frames(seconds), self.freq
+
+
 class Codec(ABC, nn.Module):
-    """Base class. Subclasses set the attributes and implement encode / decode / vocode.
+    """Base class. Subclasses implement `latent_grid` and encode / decode / vocode, and
+    set `sample_rate` and `grid` (= `latent_grid(cfg)`) when built.
 
     Attributes:
         sample_rate: Hz of the waveforms `encode` takes and `vocode` returns.
-        frames_per_second: latent frames per second of audio.
-        latent_channels (C), latent_freq (F): latent shape besides time.
+        grid: the latent geometry; `frames_per_second`, `latent_channels` (C) and
+            `latent_freq` (F) read it.
     """
 
     sample_rate: int
-    frames_per_second: float
-    latent_channels: int
-    latent_freq: int
+    grid: LatentGrid
+
+    @classmethod
+    @abstractmethod
+    def latent_grid(cls, cfg: Config) -> LatentGrid:
+        """The latent geometry this codec has under `cfg`, without building it."""
+
+    @property
+    def frames_per_second(self) -> float:
+        """Latent frames per second of audio."""
+        return self.grid.frames_per_second
+
+    @property
+    def latent_channels(self) -> int:
+        return self.grid.channels
+
+    @property
+    def latent_freq(self) -> int:
+        return self.grid.freq
 
     @abstractmethod
     def encode(self, wav: torch.Tensor) -> torch.Tensor:
@@ -48,11 +104,11 @@ class Codec(ABC, nn.Module):
 
     def latent_frames(self, seconds: float) -> int:
         """Latent frames for a clip of `seconds` (the frames `encode` gives for it)."""
-        return int(seconds * self.frames_per_second + 1e-6)
+        return self.grid.frames(seconds)
 
     def latent_shape(self, seconds: float) -> tuple[int, int, int]:
         """(C, T, F) of the latents of a `seconds`-long clip."""
-        return (self.latent_channels, self.latent_frames(seconds), self.latent_freq)
+        return self.grid.shape(seconds)
 
 
 class MelCodec(Codec):
@@ -76,21 +132,20 @@ class MelCodec(Codec):
             from energytta.audio.vocoder import build_vocoder
             self.vocoder = build_vocoder(cfg, load_parts)
         self.sample_rate = a.sample_rate
-        self.hop_length = a.hop_length
-        self.frames_per_second = a.sample_rate / a.hop_length
-        self.latent_channels = 1
-        self.latent_freq = a.n_mels
+        self.grid = self.latent_grid(cfg)
         self.register_buffer("mean", torch.zeros(a.n_mels))
         self.register_buffer("std", torch.ones(a.n_mels))
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
 
+    @classmethod
+    def latent_grid(cls, cfg: Config) -> LatentGrid:
+        """(1, S // hop, n_mels): the mel frames themselves."""
+        a = cfg.audio
+        return LatentGrid(1, a.n_mels, a.sample_rate, a.hop_length)
+
     @property
     def is_fitted(self) -> bool:
         return bool(self.fitted)
-
-    def latent_frames(self, seconds: float) -> int:
-        """S // hop with S = round(seconds · sample_rate), exactly as the front-end frames."""
-        return round(seconds * self.sample_rate) // self.hop_length
 
     def mel(self, wav: torch.Tensor) -> torch.Tensor:
         """wav (B, S) or (S,) -> log-mel (B, n_mels, S // hop)."""
@@ -146,19 +201,29 @@ class MelCodec(Codec):
         self.fitted.fill_(True)
 
 
-def _vae_codec(cfg: Config, load_parts: bool = True) -> Codec:
-    from energytta.audio.vae import VAECodec  # imports this module: resolve lazily
-    return VAECodec(cfg, load_parts)
+# name -> "module:class" of a Codec taking (cfg, load_parts) (docs/codecs.md). Imported on
+# use: vae and pretrained subclass `Codec` from this module, and diffusers stays optional.
+CODECS: dict[str, str] = {"mel": f"{__name__}:MelCodec",
+                          "vae": "energytta.audio.vae:VAECodec",
+                          "audioldm": "energytta.audio.pretrained:AudioLDMCodec"}
 
 
-def _audioldm_codec(cfg: Config, load_parts: bool = True) -> Codec:
-    from energytta.audio.pretrained import AudioLDMCodec  # diffusers stays an optional import
-    return AudioLDMCodec(cfg, load_parts)
+def codec_class(name: str) -> type[Codec]:
+    """The Codec subclass registered as `name`; unknown names raise `UserError`."""
+    if name not in CODECS:
+        raise UserError(f"unknown codec.name '{name}' (choose from: {', '.join(sorted(CODECS))})")
+    module, cls = CODECS[name].split(":")
+    return getattr(importlib.import_module(module), cls)
 
 
-# name -> constructor taking the full config and `load_parts` (docs/codecs.md)
-CODECS: dict[str, Callable[[Config, bool], Codec]] = {
-    "mel": MelCodec, "vae": _vae_codec, "audioldm": _audioldm_codec}
+def latent_grid(cfg: Config) -> LatentGrid:
+    """The latent geometry of the codec `cfg` names, without building the codec."""
+    return codec_class(cfg.codec.name).latent_grid(cfg)
+
+
+def latent_shape(cfg: Config, seconds: float) -> tuple[int, int, int]:
+    """(C, T, F) of the codec latents for `seconds` of audio, without building the codec."""
+    return latent_grid(cfg).shape(seconds)
 
 
 def build_codec(cfg: Config, load_parts: bool = True) -> Codec:
@@ -172,7 +237,4 @@ def build_codec(cfg: Config, load_parts: bool = True) -> Codec:
             model keeps working after those files move. Pretrained folders (AudioLDM,
             HiFi-GAN) define the architecture and are always read.
     """
-    name = cfg.codec.name
-    if name not in CODECS:
-        raise UserError(f"unknown codec.name '{name}' (choose from: {', '.join(sorted(CODECS))})")
-    return CODECS[name](cfg, load_parts)
+    return codec_class(cfg.codec.name)(cfg, load_parts)

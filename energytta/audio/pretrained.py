@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from energytta.audio.codec import Codec
+from energytta.audio.codec import Codec, LatentGrid
 from energytta.audio.mel import MelFrontend
 from energytta.config import AudioConfig, Config
 from energytta.errors import UserError
@@ -120,19 +120,24 @@ class AudioLDMCodec(Codec):
         self.frontend = MelFrontend(a)
         self.vae = load_autoencoder(cfg.codec.path)
         vc = self.vae.config
-        self.factor = 2 ** (len(vc.block_out_channels) - 1)
+        self.grid = self.latent_grid(cfg)  # from the folder's config.json, like the VAE
+        self.factor = self.grid.factor
         if vc.in_channels != 1 or a.n_mels % self.factor:
             raise UserError(f"codec.path={cfg.codec.path}: expected a 1-channel mel VAE whose "
                             f"downsampling {self.factor} divides audio.n_mels={a.n_mels}")
         self.scaling_factor = float(vc.scaling_factor)
-        self.sample_rate, self.hop_length = a.sample_rate, a.hop_length
-        self.frames_per_second = a.sample_rate / a.hop_length / self.factor
-        self.latent_channels, self.latent_freq = int(vc.latent_channels), a.n_mels // self.factor
+        self.sample_rate = a.sample_rate
         self.vocoder = build_vocoder(cfg, load_parts)
 
-    def latent_frames(self, seconds: float) -> int:
-        """ceil((S // hop) / f) with S = round(seconds · sample_rate)."""
-        return -(-(round(seconds * self.sample_rate) // self.hop_length) // self.factor)
+    @classmethod
+    def latent_grid(cls, cfg: Config) -> LatentGrid:
+        """(latent_channels, ceil((S // hop) / f), n_mels / f), f = 2**(levels - 1), read
+        from the VAE's config.json in `codec.path` (no weights are loaded)."""
+        vc = _read_config(model_folder(cfg.codec.path, "vae", "codec.path"))
+        f = 2 ** (len(vc["block_out_channels"]) - 1)
+        a = cfg.audio
+        return LatentGrid(int(vc["latent_channels"]), a.n_mels // f, a.sample_rate,
+                          a.hop_length, f)
 
     def encode(self, wav: torch.Tensor) -> torch.Tensor:
         """wav (B, S) -> latents (B, C, ceil((S // hop) / f), n_mels / f)."""
@@ -158,11 +163,3 @@ class AudioLDMCodec(Codec):
     def vocode(self, mel: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """log-mel (B, n_mels, T) -> wav (B, T·hop) with the configured vocoder."""
         return self.vocoder(mel, generator=generator)
-
-
-def audioldm_latent_shape(cfg: Config, seconds: float) -> tuple[int, int, int]:
-    """(C, T, F) of `AudioLDMCodec` latents for `seconds`, read from the VAE's config.json."""
-    vc = _read_config(model_folder(cfg.codec.path, "vae", "codec.path"))
-    f = 2 ** (len(vc["block_out_channels"]) - 1)
-    frames = round(seconds * cfg.audio.sample_rate) // cfg.audio.hop_length
-    return int(vc["latent_channels"]), -(-frames // f), cfg.audio.n_mels // f

@@ -3,7 +3,8 @@
 AudioLDM-like (Liu et al. 2023, after Rombach et al. 2022's KL autoencoder): the normalised
 log-mel image (B, 1, T, n_mels) is downsampled ×2 per level in time and frequency (2 levels
 = ×4, AudioLDM's factor) into a few latent channels; the loss is reconstruction L1 plus a
-small KL term, with optional adversarial / feature-matching terms (energytta.train.codec_train).
+small KL term, with optional adversarial / feature-matching terms
+(`energytta.train.objectives.codec`).
 
 `VAECodec` wraps it in the `Codec` interface: encode = posterior mean, normalised per latent
 channel by statistics measured after training (the role of AudioLDM's `scaling_factor`), so
@@ -18,7 +19,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from energytta.audio.codec import Codec
+from energytta.audio.codec import Codec, LatentGrid
 from energytta.audio.mel import MelFrontend
 from energytta.config import Config
 from energytta.errors import UserError
@@ -126,10 +127,8 @@ class VAECodec(Codec):
         if a.n_mels % f:
             raise UserError(f"audio.n_mels={a.n_mels} must be divisible by 2**codec.vae_levels"
                             f"={f}")
-        self.factor, self.n_mels, self.hop_length = f, a.n_mels, a.hop_length
-        self.sample_rate = a.sample_rate
-        self.frames_per_second = a.sample_rate / a.hop_length / f
-        self.latent_channels, self.latent_freq = c.vae_latent_channels, a.n_mels // f
+        self.factor, self.n_mels, self.sample_rate = f, a.n_mels, a.sample_rate
+        self.grid = self.latent_grid(cfg)
         self.register_buffer("mel_mean", torch.zeros(a.n_mels))
         self.register_buffer("mel_std", torch.ones(a.n_mels))
         self.register_buffer("latent_mean", torch.zeros(c.vae_latent_channels))
@@ -144,9 +143,12 @@ class VAECodec(Codec):
         # after load_part: the VAE file holds no vocoder
         self.vocoder = build_vocoder(cfg, load_parts)
 
-    def latent_frames(self, seconds: float) -> int:
-        """ceil((S // hop) / f) with S = round(seconds · sample_rate)."""
-        return -(-(round(seconds * self.sample_rate) // self.hop_length) // self.factor)
+    @classmethod
+    def latent_grid(cls, cfg: Config) -> LatentGrid:
+        """(vae_latent_channels, ceil((S // hop) / f), n_mels / f), f = 2**vae_levels."""
+        a, c = cfg.audio, cfg.codec
+        f = 2 ** c.vae_levels
+        return LatentGrid(c.vae_latent_channels, a.n_mels // f, a.sample_rate, a.hop_length, f)
 
     def mel(self, wav: torch.Tensor) -> torch.Tensor:
         """wav (B, S) or (S,) -> log-mel (B, n_mels, S // hop)."""
@@ -200,11 +202,3 @@ def vae_state(codec: VAECodec) -> dict[str, torch.Tensor]:
     """The tensors of a VAE file: everything in the codec but the vocoder (which has its
     own file), so that `VAECodec` can load it before building the vocoder."""
     return {k: v for k, v in codec.state_dict().items() if not k.startswith("vocoder.")}
-
-
-def vae_latent_shape(cfg: Config, seconds: float) -> tuple[int, int, int]:
-    """(C, T, F) of `VAECodec` latents for `seconds`, from the config alone."""
-    c, a = cfg.codec, cfg.audio
-    f = 2 ** c.vae_levels
-    frames = round(seconds * a.sample_rate) // a.hop_length
-    return c.vae_latent_channels, -(-frames // f), a.n_mels // f

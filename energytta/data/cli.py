@@ -1,4 +1,5 @@
-"""`energytta-data`: build the synthetic corpus (`synth`) and check manifests (`check`).
+"""`energytta-data`: build the synthetic corpus (`synth`), check manifests (`check`) and
+cache a manifest's latents (`cache`).
 
 `energytta.cli.data_main` calls `main(argv)` and turns `UserError` into one error line.
 """
@@ -8,6 +9,7 @@ import argparse
 import os
 import time
 
+from energytta.config import CONFIG_HELP
 from energytta.errors import UserError
 
 DESCRIPTION = """\
@@ -16,18 +18,22 @@ Data tools for energytta.
   synth   write the procedural captioned corpus (the embedded default dataset):
           DIR/audio/*.wav, DIR/{train,val,test}.jsonl, DIR/heldout_combinations.json
   check   read a manifest (JSONL, AudioCaps CSV or Clotho CSV) and verify every audio file
+  cache   encode a manifest's audio (codec) and captions (text encoder) once, into shards
+          that training reads instead of the audio (data.train=DIR)
 
 examples:
   energytta-data synth --out data/synth --num 2000 --seconds 4 --seed 0
   energytta-data check data/synth/train.jsonl
   energytta-data check audiocaps/train.csv --audio-dir /datasets/audiocaps/wav
+  energytta-data cache --manifest data/synth/train.jsonl --out data/cache/train \
+      --config shipped_teacher
 """
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="energytta-data", description=DESCRIPTION,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True, metavar="{synth,check}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{synth,check,cache}")
     s = sub.add_parser(
         "synth", help="generate the synthetic captioned corpus",
         description="Generate the procedural corpus: 15 sound types with audible, captioned "
@@ -49,7 +55,27 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("manifest", help="manifest file")
     c.add_argument("--audio-dir", default=None,
                    help="folder holding the audio (CSV manifests; default: see docs)")
+    _cache_parser(sub)
     return p
+
+
+def _cache_parser(sub: argparse._SubParsersAction) -> None:
+    c = sub.add_parser(
+        "cache", help="encode a manifest's latents and captions once",
+        description="Encode MANIFEST's audio with the configured codec and its captions with "
+        "the text encoder, once, into safetensors shards in --out that training reads instead "
+        "of the audio (data.train=OUT). Resumable: finished shards are kept (each is written "
+        "atomically); a folder made with other settings or another manifest is refused. "
+        "Format: energytta/data/cache.py.")
+    c.add_argument("--manifest", required=True, help="JSONL / AudioCaps / Clotho manifest")
+    c.add_argument("--out", required=True, help="cache folder (created; resumable)")
+    c.add_argument("--config", default=None, help=CONFIG_HELP + " (default: built-in defaults)")
+    c.add_argument("--audio-dir", default=None, help="audio folder for CSV manifests")
+    c.add_argument("--batch-size", type=int, default=16, help="clips per encoder pass")
+    c.add_argument("--shard-size", type=int, default=256, help="items per shard file")
+    c.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', ...")
+    c.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config overrides, e.g. audio.n_mels=64")
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -75,7 +101,21 @@ def _check(args: argparse.Namespace) -> int:
     return check_manifest(args.manifest, audio_dir=args.audio_dir)
 
 
+def _cache(args: argparse.Namespace) -> int:
+    import json
+
+    from energytta.config import load_config
+    from energytta.data.cache import cache
+
+    cfg = load_config(args.config, args.overrides)
+    index = cache(cfg, args.manifest, args.out, args.batch_size, args.shard_size,
+                  args.audio_dir, args.device)
+    info = json.loads(index.read_text(encoding="utf-8"))
+    print(f"cached {info['num_items']} items in {len(info['shards'])} shard(s) -> {index}")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     """Parse `argv` (without the program name) and run the subcommand; returns exit code."""
     args = _parser().parse_args(argv)
-    return {"synth": _synth, "check": _check}[args.command](args)
+    return {"synth": _synth, "check": _check, "cache": _cache}[args.command](args)

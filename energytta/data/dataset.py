@@ -92,7 +92,7 @@ class AudioCaptionDataset(Dataset):
 
 
 class CachedLatentDataset(Dataset):
-    """Codec latents + text states cached by `tools/cache_latents.py`.
+    """Codec latents + text states cached by `energytta-data cache`.
 
     Args:
         folder: cache folder (index.json, shard-*.safetensors, codec.safetensors).
@@ -198,11 +198,11 @@ def read_index(folder: Path) -> dict[str, Any]:
     path = folder / INDEX_FILE
     if not path.is_file():
         raise UserError(f"{folder} is not a latent cache (no {INDEX_FILE}); make one with "
-                        "tools/cache_latents.py")
+                        "`energytta-data cache`")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: corrupt index ({e}); re-run tools/cache_latents.py") from None
+        raise UserError(f"{path}: corrupt index ({e}); re-run `energytta-data cache`") from None
 
 
 def cache_settings(cfg: Config) -> dict[str, Any]:

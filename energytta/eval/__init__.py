@@ -1,3 +1,3 @@
 """Evaluation of generated audio: `metrics` (FD, KL, IS, CLAP score, KID), `embedders`
 (mel-stats, synth-classifier, PANNs CNN14, VGGish, CLAP), `detectors` (caption-attribute
-checks on the synthetic corpus) and `runner` (what tools/evaluate.py runs)."""
+checks on the synthetic corpus) and `runner` (what `energytta-eval` runs)."""

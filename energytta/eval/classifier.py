@@ -9,7 +9,7 @@ JSON (model settings, label vocabularies, validation accuracy). No pickle.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from energytta.config import AudioConfig
+from energytta.config import AudioConfig, ClassifierConfig
 from energytta.data import synth
 from energytta.errors import UserError
 
@@ -56,14 +56,6 @@ def targets(attrs: dict[str, Any]) -> dict[str, int]:
         value = attrs.get(head)
         out[head] = vocab.index(value) if applies(head, attrs) and value in vocab else IGNORE
     return out
-
-
-@dataclass
-class ClassifierConfig:
-    channels: list[int] = field(default_factory=lambda: [96, 96, 128, 128])
-    kernel: int = 5
-    features: int = 128
-    dropout: float = 0.2
 
 
 class SynthClassifier(nn.Module):
@@ -130,7 +122,7 @@ def load_classifier(path: str | Path | None = None) -> tuple[SynthClassifier, di
     path = Path(path) if path else DEFAULT_CKPT
     if not path.is_file():
         raise UserError(f"synth-classifier checkpoint not found: {path} (train one with "
-                        "`python -m energytta.eval.train_classifier`, see docs/evaluation.md)")
+                        "`energytta-train --config synth_classifier`, see docs/evaluation.md)")
     with safe_open(str(path), "pt") as f:
         raw = (f.metadata() or {}).get(META_KEY)
     if raw is None:

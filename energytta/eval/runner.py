@@ -1,4 +1,4 @@
-"""Evaluate generated audio against a reference manifest (what tools/evaluate.py runs).
+"""Evaluate generated audio against a reference manifest (what `energytta-eval` runs).
 
 Pairing: a generated file `DIR/<stem>.wav` (or .flac) belongs to the reference item whose
 audio file has the same stem (`audio/001800.wav` <-> `DIR/001800.wav`); its caption and

@@ -1,136 +1,70 @@
-"""Train the synth-classifier embedder on the synthetic corpus's attribute labels.
+"""Train the synth-classifier embedder: a thin forwarder to the one training loop.
 
-    python -m energytta.eval.train_classifier --config configs/synth_classifier.yaml \
-        --train data/synth/train.jsonl --val data/synth/val.jsonl \
-        --out energytta/assets/synth_classifier.safetensors
+The classifier trains as an objective of `energytta-train`
+(`energytta.train.objectives.classifier`), configured by the typed `classifier:` section:
 
-Loss: the sum over heads of the cross-entropy on the clips a head applies to. The log-mels
-of all clips are computed once (1,600 4-s clips are ~160 MB); each batch takes a random
-crop of `train.crop_seconds` (a crop could cut off an event, so the default is the whole
-clip). The checkpoint keeps the per-head validation accuracy.
+    energytta-train --config synth_classifier
+
+This module keeps the older entry point (`energytta-eval train-classifier` calls `main`),
+mapping its flags onto config overrides and copying the checkpoint to `--out`:
+
+    python -m energytta.eval.train_classifier --train data/synth/train.jsonl \
+        --val data/synth/val.jsonl --out energytta/assets/synth_classifier.safetensors
 """
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-import yaml
 
-from energytta.errors import UserError
-from energytta.eval.classifier import (IGNORE, LABELS, ClassifierConfig, SynthClassifier,
-                                       save_classifier, targets)
+from energytta.config import CONFIG_HELP
+from energytta.errors import run_cli
 
 
-def load_split(manifest: str | Path, seconds: float
-               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """(log-mels (N, 64, T) of the clips cut/padded to `seconds`, {head: (N,) classes})."""
-    from energytta.audio.mel import MelFrontend
-    from energytta.config import AudioConfig
-
-    from energytta.audio.io import crop_or_pad, load_audio
-    from energytta.data.manifest import read_manifest
-
-    items = read_manifest(manifest)
-    if any("type" not in it.attributes for it in items):
-        raise UserError(f"{manifest}: items need synth \"attributes\" (a `energytta-data synth` "
-                        "manifest)")
-    n = int(round(seconds * 16000))
-    wavs = np.stack([crop_or_pad(load_audio(it.audio, 16000), n) for it in items])
-    ys = [targets(it.attributes) for it in items]
-    frontend = MelFrontend(AudioConfig())
-    with torch.no_grad():
-        mels = torch.cat([frontend(torch.from_numpy(wavs[i:i + 64]))
-                          for i in range(0, len(wavs), 64)])
-    return mels, {h: torch.tensor([y[h] for y in ys]) for h in LABELS}
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m energytta.eval.train_classifier",
+        description="Train the synth-classifier evaluation embedder (energytta-train "
+                    "--config synth_classifier, with these flags as overrides).")
+    p.add_argument("--config", default="synth_classifier", help=CONFIG_HELP)
+    p.add_argument("--train", default="data/synth/train.jsonl", metavar="MANIFEST")
+    p.add_argument("--val", default="data/synth/val.jsonl", metavar="MANIFEST")
+    p.add_argument("--out", default="energytta/assets/synth_classifier.safetensors",
+                   help="where the trained checkpoint is copied")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--resume", action="store_true", help="continue the run in train.out_dir")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config overrides, e.g. train.steps=100 train.out_dir=runs/c2")
+    return p
 
 
-def loss_fn(logits: dict[str, torch.Tensor], y: dict[str, torch.Tensor]) -> torch.Tensor:
-    total = logits["type"].new_zeros(())
-    for head, out in logits.items():
-        if (y[head] != IGNORE).any():
-            total = total + F.cross_entropy(out, y[head], ignore_index=IGNORE)
-    return total
+def _main(argv: list[str]) -> int:
+    from energytta.config import load_config
+    from energytta.eval.classifier import load_classifier
+    from energytta.train.loop import train
+    from energytta.train.objectives.classifier import EXPORT_FILE
+    from energytta.utils import atomic_path
 
-
-@torch.no_grad()
-def accuracy(model: SynthClassifier, mels: torch.Tensor, y: dict[str, torch.Tensor],
-             batch: int = 64) -> dict[str, float]:
-    """Per-head accuracy over the clips each head applies to (mels (N, 64, T))."""
-    model.eval()
-    preds: dict[str, list] = {h: [] for h in LABELS}
-    for i in range(0, len(mels), batch):
-        out = model.forward_mel(mels[i:i + batch])["logits"]
-        for h in LABELS:
-            preds[h].append(out[h].argmax(dim=1))
-    res = {}
-    for h in LABELS:
-        p, t = torch.cat(preds[h]), y[h]
-        keep = t != IGNORE
-        res[h] = float((p[keep] == t[keep]).float().mean()) if keep.any() else float("nan")
-    return res
-
-
-def train(cfg: dict, train_path: str, val_path: str, out: str, log=print) -> dict[str, float]:
-    """Train, write the checkpoint to `out`, return the validation accuracy per head."""
-    tc = cfg["train"]
-    g = torch.Generator().manual_seed(int(tc["seed"]))
-    torch.manual_seed(int(tc["seed"]))
-    xtr, ytr = load_split(train_path, 4.0)
-    xva, yva = load_split(val_path, 4.0)
-    model = SynthClassifier(ClassifierConfig(**cfg["model"]))
-    opt = torch.optim.AdamW(model.parameters(), lr=float(tc["lr"]),
-                            weight_decay=float(tc["weight_decay"]))
-    steps = int(tc["epochs"]) * (len(xtr) // int(tc["batch_size"]))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, float(tc["lr"]), total_steps=steps)
-    crop = int(float(tc["crop_seconds"]) * 100)  # mel frames (hop 160 at 16 kHz)
-    start = time.time()
-    for epoch in range(int(tc["epochs"])):
-        model.train()
-        order = torch.randperm(len(xtr), generator=g)
-        for i in range(0, len(order) - int(tc["batch_size"]) + 1, int(tc["batch_size"])):
-            idx = order[i:i + int(tc["batch_size"])]
-            off = int(torch.randint(0, xtr.shape[-1] - crop + 1, (1,), generator=g))
-            loss = loss_fn(model.forward_mel(xtr[idx, :, off:off + crop])["logits"],
-                           {h: v[idx] for h, v in ytr.items()})
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-        acc = accuracy(model, xva, yva)
-        log(f"epoch {epoch + 1}: loss {loss.item():.3f}  val "
-            + " ".join(f"{h} {a:.3f}" for h, a in acc.items()) + f"  ({time.time() - start:.0f} s)")
-    save_classifier(model, out, {"val_accuracy": acc, "train_manifest": str(train_path),
-                                 "val_manifest": str(val_path), "train": tc,
-                                 "train_seconds": round(time.time() - start, 1)})
-    return acc
+    args = build_parser().parse_args(argv)
+    cfg = load_config(args.config, [f"data.train={args.train}", f"data.val={args.val}",
+                                    "train.objective=classifier", *args.overrides])
+    torch.set_num_threads(args.threads)
+    train(cfg, resume=args.resume)
+    trained = Path(cfg.train.out_dir) / EXPORT_FILE
+    with atomic_path(args.out) as tmp:
+        shutil.copyfile(trained, tmp)
+    print(json.dumps({"val_accuracy": load_classifier(args.out)[1]["val_accuracy"],
+                      "out": args.out}))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m energytta.eval.train_classifier",
-                                description="Train the synth-classifier evaluation embedder.")
-    p.add_argument("--config", default="configs/synth_classifier.yaml")
-    p.add_argument("--train", default="data/synth/train.jsonl", metavar="MANIFEST")
-    p.add_argument("--val", default="data/synth/val.jsonl", metavar="MANIFEST")
-    p.add_argument("--out", default="energytta/assets/synth_classifier.safetensors")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    args = p.parse_args(argv)
-    try:
-        if not Path(args.config).is_file():
-            raise UserError(f"config not found: {args.config}")
-        cfg = yaml.safe_load(Path(args.config).read_text())
-        torch.set_num_threads(args.threads)
-        acc = train(cfg, args.train, args.val, args.out)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps({"val_accuracy": acc, "out": args.out}))
-    return 0
+    """Args: argv without the program name (None reads sys.argv). Returns the exit code."""
+    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
-"""Models: the MAR backbone shared by teacher and student, heads, and `TTAModel`."""
+"""Models: the MAR backbone shared by teacher and student, heads, the token geometry and
+`TTAModel`."""
 from energytta.models.blocks import Block
-from energytta.models.heads import Head, build_head
+from energytta.models.geometry import TokenGeometry
+from energytta.models.heads import Head, build_head, register_head
 from energytta.models.mar import MARBackbone
 from energytta.models.patchify import patchify, unpatchify
 from energytta.models.tta import TTAModel, latent_shape
 
-__all__ = ["Block", "Head", "MARBackbone", "TTAModel", "build_head", "latent_shape",
-           "patchify", "unpatchify"]
+__all__ = ["Block", "Head", "MARBackbone", "TTAModel", "TokenGeometry", "build_head",
+           "latent_shape", "patchify", "register_head", "unpatchify"]

@@ -1,19 +1,28 @@
-"""Per-token heads: one interface, two implementations (MAR's DiffLoss vs EAR's ScoreLoss).
+"""Per-token heads: one interface, many implementations (MAR's DiffLoss vs EAR's ScoreLoss).
 
 The backbone and the sampler never branch on the head type; they only call `loss` and
 `sample`. Classifier-free guidance is the one place heads differ (see `Head.sample`).
-Heads are imported lazily so that sampling with a student never imports diffusion code.
+
+Heads are found by kind in one registry: `register_head` (the student's energy head,
+which ships here, and tests), then the `energytta.heads` entry-point group
+(`energytta.plugins`), where the `teachers` package announces the diffusion head. So
+energytta never imports `teachers` (DESIGN: dependency direction), and sampling with a
+student never imports diffusion code.
 """
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Callable, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
 from energytta.errors import UserError
+from energytta.models.energy_head import EnergyHead
+from energytta.plugins import load_plugin, plugin_names
 
-HEAD_KINDS = ("diffusion", "energy")
+HEAD_GROUP = "energytta.heads"
+HeadBuilder = Callable[[Any, int, int], nn.Module]  # (head_cfg, token_dim, cond_dim) -> Head
+_BUILDERS: dict[str, HeadBuilder] = {}
 
 
 @runtime_checkable
@@ -40,6 +49,16 @@ class Head(Protocol):
         ...
 
 
+def register_head(kind: str, builder: HeadBuilder) -> None:
+    """Make `head.kind=<kind>` build heads with `builder(head_cfg, token_dim, cond_dim)`."""
+    _BUILDERS[kind] = builder
+
+
+def head_kinds() -> list[str]:
+    """Every kind `build_head` can build: registered ones and installed entry points."""
+    return sorted({*_BUILDERS, *plugin_names(HEAD_GROUP)})
+
+
 def build_head(head_cfg: Any, token_dim: int, cond_dim: int) -> nn.Module:
     """Build the head named by `head_cfg.kind`.
 
@@ -49,10 +68,12 @@ def build_head(head_cfg: Any, token_dim: int, cond_dim: int) -> nn.Module:
         cond_dim: D, the backbone's output width.
     """
     kind = head_cfg.kind
-    if kind == "diffusion":
-        from teachers.diffusion_head import DiffusionHead
-        return DiffusionHead(head_cfg, token_dim, cond_dim)
-    if kind == "energy":
-        from energytta.models.energy_head import EnergyHead
-        return EnergyHead(head_cfg, token_dim, cond_dim)
-    raise UserError(f"unknown head.kind '{kind}' (valid: {', '.join(HEAD_KINDS)})")
+    if kind not in _BUILDERS:
+        builder = load_plugin(HEAD_GROUP, kind)
+        if builder is None:
+            raise UserError(f"unknown head.kind '{kind}' (valid: {', '.join(head_kinds())})")
+        register_head(kind, builder)
+    return _BUILDERS[kind](head_cfg, token_dim, cond_dim)
+
+
+register_head("energy", EnergyHead)  # the student's head ships with energytta itself

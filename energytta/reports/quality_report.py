@@ -1,8 +1,9 @@
-"""Markdown for docs/quality.md from the rows tools/quality.py computed (no computing here)."""
+"""Markdown for docs/reports/quality.md from the rows `quality` computed (no computing here)."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
+
+from energytta.reports.rows import accuracy, display_path
 
 # The targets of issue 7: the student's attribute accuracy within 3 points of the teacher's
 # and its FD (the FAD stand-in) within 1.2x the teacher's, at 64 iterations.
@@ -14,12 +15,6 @@ COLUMNS = ("model", "K", "FD clf ↓", "FD mel ↓", "KL ↓", "IS ↑", "attrib
 
 def _f(x: float | None, digits: int = 2) -> str:
     return "–" if x is None else f"{x:.{digits}f}"
-
-
-def accuracy(result: dict, split: str, key: str = "overall") -> float | None:
-    """Accuracy of check `key` on `split` ("all" | "seen" | "heldout"), None if absent."""
-    a = (result.get("attributes") or {}).get(split, {}).get(key)
-    return None if a is None else a["accuracy"]
 
 
 def _cells(name: str, k: str, result: dict, gen: dict | None) -> list[str]:
@@ -41,15 +36,6 @@ def _knobs(rows: dict) -> str:
         if knob not in seen.setdefault(m, []):
             seen[m].append(knob)
     return "; ".join(f"{m} {' or '.join(k)}" for m, k in seen.items())
-
-
-def display_path(path: str) -> str:
-    """A checkpoint path relative to the working directory when it is below it."""
-    p = Path(path)
-    try:
-        return str(p.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return path
 
 
 def _table(header: tuple[str, ...], rows: list[list[str]]) -> list[str]:

@@ -1,7 +1,10 @@
-"""Training: one `accelerate` loop (`loop.train`) for the teacher and the student.
+"""Training: one `accelerate` loop (`loop.train`) and pluggable objectives.
 
-`cli.main` is `energytta-train`; `objectives` picks the loss from `head.kind`; `ema`,
-`optim` and `logging` are the loop's parts; `distill` is the student's objective.
+`loop` owns the data stream (`stream`), seeding (`seeds`), Ctrl-C (`interrupt`),
+checkpoints, resume, EMA (`ema`), logging (`logging`) and the validation stage
+(`validation`); `objectives/` holds what trains: teacher, student, vae, vocoder and
+classifier behind one interface (`objectives.base.Objective`). `optim` builds AdamW and
+its schedule; `cli.main` is `energytta-train`.
 """
 from __future__ import annotations
 

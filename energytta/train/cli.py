@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import argparse
 
+from energytta.config import CONFIG_HELP
+
 EPILOG = """\
 overrides:
   Any config key can be set after the flags as dotted key=value pairs; values are read
   as YAML scalars and type-checked (an unknown key or a wrong type is an error).
 
 examples:
-  energytta-train --config configs/teacher_small.yaml
+  energytta-train --config ./my_teacher.yaml      # a path; a bare name is a packaged config
   energytta-train --config teacher_small train.steps=2000 train.out_dir=runs/t2
   energytta-train --config teacher_small --resume          # continue runs/teacher_small
   energytta-train --config default head.kind=energy \
@@ -29,8 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a text-to-audio model: the diffusion-head teacher "
                     "(head.kind=diffusion) or the energy-head student (head.kind=energy). "
                     "Ctrl-C saves a checkpoint; --resume continues exactly where it stopped.")
-    p.add_argument("--config", required=True, metavar="C",
-                   help="YAML config: a path or a name from configs/ (e.g. teacher_small)")
+    p.add_argument("--config", required=True, metavar="C", help=CONFIG_HELP)
     p.add_argument("--resume", action="store_true",
                    help="continue from the latest step folder in train.out_dir "
                         "(starts fresh if there is none)")

@@ -2,6 +2,8 @@
 
 `metrics.jsonl` is appended to; on resume, lines past the resumed step (written by the
 interrupted run after its last checkpoint) are dropped first so the file reads as one run.
+Training rows carry the loss terms, lr, grad_norm, steps/s and time; validation rows are
+`{"step", "stage": "val", "val/<name>": value, ...}` (`read_metrics(path, stage=...)`).
 """
 from __future__ import annotations
 
@@ -25,8 +27,13 @@ def make_progress(console: Console | None = None, disable: bool = False) -> Prog
         TimeRemainingColumn(), console=console, disable=disable, transient=False)
 
 
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """All records of a metrics.jsonl (skipping a torn last line)."""
+def read_metrics(path: str | Path, stage: str | None = None) -> list[dict[str, Any]]:
+    """The records of a metrics.jsonl (skipping a torn last line).
+
+    Args:
+        path: the file.
+        stage: None = every record; "train" = the training rows; "val" = validation rows.
+    """
     path = Path(path)
     if not path.is_file():
         return []
@@ -36,7 +43,9 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
             out.append(json.loads(line))
         except json.JSONDecodeError:
             continue
-    return out
+    if stage is None:
+        return out
+    return [r for r in out if r.get("stage", "train") == stage]
 
 
 class MetricsLog:

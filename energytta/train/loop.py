@@ -1,4 +1,8 @@
-"""The training loop: one `accelerate` loop for teacher and student, CPU / GPU / DDP alike.
+"""The training loop: one `accelerate` loop for every objective, CPU / GPU / DDP alike.
+
+The loop owns the data stream, seeding, Ctrl-C, checkpoints, resume, EMA, logging and the
+validation stage; what is trained and how it is scored is the objective's
+(`energytta.train.objectives`: teacher, student, vae, vocoder, classifier).
 
 One optimizer step = `train.grad_accum` micro-batches. Everything random in a step is
 drawn from generators seeded by (train.seed, step, micro-batch, process index), and the
@@ -7,150 +11,48 @@ same batches, masks, dropout and noise as a run that was never interrupted.
 
 Numbered stages of `train()`:
   1. accelerator, output folder, config.yaml
-  2. text encoder (frozen, cached per caption), dataset, codec, model, objective, EMA, AdamW
-  3. resume from the latest step folder, or fit the codec's latent statistics
+  2. training set, objective (it builds the model), EMA, AdamW, validation set
+  3. resume from the latest step folder, or let the objective fit its data statistics
   4. steps: forward/backward (accumulated), clip, optimizer, scheduler, EMA, logs
-  5. periodic checkpoints and samples; at the end (or on Ctrl-C) a checkpoint, samples,
-     and the inference file `out_dir/model.safetensors` (EMA weights)
+  5. periodic checkpoints, validation and samples; at the end (or on Ctrl-C) a checkpoint,
+     and at the end validation, samples and the objective's export (EMA weights)
 """
 from __future__ import annotations
 
 import os
-import random
-import signal
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-import numpy as np
 import torch
 import yaml
 from rich.console import Console
 from torch import nn
-from torch.utils.data import DataLoader
 
-from energytta.checkpoint import (decode_tree, encode_tree, kind_for, latest_checkpoint,
-                                  load_codec_state, load_training_state, load_weights,
-                                  rng_state, save_inference, save_training_state,
-                                  set_rng_state)
+from energytta.checkpoint import (decode_tree, encode_tree, latest_checkpoint,
+                                  load_training_state, load_weights, rng_state,
+                                  save_training_state, set_rng_state)
 from energytta.config import Config
 from energytta.errors import UserError
 from energytta.train.ema import EMA
-from energytta.train.logging import MetricsLog, Window, format_stats, make_progress
-from energytta.train.objectives import build_objective
+from energytta.train.interrupt import StopRequest
+from energytta.train.logging import MetricsLog, Window, format_stats, make_progress, read_metrics
+from energytta.train.objectives import TrainContext, build_objective, objective_name
 from energytta.train.optim import build_optimizer, keep_config_schedule
-from energytta.utils import atomic_path, atomic_write_text, seed_everything
+from energytta.train.seeds import seed_step
+from energytta.train.stream import BatchStream, Position
+from energytta.utils import atomic_write_text, seed_everything
 
-CODEC_FIT_ITEMS = 64  # clips used to fit the mel codec's per-bin statistics at step 0
-
-
-def derive_seed(*parts: int) -> int:
-    """A well-mixed 63-bit seed from integers (numpy SeedSequence hashing)."""
-    state = np.random.SeedSequence([int(p) % 2**63 for p in parts]).generate_state(2, np.uint64)
-    return int(state[0] >> np.uint64(1))
+# codec runs before the one loop kept their state in this file; it cannot be resumed
+LEGACY_CODEC_STATE = "train_state.safetensors"
 
 
-# ------------------------------------------------------------------ data
-@dataclass
-class Position:
-    """Where the data stream stands: the next batch to load is `batch` of `epoch`."""
-
-    epoch: int = 0
-    batch: int = 0
-
-
-class BatchStream:
-    """Endless, resumable stream of this process's batches.
-
-    Each epoch is a permutation seeded by (seed, epoch), the same on every process; process
-    r takes every world-th index (DistributedSampler's split), cut so that all processes
-    get the same number of full batches. Starting from `pos` skips the consumed batches
-    without loading them.
-
-    Args:
-        dataset: map-style dataset of dicts (see `energytta.data.dataset.collate`).
-        collate: the batch collate function.
-        batch_size: per-process batch size.
-        seed: `train.seed`; rank, world: process index and count.
-        num_workers: DataLoader workers.
-        pos: start position (a resumed run passes the saved one).
-    """
-
-    def __init__(self, dataset: Any, collate: Any, batch_size: int, seed: int, rank: int,
-                 world: int, num_workers: int, pos: Position) -> None:
-        self.dataset, self.collate, self.batch_size = dataset, collate, batch_size
-        self.seed, self.rank, self.world, self.num_workers = seed, rank, world, num_workers
-        self.pos = pos
-        n = len(dataset)
-        self.batches_per_epoch = n // (batch_size * world)
-        if self.batches_per_epoch == 0:
-            raise UserError(f"the training set has {n} clips, fewer than data.batch_size="
-                            f"{batch_size} × {world} processes; lower data.batch_size")
-
-    def epoch_batches(self, epoch: int) -> list[list[int]]:
-        """This process's index batches for `epoch`."""
-        g = torch.Generator().manual_seed(derive_seed(self.seed, epoch))
-        perm = torch.randperm(len(self.dataset), generator=g).tolist()
-        per_rank = self.batches_per_epoch * self.batch_size
-        mine = perm[self.rank::self.world][:per_rank]
-        return [mine[i:i + self.batch_size] for i in range(0, per_rank, self.batch_size)]
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        while True:
-            epoch = self.pos.epoch
-            if hasattr(self.dataset, "set_epoch"):
-                self.dataset.set_epoch(epoch)
-            # worker seeds depend on the epoch only, not on the global RNG at resume time
-            gen = torch.Generator().manual_seed(derive_seed(self.seed, epoch, self.rank, 1))
-            loader = DataLoader(self.dataset, batch_sampler=self.epoch_batches(epoch)[
-                self.pos.batch:], collate_fn=self.collate, num_workers=self.num_workers,
-                generator=gen)
-            for batch in loader:
-                self.pos.batch += 1
-                yield batch
-            self.pos = Position(epoch + 1, 0)
-
-
-class TextCache:
-    """Frozen text encoder with a CPU cache of each unique caption's states.
-
-    Captions are encoded one at a time, so a caption's states never depend on which
-    other captions shared its batch (padding can change float rounding): a resumed run,
-    whose cache starts empty, sees exactly the same text features.
-
-    Args:
-        encoder: `energytta.text.TextEncoder` (frozen, on the training device).
-    """
-
-    def __init__(self, encoder: nn.Module) -> None:
-        self.encoder = encoder
-        self.cache: dict[str, torch.Tensor] = {}
-
-    @torch.no_grad()
-    def __call__(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """captions -> (states (B, L, Dt), mask (B, L) bool) on the encoder's device."""
-        for c in dict.fromkeys(captions):
-            if c not in self.cache:
-                states, mask = self.encoder([c])  # (1, L, Dt), (1, L)
-                self.cache[c] = states[0, mask[0]].float().cpu()  # (L_c, Dt)
-        rows = [self.cache[c] for c in captions]
-        L = max(r.shape[0] for r in rows)
-        states = torch.zeros(len(rows), L, rows[0].shape[1])
-        mask = torch.zeros(len(rows), L, dtype=torch.bool)
-        for i, r in enumerate(rows):
-            states[i, :r.shape[0]], mask[i, :r.shape[0]] = r, True
-        device = next(self.encoder.parameters()).device
-        return states.to(device), mask.to(device)
-
-
-# ------------------------------------------------------------------ helpers
 class LossModule(nn.Module):
     """model + objective as one module, so DDP sees the whole loss inside one forward.
 
     DDP synchronises gradients for what runs inside its wrapped `forward`; the objective
-    calls both `model.backbone` and `model.head.loss`, so the wrapper runs it all.
-    The objective's own trainable parts (e.g. the student's projections) are a submodule.
+    calls the model (and its own trainable parts, a submodule when it is an nn.Module).
     """
 
     def __init__(self, model: nn.Module, objective: Any) -> None:
@@ -158,34 +60,9 @@ class LossModule(nn.Module):
         self.model = model
         self.objective = objective  # registered only if it is an nn.Module
 
-    def forward(self, latents: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor,
-                generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
-        return self.objective(self.model, latents, text, text_mask, generator)
-
-
-class StopRequest:
-    """Turns the first Ctrl-C into a flag checked between steps (the loop then saves a
-    checkpoint and exits); a second Ctrl-C interrupts immediately."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._prev: Any = None
-
-    def _handler(self, signum: int, frame: Any) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __enter__(self) -> "StopRequest":
-        try:
-            self._prev = signal.signal(signal.SIGINT, self._handler)
-        except ValueError:  # not the main thread: keep the default behaviour
-            self._prev = None
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._prev is not None:
-            signal.signal(signal.SIGINT, self._prev)
+    def forward(self, generator: torch.Generator, **inputs: Any
+                ) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.objective(self.model, **inputs, generator=generator)
 
 
 def _module_state(obj: Any) -> dict[str, torch.Tensor]:
@@ -220,10 +97,7 @@ class Trainer:
     """
 
     def __init__(self, cfg: Config, resume: bool) -> None:
-        from energytta.audio.codec import build_codec
         from energytta.data.dataset import build_dataset, collate
-        from energytta.models.tta import TTAModel
-        from energytta.text import TextEncoder
 
         self.cfg, t = cfg, cfg.train
         seed_everything(t.seed)  # the model's initial weights depend on train.seed only
@@ -231,40 +105,45 @@ class Trainer:
         self.device, self.main = self.acc.device, self.acc.is_main_process
         self.console = Console(quiet=not self.main)
         self.out = Path(t.out_dir)
+        name = objective_name(cfg)
         ckpt = self._checkpoint_to_resume(resume)
         if self.main:
             atomic_write_text(self.out / "config.yaml",
                               yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        encoder = TextEncoder(cfg.text.model, cfg.text.max_length).to(self.device).eval()  # 2
-        self.text, self.text_dim = TextCache(encoder), int(encoder.dim)
-        self.dataset, self.collate = build_dataset(cfg, "train"), collate
-        self.codec = build_codec(cfg).to(self.device).eval()
-        self.model = TTAModel(cfg, self.text_dim).to(self.device)
-        if cfg.head.kind == "energy":  # init from / freeze the teacher before EMA + AdamW
-            from energytta.train.distill import prepare_student
-            prepare_student(cfg, self.model, self.device)
-        self.objective = build_objective(cfg, self.model, self.device)
-        self.ema = EMA(self.model, t.ema_decay)
+        self.dataset, self.collate = build_dataset(cfg, "train"), collate  # 2
+        val_data = self._val_dataset()
+        self.context = TrainContext(self.device, self.dataset, collate)
+        self.objective = build_objective(cfg, self.context)
+        self.model = self.objective.model
+        self.ema = EMA(self.model, t.ema_decay) if self.objective.ema else None
         self.opt, self.sched = build_optimizer(self.model, cfg, extra=self.objective)
         self.step, self.elapsed, self.last_lr, pos = 0, 0.0, 0.0, Position()
         if ckpt is not None:  # 3
             pos = self._load(ckpt)
         else:
-            self._fit_codec()
+            self._fit()
         self.loss_module, self.acc_opt = self.acc.prepare(
             LossModule(self.model, self.objective), self.opt)
         self.stream = BatchStream(self.dataset, collate, cfg.data.batch_size, t.seed,
                                   self.acc.process_index, self.acc.num_processes,
                                   cfg.data.num_workers, pos)
-        self.batches = iter(self.stream)
+        self.batches = self.stream.indexed()
+        self.validation = self._validation(val_data)
         # only the main process rewrites (on resume: truncates) and appends the log
         self.metrics = MetricsLog(self.out / "metrics.jsonl",
                                   (self.step if ckpt else 0) if self.main else None)
         self.last_saved = self.step if ckpt is not None else -1
         self.last_sampled = -1
+        self.last_validated = self._last_validated() if ckpt is not None else -1
+        self.console.print(f"objective: {name}")
 
     # -------------------------------------------------------------- set-up
     def _checkpoint_to_resume(self, resume: bool) -> Path | None:
+        if (self.out / LEGACY_CODEC_STATE).is_file():
+            raise UserError(f"{self.out} holds a codec run of an older energytta "
+                            f"({LEGACY_CODEC_STATE}), which cannot be resumed; its part file "
+                            "still loads: start a new train.out_dir (codec.path= or "
+                            "codec.vocoder_path= that file continues from it)")
         latest = latest_checkpoint(self.out)
         if latest is not None and not resume:
             raise UserError(f"{self.out} already holds checkpoints ({latest.name}); pass "
@@ -274,43 +153,41 @@ class Trainer:
                                "starting a fresh run")
         return latest if resume else None
 
-    def _fit_codec(self) -> None:
-        """Fit the mel codec's per-bin statistics on a fixed, seeded set of training clips
-        (with cached latents, load the codec state stored beside the cache instead; a
-        student with a teacher takes the teacher's).
+    def _val_dataset(self) -> Any:
+        """The validation set (eval crops) when validation is on; checked at start-up."""
+        if self.cfg.train.val_every <= 0 or not self.main:
+            return None
+        from energytta.train.validation import val_dataset
+        return val_dataset(self.cfg)
 
-        Every process fits on the same clips; the result is then broadcast from the main
-        process anyway, so all ranks normalise identically whatever the dataset does.
+    def _validation(self, dataset: Any) -> Any:
+        if dataset is None:
+            return None
+        from energytta.train.validation import Validation
+        return Validation(self.cfg, dataset, self.collate, self.objective, self.device)
+
+    def _fit(self) -> None:
+        """A fresh run: the objective fits its data statistics (e.g. the mel codec's).
+
+        Every process fits on the same clips; the codec's result is then broadcast from the
+        main process anyway, so all ranks normalise identically whatever the dataset does.
         """
-        if hasattr(self.dataset, "codec_state"):  # cached latents: use the cache's codec
-            load_weights(self.codec, self.dataset.codec_state, Path(self.cfg.data.train),
-                         "codec")
-            return
-        if self.cfg.head.kind == "energy" and self.cfg.teacher.ckpt:
-            # the student must see latents normalised exactly as its teacher's were: the
-            # distillation targets and the initial backbone weights assume that latent space
-            ckpt = Path(self.cfg.teacher.ckpt)
-            load_weights(self.codec, load_codec_state(ckpt), ckpt, "codec")
-            return
-        if not hasattr(self.codec, "fit_stats"):
-            return
-        g = torch.Generator().manual_seed(derive_seed(self.cfg.train.seed, 2**31))
-        idx = torch.randperm(len(self.dataset), generator=g)[:CODEC_FIT_ITEMS].tolist()
-        wavs = [self.collate([self.dataset[i] for i in idx[k:k + 16]])["wav"]
-                for k in range(0, len(idx), 16)]
-        self.codec.fit_stats([w.to(self.device) for w in wavs])
-        if self.acc.num_processes > 1:
+        self.objective.fit(self.context)
+        codec = self.objective.codec
+        if self.acc.num_processes > 1 and codec is not None:
             from accelerate.utils import broadcast
-            for b in self.codec.buffers():
+            for b in codec.buffers():
                 b.copy_(broadcast(b.clone(), from_process=0))
 
     def _load(self, folder: Path) -> Position:
         ck = load_training_state(folder)
         st = ck["state"]
         load_weights(self.model, ck["model"], folder)
-        load_weights(self.ema.module, ck["ema"], folder, "EMA")
-        self.ema.num_updates = int(st["ema_updates"])
-        load_weights(self.codec, ck["codec"], folder, "codec")
+        if self.ema is not None:
+            load_weights(self.ema.module, ck["ema"], folder, "EMA")
+            self.ema.num_updates = int(st["ema_updates"])
+        if self.objective.codec is not None:
+            load_weights(self.objective.codec, ck["codec"], folder, "codec")
         if isinstance(self.objective, nn.Module):
             load_weights(self.objective, ck.get("objective", {}), folder, "objective")
         try:
@@ -331,38 +208,28 @@ class Trainer:
         self.console.print(f"resumed from {folder} (step {self.step})")
         return Position(**st["data"])
 
+    def _last_validated(self) -> int:
+        """The step of the last validation row the resumed run kept (-1 if none)."""
+        rows = read_metrics(self.out / "metrics.jsonl")
+        return max((r["step"] for r in rows if r.get("stage") == "val"), default=-1)
+
     # -------------------------------------------------------------- one step
-    def _inputs(self, batch: dict[str, Any]) -> tuple[torch.Tensor, ...]:
-        """A collated batch -> (latents (B,C,T,F), text (B,L,Dt), text_mask (B,L)) on device."""
-        if "latents" in batch:
-            lat = batch["latents"].to(self.device)
-            text, mask = batch["text"].to(self.device), batch["text_mask"].to(self.device)
-        else:
-            with torch.no_grad():
-                lat = self.codec.encode(batch["wav"].to(self.device))
-            text, mask = self.text(batch["captions"])
-        pt, pf = self.cfg.model.patch_t, self.cfg.model.patch_f
-        lat = lat[:, :, :lat.shape[2] // pt * pt]  # whole time patches only
-        n = lat.shape[2] // pt * (lat.shape[3] // pf)
-        if n > self.model.max_tokens:
-            raise UserError(f"training crops give {n} tokens but audio.max_seconds="
-                            f"{self.cfg.audio.max_seconds} allows {self.model.max_tokens}; "
-                            "raise audio.max_seconds or lower audio.crop_seconds")
-        return lat, text, mask
+    def _next_inputs(self) -> dict[str, Any]:
+        """The next training batch as the objective's inputs (manifest items attached)."""
+        indices, batch = next(self.batches)
+        items = getattr(self.dataset, "items", None)
+        batch["items"] = [items[i] for i in indices] if items is not None else None
+        return self.objective.inputs(batch)
 
     def _train_step(self) -> tuple[dict[str, float], float]:
         """One optimizer step over grad_accum micro-batches -> (mean logs, grad norm)."""
         t, logs, grad_norm = self.cfg.train, {}, float("nan")
         self.loss_module.train()
         for micro in range(max(1, t.grad_accum)):
-            lat, text, mask = self._inputs(next(self.batches))
-            seed = derive_seed(t.seed, self.step, micro, self.acc.process_index)
-            torch.manual_seed(seed)  # dropout (and any draw without a generator)
-            random.seed(seed)
-            np.random.seed(seed % 2**32)
-            gen = torch.Generator(device=self.device).manual_seed(seed)
+            inputs = self._next_inputs()
+            gen = seed_step(self.device, t.seed, self.step, micro, self.acc.process_index)
             with self.acc.accumulate(self.loss_module):
-                loss, terms = self.loss_module(lat, text, mask, gen)
+                loss, terms = self.loss_module(gen, **inputs)
                 if not torch.isfinite(loss):
                     raise RuntimeError(f"loss is {float(loss)} at step {self.step}; lower "
                                        "train.lr or check the data")
@@ -372,11 +239,14 @@ class Trainer:
                     grad_norm = float(self.acc.clip_grad_norm_(self.model.parameters(), clip))
                 self.acc_opt.step()
                 self.acc_opt.zero_grad(set_to_none=True)
-            for k, v in {**terms, "loss": float(loss.detach())}.items():
+            terms = {**terms}
+            terms.setdefault("loss", float(loss.detach()))  # an objective may log its own
+            for k, v in terms.items():
                 logs[k] = logs.get(k, 0.0) + float(v) / max(1, t.grad_accum)
         self.last_lr = self.lr()  # the lr this step used, before the scheduler moves on
         self.sched.step()
-        self.ema.update(self.model)
+        if self.ema is not None:
+            self.ema.update(self.model)
         self.step += 1
         return logs, grad_norm
 
@@ -399,59 +269,50 @@ class Trainer:
         window.reset()
         return record
 
+    def _eval_model(self) -> nn.Module:
+        """What validation, samples and the export use: the EMA weights, else the model."""
+        return self.ema.module if self.ema is not None else self.model
+
     def save(self) -> None:
         """Training state at the current step, written by the main process only (every
         process holds the same weights and optimizer state, so no gather is needed)."""
         if self.main and self.last_saved != self.step:
             state = {"scheduler": encode_tree(self.sched.state_dict(), {}),
                      "rng": rng_state(), "data": asdict(self.stream.pos),
-                     "ema_updates": self.ema.num_updates, "elapsed": self.elapsed,
-                     "world_size": self.acc.num_processes}
-            save_training_state(self.out, self.step, model=self.model, ema=self.ema.module,
-                                optimizer=self.opt, codec=self.codec, cfg=self.cfg,
-                                state=state, text_dim=self.text_dim,
+                     "ema_updates": self.ema.num_updates if self.ema is not None else 0,
+                     "elapsed": self.elapsed, "world_size": self.acc.num_processes}
+            save_training_state(self.out, self.step, model=self.model,
+                                ema=self.ema.module if self.ema is not None else None,
+                                optimizer=self.opt, codec=self.objective.codec, cfg=self.cfg,
+                                state=state, text_dim=self.objective.text_dim,
                                 keep_last=self.cfg.train.keep_last,
-                                extra={"objective": _module_state(self.objective)})
+                                extra={"objective": _module_state(self.objective)},
+                                kind=self.objective.kind)
         self.last_saved = self.step
+
+    def validate(self) -> None:
+        """The validation stage (main process): one metrics row and one console line."""
+        if self.validation is not None and self.main:
+            values = self.validation.run(self._eval_model())
+            self.metrics.write({"step": self.step, "stage": "val",
+                                **{f"val/{k}": v for k, v in values.items()}})
+            shown = "  ".join(f"{k} {v:.4g}" for k, v in values.items())
+            self.console.print(f"val @ step {self.step}: {shown}")
+        self.last_validated = self.step
 
     @torch.no_grad()
     def sample(self) -> Path | None:
-        """Generate `train.sample_prompts` with the EMA weights (seeded) -> wav + PNG."""
-        if not self.main or not self.cfg.train.sample_prompts:
-            return None
-        from energytta.audio.io import write_wav
-        from energytta.audio.plot import save_spectrogram_png
-        from energytta.models.patchify import unpatchify
-        from energytta.sampling import decode
-
-        cfg, model, prompts = self.cfg, self.ema.module.eval(), self.cfg.train.sample_prompts
-        s = cfg.sample
-        text, mask = self.text(list(prompts))
-        gen = torch.Generator(device=self.device).manual_seed(s.seed)
-        tokens = decode(model.backbone, model.head, text, mask, model.tokens_for(s.duration),
-                        iterations=s.iterations, cfg=s.cfg, cfg_schedule=s.cfg_schedule,
-                        temperature=s.temperature, generator=gen)  # (B, N, d)
-        lat = unpatchify(tokens, model.latent_channels, model.frames_for(s.duration),
-                         model.latent_freq, cfg.model.patch_t, cfg.model.patch_f)
-        mel = self.codec.decode(lat)  # (B, n_mels, T)
-        wav = self.codec.vocode(mel, generator=gen)  # (B, S)
-        folder = self.out / "samples" / f"step-{self.step:07d}"
-        with atomic_path(folder) as tmp:
-            tmp.mkdir()
-            for i, prompt in enumerate(prompts):
-                write_wav(tmp / f"{i:02d}.wav", wav[i].float().cpu().numpy(), cfg.audio.sample_rate)
-                save_spectrogram_png(mel[i].float().cpu(), tmp / f"{i:02d}.png", title=prompt,
-                                     sample_rate=cfg.audio.sample_rate,
-                                     hop_length=cfg.audio.hop_length)
-            (tmp / "prompts.txt").write_text("\n".join(prompts) + "\n", encoding="utf-8")
-        return folder
-
-    def export(self) -> Path | None:
-        """The inference file `out_dir/model.safetensors` with the EMA weights."""
+        """The objective's samples from the EMA weights -> out/samples/step-XXXXXXX/."""
         if not self.main:
             return None
-        return save_inference(self.out / "model.safetensors", self.ema.module, self.codec,
-                              self.cfg, kind_for(self.cfg), text_dim=self.text_dim)
+        folder = self.out / "samples" / f"step-{self.step:07d}"
+        return self.objective.generate(self._eval_model().eval(), folder)
+
+    def export(self) -> Path | None:
+        """The objective's export (the inference file, or a codec part's file)."""
+        if not self.main:
+            return None
+        return self.objective.export(self._eval_model(), self.out)
 
     # -------------------------------------------------------------- the loop
     def _stop_everywhere(self, stop: StopRequest) -> bool:
@@ -482,6 +343,8 @@ class Trainer:
                     raise KeyboardInterrupt
                 if t.ckpt_every > 0 and self.step % t.ckpt_every == 0:
                     self.save()
+                if t.val_every > 0 and self.step % t.val_every == 0:
+                    self.validate()
                 if t.sample_every > 0 and self.step % t.sample_every == 0:
                     self.sample()
                     self.last_sampled = self.step
@@ -489,8 +352,10 @@ class Trainer:
         return self.model
 
     def finish(self) -> None:
-        """Final checkpoint, samples and inference export."""
+        """Final checkpoint, validation, samples and export."""
         self.save()
+        if self.last_validated != self.step:
+            self.validate()
         folder = self.sample() if self.last_sampled != self.step else None
         path = self.export()
         if self.main:
@@ -500,15 +365,12 @@ class Trainer:
 
 
 def train(cfg: Config, resume: bool = False) -> nn.Module:
-    """Train the model described by `cfg`; return the raw (unwrapped) trained model.
+    """Train what `cfg` describes (see `energytta.train.objectives`); return the raw
+    (unwrapped) trained model: a TTAModel, or the codec part / classifier.
 
     Args:
-        cfg: the full config (`train.*` drives the loop, `head.kind` picks the objective).
+        cfg: the full config (`train.*` drives the loop, `train.objective` / `codec.train` /
+            `head.kind` pick the objective).
         resume: continue bit-for-bit from the latest `step-XXXXXXX/` in `train.out_dir`.
-    With `codec.train` set ("vae" | "vocoder") it trains that codec part instead
-    (`energytta.train.codec_train`) and returns it.
     """
-    if cfg.codec.train:
-        from energytta.train.codec_train import train_codec
-        return train_codec(cfg, resume)
     return Trainer(cfg, resume).run()

@@ -1,43 +1,53 @@
-"""Student objective: energy score + λ · feature distillation from a frozen teacher.
+"""The student objective: energy score + λ · feature distillation from a frozen teacher.
 
 IMPACT-style contextual representation distillation: the student's MAR backbone is pulled
 toward the features of a frozen diffusion-head MAR teacher run on the *same* tokens, mask
 and text, while the student's energy head learns the data with the energy score (EAR).
 
-Training-loop hooks (see `prepare_student` and `StudentObjective`):
+`StudentObjective.build` does what the loop needs, in order:
 
-    model = TTAModel(cfg, text_dim)
-    prepare_student(cfg, model, device)           # init from teacher / freeze, BEFORE EMA,
+    parts = TokenParts.build(cfg, device)         # text cache, codec, student TTAModel
+    prepare_student(cfg, parts.model, device)     # init from teacher / freeze, BEFORE EMA,
                                                   # optimizer and any resume load
-    objective = StudentObjective(cfg, model, device)
-    params = [p for p in model.parameters() if p.requires_grad] + list(objective.parameters())
+    objective = StudentObjective(cfg, parts.model, device)
     loss, logs = objective(model, latents, text, text_mask, generator)
 
 `objective.parameters()` is empty unless the student's width differs from the teacher's;
-then it holds the learned student→teacher projections, which must join the optimizer.
+then it holds the learned student→teacher projections, which join the optimizer.
 """
 from __future__ import annotations
 
 import functools
 import warnings
 from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from energytta.checkpoint import load_codec_state, load_weights
 from energytta.config import Config
 from energytta.errors import UserError
 from energytta.masking import training_mask
-from energytta.models.patchify import patchify
+from energytta.plugins import load_plugin
+from energytta.train.objectives.base import TrainContext
+from energytta.train.objectives.tokens import TokenObjective, TokenParts
 
 DISTILL_LOSSES = ("mse", "cosine")
 
 
 # ------------------------------------------------------------------ teacher
+TEACHER_GROUP = "energytta.teachers"  # entry point `load_teacher` (energytta/plugins.py)
+
+
 @functools.lru_cache(maxsize=1)
 def _load_teacher_cached(path: str, mtime_ns: int, device: str) -> tuple[Config, nn.Module]:
-    from teachers import load_teacher  # lazy: sampling a student never imports teachers
-
+    # through the entry point: energytta never imports teachers (DESIGN: dependency
+    # direction), and sampling a student never loads diffusion code
+    load_teacher = load_plugin(TEACHER_GROUP, "load_teacher")
+    if load_teacher is None:
+        raise UserError(f"no teacher loader is installed (entry point '{TEACHER_GROUP}: "
+                        "load_teacher'); reinstall energytta: pip install -e .")
     return load_teacher(path, device)
 
 
@@ -151,12 +161,12 @@ def _distill_term(student: Tensor, teacher: Tensor, kind: str) -> Tensor:
     return (1 - F.cosine_similarity(student, teacher, dim=-1, eps=1e-6)).mean()
 
 
-class StudentObjective(nn.Module):
+class StudentObjective(nn.Module, TokenObjective):
     """Energy score + `distill.weight` × feature distillation, one training step's loss.
 
     Registered submodules are only the student→teacher projections (present when widths
-    differ); the teacher is held outside the module tree, so it never appears in
-    `parameters()` or `state_dict()` and never trains.
+    differ); the teacher (and `parts`, which `build` sets) are held outside the module
+    tree, so they never appear in `parameters()` or `state_dict()` and never train here.
 
     Args:
         cfg: the student config.
@@ -173,7 +183,7 @@ class StudentObjective(nn.Module):
                             f"got {d.loss!r}")
         if d.weight < 0:
             raise UserError(f"distill.weight must be >= 0, got {d.weight}")
-        self.cfg, self.weight, self.kind = cfg, float(d.weight), d.loss
+        self.cfg, self.weight, self.loss_kind = cfg, float(d.weight), d.loss
         self.teacher_cfg: Config | None = None
         object.__setattr__(self, "teacher", None)  # not a submodule: frozen, not saved
         self.layers: list[int] = []
@@ -184,6 +194,24 @@ class StudentObjective(nn.Module):
             object.__setattr__(self, "teacher", teacher)
             self.layers = self._check_layers(list(d.layers), model, teacher)
             self._build_projections(model, teacher, device)
+
+    @classmethod
+    def build(cls, cfg: Config, ctx: TrainContext) -> "StudentObjective":
+        parts = TokenParts.build(cfg, ctx.device)
+        prepare_student(cfg, parts.model, ctx.device)  # before EMA, optimizer and resume
+        objective = cls(cfg, parts.model, ctx.device)
+        objective.parts = parts
+        return objective
+
+    def fit(self, ctx: TrainContext) -> None:
+        """With a teacher, its codec statistics (unless the latents are cached): the student
+        must see latents normalised exactly as its teacher's were, since the distillation
+        targets and the initial backbone weights assume that latent space."""
+        ckpt = self.cfg.teacher.ckpt
+        if ckpt and not hasattr(ctx.dataset, "codec_state"):
+            load_weights(self.codec, load_codec_state(Path(ckpt)), Path(ckpt), "codec")
+        else:
+            super().fit(ctx)
 
     @staticmethod
     def _check_layers(layers: list[int], model: nn.Module, teacher: nn.Module) -> list[int]:
@@ -208,7 +236,7 @@ class StudentObjective(nn.Module):
         for k, (s, t) in enumerate(zip(feats, targets)):
             if len(self.proj):
                 s = self.proj[k](s)
-            total = total + _distill_term(s, t.to(s.dtype), self.kind)
+            total = total + _distill_term(s, t.to(s.dtype), self.loss_kind)
         return total
 
     def forward(self, model: nn.Module, latents: Tensor, text: Tensor, text_mask: Tensor,
@@ -225,7 +253,7 @@ class StudentObjective(nn.Module):
         """
         inner = getattr(model, "module", model)
         mcfg = inner.cfg.model
-        tokens = patchify(latents, mcfg.patch_t, mcfg.patch_f)  # (B, N, d)
+        tokens = inner.geometry.patchify(latents)  # (B, N, d)
         B, N, _ = tokens.shape
         # ONE mask and ONE caption dropout, shared by student and teacher: the features
         # are only comparable when both networks saw exactly the same context.
@@ -260,4 +288,4 @@ class StudentObjective(nn.Module):
         return self._align(feats, targets)
 
     def extra_repr(self) -> str:
-        return f"weight={self.weight}, loss={self.kind}, layers={self.layers}"
+        return f"weight={self.weight}, loss={self.loss_kind}, layers={self.layers}"

@@ -1,0 +1,193 @@
+"""The latent cache: a manifest's audio encoded with the configured codec and its captions
+with the text encoder, once, into safetensors shards that `CachedLatentDataset` reads
+(`energytta-data cache`).
+
+Output (DIR):
+  codec.safetensors   codec buffers (mel mean/std) the latents were made with; fitted on
+                      the first clips when the codec needs statistics and has none
+  shard-00000.safetensors ...  per item j: latents.j (C,T,F) float32 (whole clip),
+                      text.j (L,D) float32 and text_mask.j (L,) bool (unpadded);
+                      metadata {"captions": JSON list, "audio": JSON list}
+  index.json          shards, settings (audio/codec/text config), frames/s, silence frame
+Resumable: finished shards are kept (each is written atomically); a run on a folder made
+with other settings or another manifest stops with an error.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from energytta.config import Config
+from energytta.data.dataset import CODEC_FILE, INDEX_FILE, cache_settings
+from energytta.data.manifest import Item, read_manifest
+from energytta.errors import UserError
+from energytta.utils import atomic_path, atomic_write_text, pick_device
+
+FIT_CLIPS = 64  # clips used to fit codec statistics (the first ones of the manifest)
+PLAN_FILE = "plan.json"
+
+
+def _load_wavs(items: list[Item], sample_rate: int) -> list[tuple[int, torch.Tensor]]:
+    """(position in `items`, wav (S,)) for each readable item; bad files are warned about."""
+    from energytta.audio.io import load_audio
+
+    out = []
+    for k, item in enumerate(items):
+        try:
+            out.append((k, torch.from_numpy(load_audio(item.audio, sample_rate))))
+        except UserError as e:
+            warnings.warn(f"skipping {item.audio}: {e}")
+    return out
+
+
+@torch.no_grad()
+def _encode_wavs(codec: Any, wavs: list[torch.Tensor], device: torch.device,
+                 batch_size: int) -> list[torch.Tensor]:
+    """Whole clips -> latents (C, T_i, F); a batch is zero-padded, then each item is cut
+    back to its own frame count (the padding never leaks into a clip's latents)."""
+    out = []
+    for i in range(0, len(wavs), batch_size):
+        chunk = wavs[i:i + batch_size]
+        length = max(w.shape[0] for w in chunk)
+        batch = torch.stack([torch.nn.functional.pad(w, (0, length - w.shape[0]))
+                             for w in chunk]).to(device)
+        lat = codec.encode(batch).float().cpu()  # (B, C, T, F)
+        for w, z in zip(chunk, lat):
+            out.append(z[:, :codec.latent_frames(w.shape[0] / codec.sample_rate)].contiguous())
+    return out
+
+
+def _prepare_codec(cfg: Config, out: Path, items: list[Item], device: torch.device,
+                   batch_size: int) -> Any:
+    """The configured codec, with statistics loaded from `out` or fitted and saved there."""
+    from safetensors.torch import load_file, save_file
+
+    from energytta.audio.codec import build_codec
+
+    codec = build_codec(cfg).to(device).eval()
+    if (out / CODEC_FILE).is_file():
+        codec.load_state_dict(load_file(str(out / CODEC_FILE)), strict=True)
+        return codec
+    if hasattr(codec, "fit_stats") and not getattr(codec, "is_fitted", True):
+        wavs = [w for _, w in _load_wavs(items[:FIT_CLIPS], codec.sample_rate)]
+        if not wavs:
+            raise UserError("none of the first clips could be read to fit codec statistics")
+        codec.fit_stats([torch.stack([w]).to(device) for w in wavs])
+    state = {k: v.detach().cpu().contiguous() for k, v in codec.state_dict().items()}
+    with atomic_path(out / CODEC_FILE) as tmp:
+        save_file(state, str(tmp))
+    return codec
+
+
+def _shard_done(path: Path) -> bool:
+    from safetensors import safe_open
+
+    if not path.is_file():
+        return False
+    try:
+        with safe_open(str(path), "pt") as f:
+            return "captions" in (f.metadata() or {})
+    except Exception:  # a truncated file from another tool: redo it
+        return False
+
+
+def _write_shard(path: Path, items: list[Item], codec: Any, text_encoder: Any,
+                 device: torch.device, batch_size: int) -> int:
+    """Encode and save one shard; returns the number of items stored."""
+    from safetensors.torch import save_file
+
+    good = _load_wavs(items, codec.sample_rate)
+    latents = _encode_wavs(codec, [w for _, w in good], device, batch_size)
+    captions = [items[k].caption for k, _ in good]
+    tensors: dict[str, torch.Tensor] = {}
+    for i in range(0, len(captions), batch_size):
+        states, mask = text_encoder(captions[i:i + batch_size])  # (b, L, D), (b, L)
+        for j, (s, m) in enumerate(zip(states.cpu(), mask.cpu()), start=i):
+            n = int(m.sum())
+            tensors[f"text.{j}"] = s[:n].contiguous()
+            tensors[f"text_mask.{j}"] = m[:n].contiguous()
+    for j, z in enumerate(latents):
+        tensors[f"latents.{j}"] = z
+    meta = {"captions": json.dumps(captions),
+            "audio": json.dumps([str(items[k].audio) for k, _ in good])}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+    return len(captions)
+
+
+def _plan(cfg: Config, manifest: Path, items: list[Item], shard_size: int) -> dict[str, Any]:
+    return {"manifest": str(manifest.resolve()), "num_items": len(items),
+            "shard_size": shard_size, "settings": cache_settings(cfg)}
+
+
+def _check_plan(out: Path, plan: dict[str, Any]) -> None:
+    """Refuse to mix two different caches in one folder; record the plan otherwise."""
+    path = out / PLAN_FILE
+    if path.is_file():
+        old = json.loads(path.read_text(encoding="utf-8"))
+        if old != plan:
+            raise UserError(f"{out} holds a cache made from another manifest or config; "
+                            "use a new --out or delete the folder")
+        return
+    atomic_write_text(path, json.dumps(plan, indent=1, sort_keys=True))
+
+
+def _silence_frame(codec: Any, device: torch.device) -> list:
+    """Latent of one frame of digital silence (C, F): the padding value for short items."""
+    with torch.no_grad():
+        wav = torch.zeros(1, int(codec.sample_rate), device=device)
+        return codec.encode(wav)[0, :, 0].float().cpu().tolist()
+
+
+def cache(cfg: Config, manifest: str, out: str, batch_size: int = 16, shard_size: int = 256,
+          audio_dir: str | None = None, device: str = "auto", progress: bool = True) -> Path:
+    """Build (or finish) the latent cache of `manifest` in `out`.
+
+    Args:
+        cfg: audio, codec and text settings (what a training run on the cache must match).
+        manifest: JSONL / AudioCaps / Clotho manifest; audio_dir: its audio (CSV manifests).
+        out: cache folder (created); finished shards found there are kept.
+        batch_size: clips per encoder pass; shard_size: items per shard file.
+        device: "auto", "cpu", "cuda", ...; progress: show a progress bar.
+    Returns:
+        the path of the index.json written.
+    """
+    from rich.progress import Progress
+
+    from energytta.text import TextEncoder
+
+    if batch_size < 1 or shard_size < 1:
+        raise UserError("--batch-size and --shard-size must be >= 1")
+    out_dir, dev = Path(out), pick_device(device)
+    items = read_manifest(manifest, audio_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _check_plan(out_dir, _plan(cfg, Path(manifest), items, shard_size))
+    codec = _prepare_codec(cfg, out_dir, items, dev, batch_size)
+    text_encoder = TextEncoder(cfg.text.model, cfg.text.max_length).to(dev)
+    shards = []
+    with Progress(disable=not progress) as bar:
+        task = bar.add_task("caching latents", total=len(items))
+        for k, start in enumerate(range(0, len(items), shard_size)):
+            chunk, path = items[start:start + shard_size], out_dir / f"shard-{k:05d}.safetensors"
+            if not _shard_done(path):
+                _write_shard(path, chunk, codec, text_encoder, dev, batch_size)
+            shards.append({"file": path.name, "count": _shard_count(path)})
+            bar.advance(task, len(chunk))
+    index = {"version": 1, "num_items": sum(s["count"] for s in shards), "shards": shards,
+             "settings": cache_settings(cfg), "frames_per_second": codec.frames_per_second,
+             "latent_channels": codec.latent_channels, "latent_freq": codec.latent_freq,
+             "text_dim": text_encoder.dim, "silence_frame": _silence_frame(codec, dev),
+             "manifest": str(Path(manifest).resolve())}
+    atomic_write_text(out_dir / INDEX_FILE, json.dumps(index, indent=1))
+    return out_dir / INDEX_FILE
+
+
+def _shard_count(path: Path) -> int:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return len(json.loads(f.metadata()["captions"]))

@@ -1,0 +1,32 @@
+"""Seeds of a training run: every random draw is a function of (train.seed, where it happens).
+
+A step's draws come from (train.seed, step, micro-batch, process index), the data order
+from (train.seed, epoch), data statistics from (train.seed, `FIT_SEED`) and validation
+from (train.seed, `VAL_SEED`); nothing depends on what ran before, so a resumed run
+repeats an uninterrupted one bit for bit, and validation never moves a training stream.
+"""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+FIT_SEED = 2**31  # the clips that fit data statistics (codec normalisation) at step 0
+VAL_SEED = 2**31 + 1  # the validation stage's generator
+
+
+def derive_seed(*parts: int) -> int:
+    """A well-mixed 63-bit seed from integers (numpy SeedSequence hashing)."""
+    state = np.random.SeedSequence([int(p) % 2**63 for p in parts]).generate_state(2, np.uint64)
+    return int(state[0] >> np.uint64(1))
+
+
+def seed_step(device: torch.device, *parts: int) -> torch.Generator:
+    """Seed the global RNGs (dropout, any draw without a generator) from `parts` and return
+    a generator on `device` seeded the same way, for the draws that take one."""
+    seed = derive_seed(*parts)
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    return torch.Generator(device=device).manual_seed(seed)

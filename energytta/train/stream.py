@@ -1,0 +1,101 @@
+"""The data a run reads: the resumable training stream, and fixed sets of clips.
+
+Training batches come from `BatchStream` (seeded per epoch, sharded over processes,
+resumable at any batch); the clips that fit data statistics (`fit_batches`) and the
+validation batches (`first_batches`) are fixed lists, the same at every step and resume.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import torch
+from torch.utils.data import DataLoader
+
+from energytta.errors import UserError
+from energytta.train.seeds import FIT_SEED, derive_seed
+
+FIT_ITEMS = 64  # clips used to fit data statistics (codec normalisation) at step 0
+FIT_BATCH = 16
+
+
+@dataclass
+class Position:
+    """Where the data stream stands: the next batch to load is `batch` of `epoch`."""
+
+    epoch: int = 0
+    batch: int = 0
+
+
+class BatchStream:
+    """Endless, resumable stream of this process's batches.
+
+    Each epoch is a permutation seeded by (seed, epoch), the same on every process; process
+    r takes every world-th index (DistributedSampler's split), cut so that all processes
+    get the same number of full batches. Starting from `pos` skips the consumed batches
+    without loading them.
+
+    Args:
+        dataset: map-style dataset of dicts (see `energytta.data.dataset.collate`).
+        collate: the batch collate function.
+        batch_size: per-process batch size.
+        seed: `train.seed`; rank, world: process index and count.
+        num_workers: DataLoader workers.
+        pos: start position (a resumed run passes the saved one).
+    """
+
+    def __init__(self, dataset: Any, collate: Any, batch_size: int, seed: int, rank: int,
+                 world: int, num_workers: int, pos: Position) -> None:
+        self.dataset, self.collate, self.batch_size = dataset, collate, batch_size
+        self.seed, self.rank, self.world, self.num_workers = seed, rank, world, num_workers
+        self.pos = pos
+        n = len(dataset)
+        self.batches_per_epoch = n // (batch_size * world)
+        if self.batches_per_epoch == 0:
+            raise UserError(f"the training set has {n} clips, fewer than data.batch_size="
+                            f"{batch_size} × {world} processes; lower data.batch_size")
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        """This process's index batches for `epoch`."""
+        g = torch.Generator().manual_seed(derive_seed(self.seed, epoch))
+        perm = torch.randperm(len(self.dataset), generator=g).tolist()
+        per_rank = self.batches_per_epoch * self.batch_size
+        mine = perm[self.rank::self.world][:per_rank]
+        return [mine[i:i + self.batch_size] for i in range(0, per_rank, self.batch_size)]
+
+    def indexed(self) -> Iterator[tuple[list[int], Any]]:
+        """(dataset indices, collated batch) pairs, endlessly."""
+        while True:
+            epoch = self.pos.epoch
+            if hasattr(self.dataset, "set_epoch"):
+                self.dataset.set_epoch(epoch)
+            # worker seeds depend on the epoch only, not on the global RNG at resume time
+            gen = torch.Generator().manual_seed(derive_seed(self.seed, epoch, self.rank, 1))
+            order = self.epoch_batches(epoch)[self.pos.batch:]
+            loader = DataLoader(self.dataset, batch_sampler=order, collate_fn=self.collate,
+                                num_workers=self.num_workers, generator=gen)
+            for indices, batch in zip(order, loader):  # the loader keeps the sampler's order
+                self.pos.batch += 1
+                yield indices, batch
+            self.pos = Position(epoch + 1, 0)
+
+    def __iter__(self) -> Iterator[Any]:
+        for _, batch in self.indexed():
+            yield batch
+
+
+def fit_batches(dataset: Any, collate: Callable[[list], Any], seed: int) -> list[Any]:
+    """`FIT_ITEMS` clips drawn by (seed, FIT_SEED), collated `FIT_BATCH` at a time."""
+    g = torch.Generator().manual_seed(derive_seed(seed, FIT_SEED))
+    idx = torch.randperm(len(dataset), generator=g)[:FIT_ITEMS].tolist()
+    return [collate([dataset[i] for i in idx[k:k + FIT_BATCH]])
+            for k in range(0, len(idx), FIT_BATCH)]
+
+
+def first_batches(dataset: Any, collate: Callable[[list], Any], batch_size: int,
+                  count: int) -> list[tuple[list[int], Any]]:
+    """(indices, collated batch) of the first `count` batches in file order (the last one
+    may be short when the dataset ends first)."""
+    n = min(len(dataset), batch_size * count)
+    chunks = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
+    return [(idx, collate([dataset[i] for i in idx])) for idx in chunks]
