@@ -80,6 +80,11 @@ class ModelConfig:
     mask_ratio_min: float = 0.7  # MAR: mask ratio ~ truncnorm on [min, 1], mean 1, std 0.25
     mask_ratio_std: float = 0.25
     grad_checkpointing: bool = False
+    # where the backbone learns *where* a token is: "learned" (MAR: absolute embeddings
+    # added to the inputs, std 0.02) or "rope" (rotary positions in every attention over
+    # latent time, and over frequency when patch_f < the codec's bins; Su et al. 2021).
+    # With "learned" the shipped teacher read its context as a bag (docs/architecture.md).
+    pos_embed: str = "learned"
 
 
 @dataclass
@@ -95,6 +100,14 @@ class HeadConfig:
     batch_mul: int = 4  # MAR: each token's loss uses this many noise draws
     clip_x0: float = 10.0  # clamp predicted x_0 when sampling (0 = off, as MAR); see teachers/
     sample_max_t: int = -1  # first timestep of the sampling chain; -1 = T-1 (MAR); see teachers/
+    # what the network predicts: "eps" (MAR, DDPM), "v" (Salimans & Ho 2022: v = √ᾱ·ε − √(1−ᾱ)·x₀,
+    # well-posed at zero SNR, so the chain can start at t = T) or "x0"
+    prediction: str = "eps"
+    # SNR shift of the schedule (simple diffusion, Hoogeboom et al. 2023; SD3 §5.3.2):
+    # SNR'(t) = SNR(t) / shift². A 320-dim token's mean stays readable from x_t far longer
+    # than one dimension, so shift > 1 spends more training steps where the backbone must
+    # say what is there. 1 = the plain schedule.
+    schedule_shift: float = 1.0
     # energy head (EAR)
     noise_dim: int = 64
     noise_type: str = "gaussian"  # "gaussian" | "uniform"
@@ -152,6 +165,10 @@ class TrainConfig:
     # end, the objective scores the first val_batches batches of data.val; 0 = off
     val_every: int = 0
     val_batches: int = 4
+    # validation's generation check (energytta.eval.diagnostics): this many data.val
+    # captions generated at val_iterations and scored on the decoded mel; 0 = skip
+    val_generate: int = 32
+    val_iterations: int = 16
     sample_prompts: list[str] = field(default_factory=lambda: [
         "a high beep repeats three times",
         "a dog-like bark with rain in the background",

@@ -12,6 +12,17 @@
   MAR does not, but at t = 999 the cosine schedule has ᾱ ≈ 2e-9, so x̂_0 = (x_t − √(1−ᾱ)ε̂)/√ᾱ
   multiplies any ε̂ error by ~2e4; a briefly trained (or untrained) head then emits tokens
   in the thousands. Latents are unit-scale, so a loose clamp only removes that failure.
+* What the network predicts (`prediction`): ε (DDPM, MAR), v = √ᾱ·ε − √(1−ᾱ)·x_0
+  (Salimans & Ho 2022, "Progressive distillation", §4 and App. D) or x_0 itself. ε is
+  ill-posed at zero SNR (see `create_diffusion`); v and x_0 are not, so with them the
+  chain starts at t = T-1 with no `sample_max_t` workaround. The loss is the MSE of the
+  predicted quantity (v-MSE = (1+SNR)·x_0-MSE: high-noise steps, where only the backbone
+  knows what the token holds, keep weight instead of vanishing as in ε-MSE = SNR·x_0-MSE).
+* SNR shift (`shift`, simple diffusion, Hoogeboom et al. 2023 §3.1; SD3 eq. 23):
+  SNR'(t) = SNR(t)/shift², i.e. ᾱ'_t = ᾱ_t / (ᾱ_t + shift²·(1 − ᾱ_t)). A token of d
+  dimensions whose values share a component (a clip's loudness) exposes that component
+  with √d times the per-dimension SNR; shifting the whole schedule toward noise asks the
+  backbone for it at more training steps.
 * Respacing (IDDPM §4): keep `sampling_steps` evenly spaced timesteps and recompute
   β'_i = 1 − ᾱ_{k_i} / ᾱ_{k_{i-1}}, so the respaced chain has the same marginals ᾱ at
   the kept steps. The network always sees the *original* timestep index.
@@ -57,6 +68,24 @@ def named_betas(schedule: str, num_timesteps: int) -> np.ndarray:
                     "(use 'cosine' or 'linear')")
 
 
+PREDICTIONS = ("eps", "v", "x0")
+
+
+def shifted_betas(betas: np.ndarray, shift: float, max_beta: float = 0.999) -> np.ndarray:
+    """β of the schedule whose SNR is SNR(t)/shift² (ᾱ' = ᾱ / (ᾱ + shift²(1−ᾱ))).
+
+    shift = 1 returns `betas` unchanged (bit for bit, so old checkpoints sample as before).
+    """
+    if not math.isfinite(shift) or shift <= 0:
+        raise UserError(f"config key 'head.schedule_shift': {shift} must be a finite number > 0")
+    if shift == 1.0:
+        return betas
+    ab = np.cumprod(1.0 - betas)
+    ab = ab / (ab + shift ** 2 * (1.0 - ab))
+    prev = np.append(1.0, ab[:-1])
+    return np.minimum(1.0 - ab / prev, max_beta)
+
+
 def space_timesteps(num_timesteps: int, sampling_steps: int,
                     max_t: int | None = None) -> list[int]:
     """`sampling_steps` evenly spaced indices of [0, max_t], both ends kept (IDDPM's "100").
@@ -77,20 +106,25 @@ def space_timesteps(num_timesteps: int, sampling_steps: int,
 
 
 class GaussianDiffusion:
-    """A (possibly respaced) ε-prediction Gaussian diffusion on (M, d) token batches.
+    """A (possibly respaced) Gaussian diffusion on (M, d) token batches.
 
     Args:
         betas: (T',) float64 noise schedule of this chain.
         timestep_map: (T',) original timestep of each step of this chain (identity if None);
             the network is conditioned on these.
-        learn_sigma: the model returns [ε, v] (2·d channels) and v sets the variance.
+        learn_sigma: the model returns [pred, v] (2·d channels) and v sets the variance.
+        prediction: what the first d output channels are: "eps", "v" or "x0".
     """
 
     def __init__(self, betas: np.ndarray, timestep_map: list[int] | None = None,
-                 learn_sigma: bool = False) -> None:
+                 learn_sigma: bool = False, prediction: str = "eps") -> None:
         betas = np.asarray(betas, dtype=np.float64)
         if betas.ndim != 1 or not ((betas > 0) & (betas <= 1)).all():
             raise ValueError("betas must be a 1-D array in (0, 1]")
+        if prediction not in PREDICTIONS:
+            raise UserError(f"config key 'head.prediction': unknown value {prediction!r} "
+                            f"(use one of {', '.join(PREDICTIONS)})")
+        self.prediction = prediction
         self.betas = betas
         self.num_timesteps = len(betas)
         self.timestep_map = list(timestep_map or range(self.num_timesteps))
@@ -144,17 +178,38 @@ class GaussianDiffusion:
         return (self._at("sqrt_recip_alphas_cumprod", t, x_t) * x_t
                 - self._at("sqrt_recipm1_alphas_cumprod", t, x_t) * eps)
 
+    def x0_from_output(self, pred: torch.Tensor, x_t: torch.Tensor,
+                       t: torch.Tensor) -> torch.Tensor:
+        """The network's prediction (M,d) of this chain's kind -> x̂_0 (M,d).
+
+        v: x_0 = √ᾱ·x_t − √(1−ᾱ)·v (Salimans & Ho 2022, eq. 24), exact at every t.
+        """
+        if self.prediction == "x0":
+            return pred
+        if self.prediction == "v":
+            return (self._at("sqrt_alphas_cumprod", t, x_t) * x_t
+                    - self._at("sqrt_one_minus_alphas_cumprod", t, x_t) * pred)
+        return self.predict_x0(x_t, t, pred)
+
+    def target(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """What the network is trained to output at (x_0, t, ε): ε, v or x_0 (M,d)."""
+        if self.prediction == "x0":
+            return x0
+        if self.prediction == "v":  # v = √ᾱ·ε − √(1−ᾱ)·x_0
+            return (self._at("sqrt_alphas_cumprod", t, x0) * noise
+                    - self._at("sqrt_one_minus_alphas_cumprod", t, x0) * x0)
+        return noise
+
     # --------------------------------------------------------------- reverse process
     def p_mean_log_variance(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
                             clip_x0: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-        """p(x_{t-1} | x_t) from the network output `out` ((M,d) ε or (M,2d) [ε, v]).
+        """p(x_{t-1} | x_t) from the network output `out` ((M,d) or (M,2d) [pred, v]).
 
         `clip_x0 > 0` clamps the predicted x_0 to [-clip_x0, clip_x0] before the posterior
         (IDDPM's clip_denoised with a range for unit-variance latents; 0 = off, as MAR).
         Returns the mean (M,d) and the log-variance ((M,d) learned or (M,1) fixed).
         """
         d = x_t.shape[-1]
-        eps = out[:, :d]
         if self.learn_sigma:
             # IDDPM eq. 15: log σ² = f·log β_t + (1−f)·log β̃_t with f = (v+1)/2
             frac = (out[:, d:] + 1) / 2
@@ -162,7 +217,7 @@ class GaussianDiffusion:
                        + (1 - frac) * self._at("posterior_log_variance_clipped", t, x_t))
         else:
             log_var = self._at("fixed_log_variance", t, x_t)
-        x0 = self.predict_x0(x_t, t, eps)
+        x0 = self.x0_from_output(out[:, :d], x_t, t)
         if clip_x0 > 0:
             x0 = x0.clamp(-clip_x0, clip_x0)
         mean, _ = self.q_posterior(x0, x_t, t)
@@ -204,7 +259,8 @@ class GaussianDiffusion:
     # ---------------------------------------------------------------------- training
     def training_losses(self, model_fn: ModelFn, x0: torch.Tensor, t: torch.Tensor,
                         noise: torch.Tensor) -> torch.Tensor:
-        """Per-token loss (M,): MSE on ε (L_simple), + L_vlb when the variance is learned.
+        """Per-token loss (M,): MSE on ε / v / x_0 (L_simple), + L_vlb when the variance is
+        learned.
 
         Args:
             model_fn: network in ModelFn form (t here is already an original timestep
@@ -214,7 +270,7 @@ class GaussianDiffusion:
         x_t = self.q_sample(x0, t, noise)
         out = model_fn(x_t, self.model_timesteps(t))
         d = x0.shape[-1]
-        loss = ((noise - out[:, :d]) ** 2).mean(dim=-1)
+        loss = ((self.target(x0, t, noise) - out[:, :d]) ** 2).mean(dim=-1)
         if self.learn_sigma:
             # IDDPM eq. 16: the VLB trains only the variance (stop-gradient on ε)
             frozen = torch.cat([out[:, :d].detach(), out[:, d:]], dim=-1)
@@ -256,12 +312,13 @@ def respace(base: GaussianDiffusion, use_timesteps: list[int]) -> GaussianDiffus
     ab = base.alphas_cumprod[kept]
     prev = np.append(1.0, ab[:-1])
     return GaussianDiffusion(1.0 - ab / prev, timestep_map=[base.timestep_map[k] for k in kept],
-                             learn_sigma=base.learn_sigma)
+                             learn_sigma=base.learn_sigma, prediction=base.prediction)
 
 
 def create_diffusion(num_timesteps: int = 1000, schedule: str = "cosine",
                      sampling_steps: int | None = None,
-                     learn_sigma: bool = False, max_t: int | None = None) -> GaussianDiffusion:
+                     learn_sigma: bool = False, max_t: int | None = None,
+                     prediction: str = "eps", shift: float = 1.0) -> GaussianDiffusion:
     """The training chain (sampling_steps None) or its respaced sampling chain.
 
     Args:
@@ -278,10 +335,14 @@ def create_diffusion(num_timesteps: int = 1000, schedule: str = "cosine",
             work at zero terminal SNR). A briefly trained head (ε̂ error ~0.1) sends the
             chain off the data manifold for good. Starting where ᾱ is ~0.02 (t = 900)
             drops a √ᾱ·x_0 ≈ 0.15·x_0 term from x_T, a small, bounded approximation.
+            With v- or x_0-prediction the chain can start at T-1.
+        prediction: "eps", "v" or "x0" (see GaussianDiffusion).
+        shift: SNR shift of the schedule (see `shifted_betas`); 1 = none.
     """
     if num_timesteps < 1:
         raise UserError(f"config key 'head.num_timesteps': {num_timesteps} must be >= 1")
-    base = GaussianDiffusion(named_betas(schedule, num_timesteps), learn_sigma=learn_sigma)
+    betas = shifted_betas(named_betas(schedule, num_timesteps), shift)
+    base = GaussianDiffusion(betas, learn_sigma=learn_sigma, prediction=prediction)
     full = max_t is None or max_t < 0 or max_t == num_timesteps - 1
     if sampling_steps is None or (sampling_steps == num_timesteps and full):
         return base

@@ -85,18 +85,22 @@ class DiffusionHead(nn.Module):
         self.clip_x0 = head_cfg.clip_x0
         out_dim = 2 * token_dim if head_cfg.learn_sigma else token_dim
         self.net = SimpleMLPAdaLN(token_dim, cond_dim, head_cfg.width, head_cfg.depth, out_dim)
+        kinds = dict(prediction=head_cfg.prediction, shift=head_cfg.schedule_shift)
         self.train_diffusion: GaussianDiffusion = create_diffusion(
-            head_cfg.num_timesteps, head_cfg.noise_schedule, None, head_cfg.learn_sigma)
+            head_cfg.num_timesteps, head_cfg.noise_schedule, None, head_cfg.learn_sigma,
+            **kinds)
         self.gen_diffusion: GaussianDiffusion = create_diffusion(
             head_cfg.num_timesteps, head_cfg.noise_schedule, head_cfg.sampling_steps,
-            head_cfg.learn_sigma, head_cfg.sample_max_t)
+            head_cfg.learn_sigma, head_cfg.sample_max_t, **kinds)
 
     def loss(self, z: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
              generator: torch.Generator | None = None) -> torch.Tensor:
         """Denoising loss averaged over masked tokens (MAR's DiffLoss.forward).
 
-        Every token is repeated `batch_mul` times with independent (t, ε) — more noise
-        levels per backbone pass, which MAR found helps (diffusion_batch_mul = 4).
+        Only the masked tokens run through the head (MAR runs all B·N and zero-weights the
+        visible ones, ~20 % of the work here at MAR's mask ratios), each repeated
+        `batch_mul` times with independent (t, ε) — more noise levels per backbone pass,
+        which MAR found helps (diffusion_batch_mul = 4).
 
         Args:
             z: (B,N,D) backbone features. target: (B,N,d) clean tokens.
@@ -106,17 +110,39 @@ class DiffusionHead(nn.Module):
                 pass a generator wherever reproducibility matters.
         Returns: scalar loss.
         """
-        z = z.reshape(-1, z.shape[-1]).repeat(self.batch_mul, 1)  # (M,D), M = B·N·batch_mul
-        x0 = target.reshape(-1, target.shape[-1]).repeat(self.batch_mul, 1)  # (M,d)
-        weight = mask.reshape(-1).repeat(self.batch_mul).to(x0.dtype)  # (M,)
+        sel = mask.reshape(-1).bool()  # (B·N,); boolean indexing: one host sync on GPU
+        z = z.reshape(-1, z.shape[-1])[sel].repeat(self.batch_mul, 1)  # (M,D), M = masked·mul
+        x0 = target.reshape(-1, target.shape[-1])[sel].repeat(self.batch_mul, 1)  # (M,d)
+        if x0.shape[0] == 0:  # nothing masked: a zero that still touches every parameter
+            return z.sum() * 0.0 + sum(p.sum() for p in self.parameters()) * 0.0
         t = torch.randint(0, self.train_diffusion.num_timesteps, (x0.shape[0],),
                           generator=generator, device=x0.device)
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         c_emb = self.net.cond_embed(z)
         per_token = self.train_diffusion.training_losses(
             lambda x, tt: self.net(x, tt, c_emb), x0, t, noise)  # (M,)
-        # weighting (not selecting) keeps the shapes static: no host sync on mask.sum()
-        return (per_token * weight).sum() / weight.sum().clamp(min=1.0)
+        return per_token.mean()
+
+    @torch.no_grad()
+    def probe_error(self, z: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+                    generator: torch.Generator | None, t: int) -> torch.Tensor:
+        """x̂_0 MSE of the masked tokens at one fixed training timestep `t` (a diagnostic).
+
+        At high-noise t the token itself is almost gone from x_t, so the error measures
+        what the backbone features z say about it (energytta.eval.diagnostics).
+
+        Args:
+            z: (B,N,D); target: (B,N,d); mask: (B,N) bool; generator: draws ε.
+        Returns: scalar mean over masked tokens and channels.
+        """
+        sel = mask.reshape(-1).bool()
+        zm, x0 = z.reshape(-1, z.shape[-1])[sel], target.reshape(-1, target.shape[-1])[sel]
+        tt = torch.full((x0.shape[0],), t, device=x0.device, dtype=torch.long)
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        diff = self.train_diffusion
+        x_t = diff.q_sample(x0, tt, noise)
+        out = self.net(x_t, tt, self.net.cond_embed(zm))[:, :self.token_dim]
+        return ((diff.x0_from_output(out, x_t, tt) - x0) ** 2).mean()
 
     @torch.no_grad()
     def sample(self, z: torch.Tensor, temperature: float, generator: torch.Generator | None,
@@ -147,6 +173,7 @@ class DiffusionHead(nn.Module):
 
             def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
                 out_c, out_u = self.net(torch.cat([x, x]), torch.cat([t, t]), c_both).chunk(2)
+                # guidance is linear in the output, so it acts the same on ε, v or x̂_0
                 eps = out_u[:, :d] + cfg_scale * (out_c[:, :d] - out_u[:, :d])
                 return torch.cat([eps, out_c[:, d:]], dim=-1)  # variance from the cond rows
         return self.gen_diffusion.p_sample_loop(model_fn, x_T, temperature, generator,

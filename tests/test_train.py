@@ -284,6 +284,9 @@ def test_validation_changes_no_training_stream_and_repeats_on_resume(
     rows = _val_rows(tmp_path / "val")
     assert [r["step"] for r in rows] == [5, 8]  # every val_every steps and at the end
     assert all(np.isfinite(r["val/loss"]) for r in rows) and not _val_rows(tmp_path / "plain")
+    for key in ("val/shuffle_gap", "val/pos_spread"):  # the time diagnostics (no generation
+        # check: these captions name no synth attributes)
+        assert np.isfinite(rows[-1][key]), key
 
     out = tmp_path / "resumed"
     real_stop = loop.Trainer._stop_everywhere

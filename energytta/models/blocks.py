@@ -3,6 +3,13 @@
 We do not depend on timm (it imports torchvision, which has no CPU build here); the block
 is the standard one: x + Attn(LN(x)), then x + MLP(LN(x)), GELU MLP, dropout on the
 attention probabilities, the output projection and the MLP (MAR: attn/proj dropout 0.1).
+
+Rotary positions (RoFormer, Su et al. 2021): queries and keys of each head are rotated by
+angles proportional to the token's position, so q·k depends on the *relative* position of
+query and key. `Rotary` builds the (cos, sin) tables from integer positions; a block
+applies them when given. Over a 2-D token grid (latent time × frequency patches) half of
+each head's channel pairs rotate with time and half with frequency (axial RoPE, as in
+2-D vision transformers); position 0 (used for the text prefix) is the identity.
 """
 from __future__ import annotations
 
@@ -22,6 +29,51 @@ def init_weights(module: nn.Module) -> None:
             nn.init.ones_(module.weight)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
+
+
+RopeTables = tuple[torch.Tensor, torch.Tensor]  # cos, sin: (B or 1, 1, S, head_dim)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """(..., 2k) -> (..., 2k): the pairs (x1, x2) of the two halves become (−x2, x1)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, rope: RopeTables) -> torch.Tensor:
+    """Rotate (B, H, S, hd) queries or keys by the (cos, sin) tables (RoFormer eq. 34)."""
+    cos, sin = rope
+    return x * cos.to(x.dtype) + rotate_half(x) * sin.to(x.dtype)
+
+
+class Rotary(nn.Module):
+    """(cos, sin) tables of rotary positions for one attention head width.
+
+    Args:
+        head_dim: channels per head (even; a multiple of 4 when `axes == 2`).
+        axes: 1 = positions along time only; 2 = (time, frequency) positions, each
+            rotating half of the channel pairs.
+        base: wavelength base θ (RoFormer: 10000).
+    Holds no weights (its frequency table is a non-persistent buffer), so adding it
+    changes no checkpoint.
+    """
+
+    def __init__(self, head_dim: int, axes: int = 1, base: float = 10000.0) -> None:
+        super().__init__()
+        if head_dim % (2 * axes):
+            raise ValueError(f"rotary positions need a head width divisible by {2 * axes}, "
+                             f"got {head_dim} (choose model.width / model.num_heads)")
+        self.axes = axes
+        pairs = head_dim // (2 * axes)  # rotating channel pairs per axis
+        inv = base ** (-torch.arange(pairs, dtype=torch.float64) / pairs)
+        self.register_buffer("inv_freq", inv.float(), persistent=False)
+
+    def forward(self, positions: torch.Tensor) -> RopeTables:
+        """positions (B, S, axes) float (time[, freq]) -> cos, sin (B, 1, S, head_dim)."""
+        ang = positions[..., :, None].float() * self.inv_freq  # (B, S, axes, pairs)
+        ang = ang.flatten(-2)  # (B, S, axes·pairs)
+        ang = torch.cat([ang, ang], dim=-1)[:, None]  # halves rotate together (rotate_half)
+        return ang.cos(), ang.sin()
 
 
 class Block(nn.Module):
@@ -52,20 +104,25 @@ class Block(nn.Module):
                                  nn.Linear(hidden, dim), nn.Dropout(dropout))
         self.apply(init_weights)
 
-    def attention(self, x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+    def attention(self, x: torch.Tensor, key_mask: torch.Tensor | None,
+                  rope: RopeTables | None = None) -> torch.Tensor:
         B, S, D = x.shape
         q, k, v = self.qkv(x).view(B, S, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        if rope is not None:  # relative positions enter q·k directly (RoFormer)
+            q, k = apply_rotary(q, rope), apply_rotary(k, rope)
         # (B, S) keys -> (B, 1, 1, S): the same keys for every head and query; True = attend
         mask = None if key_mask is None else key_mask[:, None, None, :]
         drop = self.attn_dropout if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, S, D)))
 
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None,
+                rope: RopeTables | None = None) -> torch.Tensor:
         """Args:
             x: (B, S, D) tokens.
             key_mask: (B, S) bool, True = the token may be attended to; None = all.
+            rope: rotary (cos, sin) tables (B or 1, 1, S, D / heads), or None.
         Returns (B, S, D). Every row needs at least one attendable key.
         """
-        x = x + self.attention(self.norm1(x), key_mask)
+        x = x + self.attention(self.norm1(x), key_mask, rope)
         return x + self.mlp(self.norm2(x))

@@ -8,6 +8,13 @@ position, text prefix included (MAR's buffer tokens also pass through its decode
 Output z (B, N, D) at every audio position, plus a learned "diffusion" positional
 embedding so each token's head knows where it is.
 
+Positions (`model.pos_embed`): "learned" adds MAR's absolute embeddings to the encoder and
+decoder inputs; "rope" instead rotates queries and keys in every attention by the token's
+(latent time, frequency patch) position, text prefix at position 0. With learned
+embeddings (std 0.02 at init) next to a token projection of std ~2, our first teacher
+ignored where its context was (shuffling the visible tokens changed nothing); rotary
+positions cannot be drowned by content because they act on q·k, not on the inputs.
+
 Rows may have different numbers of visible tokens (inpainting masks differ per row):
 visible tokens are gathered into a padded (B, V_max, D) tensor with a key mask, so a
 row's result does not depend on the other rows of the batch.
@@ -21,7 +28,9 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from energytta.errors import UserError
-from energytta.models.blocks import Block, init_weights
+from energytta.models.blocks import Block, RopeTables, Rotary, init_weights
+
+POS_EMBEDS = ("learned", "rope")
 
 
 class MARBackbone(nn.Module):
@@ -34,12 +43,19 @@ class MARBackbone(nn.Module):
         text_dim: Dt, width of the text encoder's states.
         max_text_len: longest text prefix (learned text positions).
         null_text_len: length of the learned null text used when `drop_text` is set.
+        freq_tokens: tokens per latent time step (F / patch_f; token n sits at time
+            n // freq_tokens, frequency patch n % freq_tokens: the order is time-major).
     """
 
     def __init__(self, model_cfg: Any, token_dim: int, max_tokens: int, text_dim: int,
-                 max_text_len: int = 128, null_text_len: int = 1) -> None:
+                 max_text_len: int = 128, null_text_len: int = 1, freq_tokens: int = 1) -> None:
         super().__init__()
         D = model_cfg.width
+        self.pos_embed = getattr(model_cfg, "pos_embed", "learned")
+        if self.pos_embed not in POS_EMBEDS:
+            raise UserError(f"config key 'model.pos_embed': unknown value {self.pos_embed!r} "
+                            f"(use one of {', '.join(POS_EMBEDS)})")
+        self.freq_tokens = max(1, freq_tokens)
         self.token_dim, self.max_tokens, self.max_text_len = token_dim, max_tokens, max_text_len
         self.grad_checkpointing = model_cfg.grad_checkpointing
 
@@ -53,7 +69,8 @@ class MARBackbone(nn.Module):
         self.text_proj = nn.Linear(text_dim, D)
         self.null_text = nn.Parameter(torch.zeros(1, null_text_len, D))  # MAR's fake_latent
         self.encoder_text_pos = nn.Parameter(torch.zeros(1, max_text_len, D))
-        self.encoder_pos = nn.Parameter(torch.zeros(1, max_tokens, D))
+        learned = self.pos_embed == "learned"
+        self.encoder_pos = nn.Parameter(torch.zeros(1, max_tokens, D)) if learned else None
         self.z_proj_ln = nn.LayerNorm(D, eps=1e-6)
         self.encoder_blocks = blocks(model_cfg.encoder_depth)
         self.encoder_norm = nn.LayerNorm(D, eps=1e-6)
@@ -61,7 +78,9 @@ class MARBackbone(nn.Module):
         self.decoder_embed = nn.Linear(D, D)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, D))
         self.decoder_text_pos = nn.Parameter(torch.zeros(1, max_text_len, D))
-        self.decoder_pos = nn.Parameter(torch.zeros(1, max_tokens, D))
+        self.decoder_pos = nn.Parameter(torch.zeros(1, max_tokens, D)) if learned else None
+        self.rotary = None if learned else Rotary(
+            D // model_cfg.num_heads, axes=2 if self.freq_tokens > 1 else 1)
         self.decoder_blocks = blocks(model_cfg.decoder_depth)
         self.decoder_norm = nn.LayerNorm(D, eps=1e-6)
         self.diffusion_pos = nn.Parameter(torch.zeros(1, max_tokens, D))
@@ -72,15 +91,18 @@ class MARBackbone(nn.Module):
         self.apply(init_weights)
         for p in (self.null_text, self.encoder_text_pos, self.encoder_pos, self.mask_token,
                   self.decoder_text_pos, self.decoder_pos, self.diffusion_pos):
-            nn.init.normal_(p, std=0.02)  # MAR: embeddings and mask token ~ N(0, .02²)
+            if p is not None:
+                nn.init.normal_(p, std=0.02)  # MAR: embeddings and mask token ~ N(0, .02²)
 
     # ------------------------------------------------------------------ pieces
     def _run(self, blocks: nn.ModuleList, x: torch.Tensor, key_mask: torch.Tensor,
-             hidden: list[torch.Tensor] | None = None, skip: int = 0) -> torch.Tensor:
+             hidden: list[torch.Tensor] | None = None, skip: int = 0,
+             rope: RopeTables | None = None) -> torch.Tensor:
         """Apply `blocks`; append each output's positions `[skip:]` to `hidden` if given."""
         ckpt = self.grad_checkpointing and self.training and torch.is_grad_enabled()
         for blk in blocks:
-            x = checkpoint(blk, x, key_mask, use_reentrant=False) if ckpt else blk(x, key_mask)
+            x = (checkpoint(blk, x, key_mask, rope, use_reentrant=False) if ckpt
+                 else blk(x, key_mask, rope))
             if hidden is not None:
                 hidden.append(x[:, skip:])
         return x
@@ -105,6 +127,23 @@ class MARBackbone(nn.Module):
         emb = torch.where(drop[:, None, None], null, emb)
         mask = torch.where(drop[:, None], null_mask[None], mask)
         return emb, mask
+
+    def _rope(self, positions: torch.Tensor, text_len: int) -> RopeTables | None:
+        """Rotary tables for [text prefix ⊕ audio tokens at `positions` (B, S) token indices].
+
+        The text prefix sits at position 0 (no rotation); audio token n at
+        (time n // freq_tokens, frequency n % freq_tokens), or time n alone when each
+        time step is one token. None with learned positions.
+        """
+        if self.rotary is None:
+            return None
+        B = positions.shape[0]
+        if self.freq_tokens > 1:
+            pos = torch.stack([positions // self.freq_tokens, positions % self.freq_tokens], -1)
+        else:
+            pos = positions[..., None]
+        pos = torch.cat([pos.new_zeros(B, text_len, pos.shape[-1]), pos], 1)  # (B, Lp+S, axes)
+        return self.rotary(pos)
 
     @staticmethod
     def _visible_index(mask: torch.Tensor, max_visible: int | None = None
@@ -159,23 +198,28 @@ class MARBackbone(nn.Module):
 
         # encoder: text ⊕ visible audio (MAE); MAR adds positions, then z_proj_ln
         idx, valid = self._visible_index(mask, max_visible)  # (B, V), (B, V)
-        audio = self.z_proj(tokens) + self.encoder_pos[:, :N]
+        audio = self.z_proj(tokens)
+        if self.encoder_pos is not None:
+            audio = audio + self.encoder_pos[:, :N]
         D = audio.shape[-1]
         gidx = idx[..., None].expand(-1, -1, D)
         vis = torch.gather(audio, 1, gidx)
         vis = torch.where(valid[..., None], vis, torch.zeros_like(vis))  # never read masked
         x = self.z_proj_ln(torch.cat([txt + self.encoder_text_pos[:, :Lp], vis], 1))
-        x = self._run(self.encoder_blocks, x, torch.cat([txt_mask, valid], 1))
+        x = self._run(self.encoder_blocks, x, torch.cat([txt_mask, valid], 1),
+                      rope=self._rope(idx, Lp))
         x = self.decoder_embed(self.encoder_norm(x))
 
         # decoder: scatter visible encodings back; mask token everywhere else
         mask_tok = self.mask_token.to(x.dtype).expand(B, N, D)
         vis = torch.where(valid[..., None], x[:, Lp:], mask_tok[:, :idx.shape[1]])
         full = torch.scatter(mask_tok, 1, gidx, vis)  # (B, N, D)
-        x = torch.cat([x[:, :Lp] + self.decoder_text_pos[:, :Lp],
-                       full + self.decoder_pos[:, :N]], 1)
+        if self.decoder_pos is not None:
+            full = full + self.decoder_pos[:, :N]
+        x = torch.cat([x[:, :Lp] + self.decoder_text_pos[:, :Lp], full], 1)
         key_mask = torch.cat([txt_mask, torch.ones_like(mask)], 1)
         hidden: list[torch.Tensor] | None = [] if return_hidden else None
-        x = self._run(self.decoder_blocks, x, key_mask, hidden, skip=Lp)
+        rope = self._rope(torch.arange(N, device=mask.device).expand(B, N), Lp)
+        x = self._run(self.decoder_blocks, x, key_mask, hidden, skip=Lp, rope=rope)
         z = self.decoder_norm(x)[:, Lp:] + self.diffusion_pos[:, :N]
         return (z, hidden) if return_hidden else z

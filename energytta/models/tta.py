@@ -39,7 +39,7 @@ class TTAModel(nn.Module):
         g = self.geometry = TokenGeometry.from_config(cfg)
         max_text = max(MIN_TEXT_POSITIONS, cfg.text.max_length)
         self.backbone = MARBackbone(cfg.model, g.token_dim, g.max_tokens, text_dim,
-                                    max_text_len=max_text)
+                                    max_text_len=max_text, freq_tokens=g.freq_tokens)
         self.head = build_head(cfg.head, g.token_dim, self.backbone.out_dim)
 
     # the geometry's numbers as attributes of the model (the sampler, tools and tests read them)

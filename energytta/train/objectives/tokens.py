@@ -8,7 +8,6 @@ renders the training samples, validates (held-out loss + the diagnostics of
 """
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,8 +22,6 @@ from energytta.train.objectives.base import Objective, TrainContext, ValContext,
 from energytta.train.stream import fit_batches
 from energytta.train.text_cache import TextCache
 from energytta.utils import atomic_path
-
-DIAGNOSTICS = "energytta.eval.diagnostics"  # validate_tta: shuffle gap, positional spread, ...
 
 
 @dataclass
@@ -109,11 +106,11 @@ class TokenObjective(Objective):
 
     # -------------------------------------------------------------- outputs
     def validate(self, model: nn.Module, ctx: ValContext) -> dict[str, float]:
-        """Held-out loss, plus `energytta.eval.diagnostics.validate_tta` where installed."""
+        """Held-out loss plus the time diagnostics (`energytta.eval.diagnostics`)."""
+        from energytta.eval.diagnostics import validate_tta
+
         out = mean_loss(self, model, ctx)
-        if importlib.util.find_spec(DIAGNOSTICS) is not None:
-            from energytta.eval.diagnostics import validate_tta
-            out.update(validate_tta(self.cfg, model, ctx))
+        out.update(validate_tta(self.cfg, model, ctx))
         return out
 
     @torch.no_grad()
