@@ -169,6 +169,9 @@ class TrainConfig:
     # captions generated at val_iterations and scored on the decoded mel; 0 = skip
     val_generate: int = 32
     val_iterations: int = 16
+    # wall-clock budget of one energytta-train invocation in minutes (0 = none): at the
+    # budget the run saves, validates and exports as at train.steps; --resume continues
+    max_minutes: float = 0.0
     sample_prompts: list[str] = field(default_factory=lambda: [
         "a high beep repeats three times",
         "a dog-like bark with rain in the background",
@@ -369,5 +372,16 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
     """Apply `key=value` overrides to `cfg` in place (type-checked) and return it."""
     for text in overrides:
         key, value = parse_override(text)
+        if isinstance(value, bool) and _field_type(cfg, key) is str:
+            value = text.split("=", 1)[1].strip()  # YAML reads no/on/off as booleans
         _merge(cfg, _nest(key, value))
     return cfg
+
+
+def _field_type(obj: Any, key: str) -> Any:
+    """The annotated type of dotted `key` in dataclass `obj`, or None if there is none."""
+    head, _, rest = key.partition(".")
+    tp = typing.get_type_hints(type(obj)).get(head) if dataclasses.is_dataclass(obj) else None
+    if tp is None or not rest:
+        return tp
+    return _field_type(getattr(obj, head), rest)

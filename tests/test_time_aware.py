@@ -203,7 +203,8 @@ def test_recipe_ablation_page_from_cached_numbers(tmp_path):
     data.write_text("")
     args = ablation.build_parser().parse_args(
         ["--runs", str(tmp_path / "runs"), "--arms", "base,rope", "--data", str(data),
-         "--out", str(tmp_path / "docs" / "reports" / "ab.md"), "--generate", "8"])
+         "--out", str(tmp_path / "docs" / "reports" / "ab.md"), "--generate", "8",
+         "--score-every", "10"])
     key = {"data": str(data), "batches": 4, "generate": 8, "iterations": 16, "cfg": 3.0}
     for arm, gap in (("base", 0.001), ("rope", 0.1)):
         for step in (10, 20):
@@ -219,3 +220,9 @@ def test_recipe_ablation_page_from_cached_numbers(tmp_path):
     assert (tmp_path / "docs" / "img" / "recipe_ablation.png").is_file()
     with pytest.raises(UserError, match="unknown arm"):
         ablation.run(ablation.build_parser().parse_args(["--arms", "nope"]), "")
+
+
+def test_string_keys_take_yaml_boolean_words_verbatim():
+    """`train.mixed_precision=no` (the documented value) is the string, not YAML's False."""
+    cfg = load_config("tiny", ["train.mixed_precision=no", "model.grad_checkpointing=no"])
+    assert cfg.train.mixed_precision == "no" and cfg.model.grad_checkpointing is False

@@ -308,3 +308,15 @@ def test_validation_without_val_data_is_one_line_at_start_up(tiny_text_dir, corp
         loop.train(cfg)
     assert "\n" not in str(e.value) and "val_every=0" in str(e.value)
     assert latest_checkpoint(tmp_path / "run") is None
+
+
+def test_max_minutes_finishes_early_and_resume_completes_the_run(
+        tiny_text_dir, corpus, tmp_path):
+    out = tmp_path / "budget"
+    loop.train(_cfg(tiny_text_dir, corpus, out, "train.steps=6", "train.max_minutes=1e-9"))
+    assert latest_checkpoint(out).name == "step-0000001"  # the budget ends the first step
+    assert (out / "model.safetensors").is_file()  # ... and the run is exported as usual
+    loop.train(_cfg(tiny_text_dir, corpus, out, "train.steps=6"), resume=True)
+    assert latest_checkpoint(out).name == "step-0000006"
+    with pytest.raises(UserError, match="max_minutes"):
+        loop.train(_cfg(tiny_text_dir, corpus, tmp_path / "bad", "train.max_minutes=-1"))

@@ -57,9 +57,10 @@ def train_arm(args: Namespace, name: str, extra: list[str]) -> None:
                         "(finished arms and cached numbers are kept)")
 
 
-def checkpoints(folder: Path) -> list[tuple[int, Path]]:
-    """(step, step folder) of an arm's kept checkpoints, in step order."""
-    return sorted((int(p.name.split("-")[1]), p) for p in folder.glob("step-*") if p.is_dir())
+def checkpoints(folder: Path, every: int) -> list[tuple[int, Path]]:
+    """(step, step folder) of an arm's kept checkpoints at multiples of `every`, in order."""
+    found = ((int(p.name.split("-")[1]), p) for p in folder.glob("step-*") if p.is_dir())
+    return sorted((s, p) for s, p in found if s % every == 0)
 
 
 def diagnose_step(args: Namespace, folder: Path) -> dict[str, float]:
@@ -93,7 +94,7 @@ def collect(args: Namespace, arms: list[tuple[str, list[str], str]]) -> dict[str
     out = {}
     for name, _extra, what in arms:
         folder = Path(args.runs) / name
-        curve = [(s, diagnose_step(args, p)) for s, p in checkpoints(folder)]
+        curve = [(s, diagnose_step(args, p)) for s, p in checkpoints(folder, args.score_every)]
         if curve:
             out[name] = {"curve": curve, "what": what, "seconds": wall_clock(folder)}
     return out
@@ -199,7 +200,9 @@ def build_parser() -> Any:
                    help="comma-separated arms (" + ", ".join(a[0] for a in ARMS) + ")")
     p.add_argument("--train", action="store_true", help="train (or resume) missing arms")
     p.add_argument("--steps", type=int, default=1500, help="training steps per arm")
-    p.add_argument("--ckpt-every", type=int, default=250, help="checkpoint (and score) every N")
+    p.add_argument("--ckpt-every", type=int, default=250, help="checkpoint every N steps")
+    p.add_argument("--score-every", type=int, default=500,
+                   help="score the checkpoints at multiples of N steps")
     p.add_argument("--data", default="data/synth10k/val.jsonl", help="validation manifest")
     p.add_argument("--batches", type=int, default=4, help="validation batches of 32 clips")
     p.add_argument("--generate", type=int, default=48, help="captions generated per checkpoint")
@@ -210,8 +213,9 @@ def build_parser() -> Any:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    if args.steps < 1 or args.ckpt_every < 1 or args.batches < 1 or args.generate < 0:
-        raise UserError("--steps, --ckpt-every and --batches must be >= 1, --generate >= 0")
+    if min(args.steps, args.ckpt_every, args.score_every, args.batches) < 1 or args.generate < 0:
+        raise UserError("--steps, --ckpt-every, --score-every and --batches must be >= 1, "
+                        "--generate >= 0")
     if not Path(args.data).is_file():
         raise UserError(f"--data {args.data} not found (energytta-data synth --out "
                         "data/synth10k --num 10000 --seconds 4 makes it)")

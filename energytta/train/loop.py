@@ -19,6 +19,7 @@ Numbered stages of `train()`:
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import asdict
@@ -100,6 +101,9 @@ class Trainer:
         from energytta.data.dataset import build_dataset, collate
 
         self.cfg, t = cfg, cfg.train
+        if not (math.isfinite(t.max_minutes) and t.max_minutes >= 0):
+            raise UserError(f"train.max_minutes={t.max_minutes} must be a finite number >= 0 "
+                            "(0 = no wall budget)")
         seed_everything(t.seed)  # the model's initial weights depend on train.seed only
         self.acc = _build_accelerator(cfg)  # 1
         self.device, self.main = self.acc.device, self.acc.is_main_process
@@ -317,14 +321,29 @@ class Trainer:
     # -------------------------------------------------------------- the loop
     def _stop_everywhere(self, stop: StopRequest) -> bool:
         """Whether any process got Ctrl-C (all processes then stop at the same step)."""
+        return self._any_process(stop.requested)
+
+    def _any_process(self, flag: bool) -> bool:
+        """Whether `flag` is set on any process (the same answer on every process)."""
         if self.acc.num_processes == 1:
-            return stop.requested
-        flag = torch.tensor([float(stop.requested)], device=self.device)
-        return bool(self.acc.reduce(flag, "sum").item() > 0)
+            return flag
+        value = torch.tensor([float(flag)], device=self.device)
+        return bool(self.acc.reduce(value, "sum").item() > 0)
+
+    def _out_of_time(self, deadline: float | None) -> bool:
+        """`train.max_minutes` of this invocation's loop are spent (checked on every process)."""
+        if deadline is None or not self._any_process(time.monotonic() > deadline):
+            return False
+        self.console.print(f"train.max_minutes={self.cfg.train.max_minutes} reached at step "
+                           f"{self.step}; finishing (continue with --resume)")
+        return True
 
     def run(self) -> nn.Module:
         t = self.cfg.train
         window = Window()
+        # a wall budget for this invocation (a lent GPU, a session's end): the run finishes
+        # as at train.steps (checkpoint, validation, export) and --resume continues it
+        deadline = time.monotonic() + 60 * t.max_minutes if t.max_minutes > 0 else None
         with StopRequest() as stop, make_progress(self.console, not self.main) as bar:
             task = bar.add_task("train", total=t.steps, completed=self.step, stats="")
             while self.step < t.steps:
@@ -348,6 +367,8 @@ class Trainer:
                 if t.sample_every > 0 and self.step % t.sample_every == 0:
                     self.sample()
                     self.last_sampled = self.step
+                if self._out_of_time(deadline):
+                    break
         self.finish()
         return self.model
 

