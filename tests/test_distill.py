@@ -160,6 +160,7 @@ def test_init_skips_mismatched_shapes(teacher_ckpt):
 
 
 @pytest.mark.parametrize("override,match", [("model.patch_f=8", "model.patch_f"),
+                                            ("model.pos_embed=rope", "model.pos_embed"),
                                             ("distill.layers=[5]", r"distill.layers\[0\]"),
                                             ("distill.loss=l1", "distill.loss")])
 def test_bad_settings_are_user_errors(teacher_ckpt, override, match):

@@ -257,8 +257,9 @@ def test_plot_metrics_table_means_the_noisy_loss(tmp_path, load_tool, capsys):
     log.write_text("".join(json.dumps({"step": s, "loss": float(s % 2), "lr": 1e-3,
                                        "distill": s / 1000, "grad_norm": 1.0,
                                        "steps_per_s": 1.0, "time": s}) + "\n"
-                           for s in range(1, 11)))
-    assert tool.main([str(log), "--rows", "2", "--mean-over", "4"]) == 0
+                           for s in range(1, 11))
+                   + json.dumps({"step": 10, "stage": "val", "val/loss": 0.5}) + "\n")
+    assert tool.main([str(log), "--rows", "2", "--mean-over", "4"]) == 0  # val rows skipped
     out = capsys.readouterr().out
     assert "(one-batch values as logged): distill 0.001 to 0.01\n" in out
     assert "| loss (mean of 4 logs) |" in out

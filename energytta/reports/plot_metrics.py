@@ -97,7 +97,7 @@ def main(argv: list[str]) -> int:
 
     args = build_parser().parse_args(argv)
     path = args.run / "metrics.jsonl" if args.run.is_dir() else args.run
-    records = read_metrics(path)
+    records = read_metrics(path, stage="train")  # validation rows have no lr or loss
     if not records:
         raise UserError(f"{path}: no metrics (missing or empty); train first")
     out = args.out or path.with_name("loss.png")

@@ -85,6 +85,8 @@ def check_compatible(cfg: Config, teacher_cfg: Config, model: nn.Module,
         "audio.n_mels": (cfg.audio.n_mels, teacher_cfg.audio.n_mels),
         "model.patch_t": (cfg.model.patch_t, teacher_cfg.model.patch_t),
         "model.patch_f": (cfg.model.patch_f, teacher_cfg.model.patch_f),
+        # the student starts from the teacher's backbone: its positions must be the same kind
+        "model.pos_embed": (cfg.model.pos_embed, teacher_cfg.model.pos_embed),
         "text.model": (cfg.text.model, teacher_cfg.text.model),
         "text_dim": (model.text_dim, teacher.text_dim),
     }
