@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,6 +24,24 @@ from energytta.errors import UserError
 
 class ConfigError(UserError, ValueError):
     """A bad config file, key or value; the message is one line meant for the user."""
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2 booleans: only true/false. YAML 1.1 also reads yes/no/on/off as booleans,
+    which turns `train.mixed_precision: no` (a string key) into False; here they stay
+    words, and boolean keys accept them (`_check`)."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    ch: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for ch, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool",
+                              re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+BOOL_WORDS = {"yes": True, "on": True, "no": False, "off": False}
+
+
+def _yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader: no arbitrary objects
 
 
 @dataclass
@@ -259,6 +278,8 @@ def _check(value: Any, tp: Any, key: str) -> Any:
             pass
     if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
+    if tp is bool and isinstance(value, str) and value.lower() in BOOL_WORDS:
+        return BOOL_WORDS[value.lower()]
     if tp is bool and not isinstance(value, bool):
         raise ConfigError(f"config key '{key}': expected true/false, got {value!r}")
     if tp in (int, float) and isinstance(value, bool):
@@ -294,7 +315,7 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> list[dict[str, Any]]:
     if path in seen:
         raise ConfigError(f"config 'base' loop through {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = _yaml(path.read_text(encoding="utf-8")) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         line = str(e).splitlines()[0]
         raise ConfigError(f"cannot parse config file {path}: {line}") from None
@@ -335,7 +356,7 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"override '{text}' is not key=value (e.g. train.lr=3e-4)")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = _yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     if isinstance(value, str) or value is None:
@@ -372,16 +393,5 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
     """Apply `key=value` overrides to `cfg` in place (type-checked) and return it."""
     for text in overrides:
         key, value = parse_override(text)
-        if isinstance(value, bool) and _field_type(cfg, key) is str:
-            value = text.split("=", 1)[1].strip()  # YAML reads no/on/off as booleans
         _merge(cfg, _nest(key, value))
     return cfg
-
-
-def _field_type(obj: Any, key: str) -> Any:
-    """The annotated type of dotted `key` in dataclass `obj`, or None if there is none."""
-    head, _, rest = key.partition(".")
-    tp = typing.get_type_hints(type(obj)).get(head) if dataclasses.is_dataclass(obj) else None
-    if tp is None or not rest:
-        return tp
-    return _field_type(getattr(obj, head), rest)

@@ -75,6 +75,12 @@ def training_mask(B: int, N: int, model_cfg: Any, generator: torch.Generator,
     Returns (B, N) bool, True = masked.
     """
     ratio = sample_mask_ratio(model_cfg.mask_ratio_min, model_cfg.mask_ratio_std, generator)
+    return ratio_mask(B, N, ratio, generator, device)
+
+
+def ratio_mask(B: int, N: int, ratio: float, generator: torch.Generator,
+               device: torch.device | str | None = None) -> torch.Tensor:
+    """(B, N) bool: ceil(N·ratio) positions of each row's random order masked (1 to N)."""
     num = min(max(math.ceil(N * ratio), 1), N)
     return mask_by_order(random_orders(B, N, generator, device), num)
 

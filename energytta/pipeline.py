@@ -27,7 +27,7 @@ from energytta.errors import UserError
 from energytta.utils import pick_device
 
 ASSETS = Path(__file__).resolve().parent / "assets"
-# The models that ship with the package (docs/quality.md); names usable as `path`.
+# The models that ship with the package (docs/reports/quality.md); names usable as `path`.
 SHIPPED = {"student": ASSETS / "student.safetensors", "teacher": ASSETS / "teacher.safetensors"}
 DEFAULT_CKPT = SHIPPED["student"]
 KINDS = ("teacher", "student")

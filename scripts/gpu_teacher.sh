@@ -2,7 +2,9 @@
 # One GPU leg in one command: the chosen teacher recipe (docs/reports/recipe_ablation.md)
 # on CUDA in bf16 for a fixed wall budget, everything written under OUT_DIR.
 #
-#   bash scripts/gpu_teacher.sh OUT_DIR [MINUTES]      # MINUTES of training steps, default 8
+#   bash scripts/gpu_teacher.sh OUT_DIR [MINUTES]      # default 8
+# MINUTES is the training loop's wall budget (train.max_minutes); the final validation
+# (32 generations), the export and the diagnostics come after it, a minute or two.
 #
 # On a lent device machine (the `device` tool): `bash scripts/gpu_teacher.sh $OUT/leg 8`.
 # Its image has torch, transformers, accelerate, einops and safetensors but not soundfile
@@ -32,10 +34,13 @@ python3 -m pip show -q energytta >/dev/null 2>&1 ||
 mkdir -p "$out"
 { date -u; nvidia-smi -L 2>/dev/null || true; python3 -c "import torch; print(torch.__version__)"; } \
   > "$out/env.txt"
-energytta-data synth --out "$out/synth" --num "${NUM:-10000}" --seconds 4 --no-progress
+# a rerun (the same OUT_DIR) keeps the corpus and the cache and resumes the run
+[ -f "$out/synth/val.jsonl" ] ||
+  energytta-data synth --out "$out/synth" --num "${NUM:-10000}" --seconds 4 --no-progress
 energytta-data cache --config "$config" --manifest "$out/synth/train.jsonl" --out "$out/cache"
+resume=""; compgen -G "$out/run/step-*" >/dev/null && resume="--resume"
 # shellcheck disable=SC2086  # the recipe is a list of key=value overrides
-energytta-train --config "$config" $recipe "data.train=$out/cache" \
+energytta-train --config "$config" $resume $recipe "data.train=$out/cache" \
   "data.val=$out/synth/val.jsonl" "train.out_dir=$out/run" "data.batch_size=${BATCH:-256}" \
   "train.steps=${STEPS:-20000}" "train.max_minutes=$minutes" \
   "train.mixed_precision=${PRECISION:-bf16}" train.ckpt_every=500 train.val_every=500 \

@@ -18,7 +18,6 @@ ROOT = Path(__file__).resolve().parent.parent
 COMMANDS = ("energytta-train", "energytta-sample", "energytta-data", "energytta-eval",
             "energytta-export")
 TOOLS = sorted(p.stem for p in (ROOT / "tools").glob("*.py"))
-NOT_A_CONFIG_TREE = {"synth_classifier"}  # the classifier's own YAML (train_classifier)
 
 
 def _error_lines(capsys) -> list[str]:
@@ -48,8 +47,7 @@ def test_a_missing_path_names_the_packaged_configs(tmp_path, monkeypatch):
         load_config("tiny.yaml")  # a suffix makes it a path, and there is no such file here
 
 
-@pytest.mark.parametrize("name", sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")
-                                        if p.stem not in NOT_A_CONFIG_TREE))
+@pytest.mark.parametrize("name", sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
 def test_every_packaged_config_loads_by_name(name, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # an empty folder, as after `pip install`
     assert load_config(name).to_dict()

@@ -13,7 +13,7 @@ import torch
 from energytta.config import load_config
 from energytta.errors import UserError
 from energytta.eval import diagnostics
-from energytta.masking import training_mask
+from energytta.masking import ratio_mask, training_mask
 from energytta.models.blocks import Rotary, apply_rotary
 from energytta.models.tta import TTAModel
 from teachers.diffusion import create_diffusion, shifted_betas
@@ -114,7 +114,7 @@ def test_diffusion_head_loss_sees_masked_tokens_only():
 def test_shuffle_visible_moves_only_the_context():
     g = torch.Generator().manual_seed(0)
     tok = torch.arange(20.0).view(1, 20, 1).repeat(2, 1, 3)
-    mask = diagnostics.probe_mask(2, 20, 0.5, g, torch.device("cpu"))
+    mask = ratio_mask(2, 20, 0.5, g, torch.device("cpu"))
     moved = diagnostics.shuffle_visible(tok, mask, g)
     assert torch.equal(moved[mask], tok[mask])
     for b in range(2):
@@ -183,17 +183,31 @@ def test_validate_tta_is_deterministic_and_reports_every_number(corpus, tiny_tex
         assert math.isfinite(first[key]), key
 
 
-def test_diagnostics_command_on_a_checkpoint(tiny_ckpts, corpus, tmp_path, capsys):
+@pytest.mark.slow
+def test_diagnostics_command_reproduces_the_runs_last_validation_row(
+        tiny_text_dir, corpus, tmp_path, capsys):
+    from energytta.train import loop
+    from energytta.train.logging import read_metrics
+
+    manifest, run = str(corpus / "test.jsonl"), tmp_path / "run"
+    cfg = load_config("tiny", [f"text.model={tiny_text_dir}", f"data.train={manifest}",
+                               f"data.val={manifest}", f"train.out_dir={run}",
+                               "model.pos_embed=rope", "head.prediction=v", "train.steps=4",
+                               "train.val_every=4", "train.val_batches=2", "data.batch_size=3",
+                               "train.val_generate=3", "train.val_iterations=2",
+                               "train.sample_prompts=[]"])
+    loop.train(cfg)
+    (row,) = read_metrics(run / "metrics.jsonl", stage="val")
     out = tmp_path / "d.json"
-    code = diagnostics.main(["--ckpt", str(tiny_ckpts["student"]), "--data",
-                             str(corpus / "test.jsonl"), "--batches", "1", "--batch-size",
-                             "4", "--generate", "2", "--iterations", "2", "--json", str(out)])
-    assert code == 0
+    assert diagnostics.main(["--ckpt", str(run / "model.safetensors"), "--generate", "3",
+                             "--iterations", "2", "--json", str(out)]) == 0
     numbers = json.loads(out.read_text())
-    assert set(numbers) >= {"shuffle_gap", "pos_spread", "gen_type"}
-    assert json.loads(capsys.readouterr().out) == numbers
+    assert json.loads(capsys.readouterr().out.splitlines()[-1]) == numbers
+    assert {"shuffle_gap", "pos_spread", "gen_type", "gen_attributes"} <= set(numbers)
+    for key, value in numbers.items():  # the same batches, seeds and weights as the loop
+        assert row[f"val/{key}"] == pytest.approx(value, rel=1e-5, abs=1e-7), key
     with pytest.raises(UserError, match="--batches"):
-        diagnostics.main(["--ckpt", str(tiny_ckpts["student"]), "--batches", "0"])
+        diagnostics.main(["--ckpt", str(run / "model.safetensors"), "--batches", "0"])
 
 
 def test_recipe_ablation_page_from_cached_numbers(tmp_path):
@@ -204,12 +218,14 @@ def test_recipe_ablation_page_from_cached_numbers(tmp_path):
     args = ablation.build_parser().parse_args(
         ["--runs", str(tmp_path / "runs"), "--arms", "base,rope", "--data", str(data),
          "--out", str(tmp_path / "docs" / "reports" / "ab.md"), "--generate", "8",
-         "--score-every", "10"])
-    key = {"data": str(data), "batches": 4, "generate": 8, "iterations": 16, "cfg": 3.0}
+         "--score-every", "10", "--figure", str(tmp_path / "docs" / "img" / "ab.png")])
+    key = {"version": 2, "data": str(data), "batches": 4, "generate": 8, "iterations": 16,
+           "cfg": 3.0}
     for arm, gap in (("base", 0.001), ("rope", 0.1)):
         for step in (10, 20):
             folder = tmp_path / "runs" / arm / f"step-{step:07d}"
             folder.mkdir(parents=True)
+            (folder / "state.json").write_text("{}")
             numbers = {"shuffle_gap": gap * step, "gen_type": 0.5, "probe_true": 0.2}
             (folder / "diagnostics.json").write_text(json.dumps({"key": key,
                                                                  "numbers": numbers}))
@@ -217,7 +233,9 @@ def test_recipe_ablation_page_from_cached_numbers(tmp_path):
     page = ablation.run(args, "python tools/recipe_ablation.py ...").read_text()
     assert "| rope | rotary positions" in page and "| 20 | 2 |" in page
     assert "2.0000" in page  # rope's gap at step 20
-    assert (tmp_path / "docs" / "img" / "recipe_ablation.png").is_file()
+    assert (tmp_path / "docs" / "img" / "ab.png").is_file() and "](../img/ab.png)" in page
+    assert ablation.finished(tmp_path / "runs" / "base", 20)
+    assert not ablation.finished(tmp_path / "runs" / "base", 30)
     with pytest.raises(UserError, match="unknown arm"):
         ablation.run(ablation.build_parser().parse_args(["--arms", "nope"]), "")
 
@@ -226,3 +244,12 @@ def test_string_keys_take_yaml_boolean_words_verbatim():
     """`train.mixed_precision=no` (the documented value) is the string, not YAML's False."""
     cfg = load_config("tiny", ["train.mixed_precision=no", "model.grad_checkpointing=no"])
     assert cfg.train.mixed_precision == "no" and cfg.model.grad_checkpointing is False
+
+
+def test_yaml_files_keep_boolean_words_for_string_keys(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("base: tiny\ntrain:\n  mixed_precision: no\nmodel:\n  grad_checkpointing: on\n")
+    cfg = load_config(str(path))
+    assert cfg.train.mixed_precision == "no" and cfg.model.grad_checkpointing is True
+    with pytest.raises(UserError, match="model.grad_checkpointing"):
+        load_config("tiny", ["model.grad_checkpointing=maybe"])

@@ -203,7 +203,7 @@ def main(argv: list[str]) -> int:
         the exit code; bad input raises UserError.
     """
     if argv[:1] == [SUBCOMMAND]:
-        from energytta.eval.train_classifier import main as train_classifier
+        from energytta.eval.train_classifier import train_and_copy as train_classifier
 
         return train_classifier(argv[1:])
     args = build_parser().parse_args(argv)

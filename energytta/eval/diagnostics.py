@@ -32,22 +32,18 @@ import torch
 from torch import Tensor, nn
 
 from energytta.errors import UserError
-from energytta.masking import mask_by_order, random_orders
+from energytta.masking import ratio_mask
 
-PROBE_TIMESTEPS = (900, 975)  # teacher: high-noise t where x_t hides the token's content
+# teacher: high-noise training timesteps where x_t hides the token's content. They are
+# indices, not noise levels: under head.schedule_shift the same t is noisier, so compare
+# shifted and unshifted teachers by the gap's sign and the generation check, not its size.
+PROBE_TIMESTEPS = (900, 975)
 PROBE_MASKED = 0.7  # masked fraction for the shuffle gap (MAR's lowest training ratio)
 SPREAD_MASKED = 0.5  # masked fraction for the positional spread: half the clip as context
 
 
 def _seeded(device: torch.device, seed: int) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed)
-
-
-def probe_mask(B: int, N: int, fraction: float, generator: torch.Generator,
-               device: torch.device) -> Tensor:
-    """(B, N) bool, ceil(N·fraction) random positions per row masked (True)."""
-    num = min(max(math.ceil(N * fraction), 1), N)
-    return mask_by_order(random_orders(B, N, generator, device), num)
 
 
 def shuffle_visible(tokens: Tensor, mask: Tensor, generator: torch.Generator) -> Tensor:
@@ -91,7 +87,7 @@ def shuffle_gap(model: nn.Module, tokens: Tensor, text: Tensor, text_mask: Tenso
     """
     B, N, _ = tokens.shape
     g = _seeded(tokens.device, seed)
-    mask = probe_mask(B, N, PROBE_MASKED, g, tokens.device)
+    mask = ratio_mask(B, N, PROBE_MASKED, g, tokens.device)
     moved = shuffle_visible(tokens, mask, g)
     err = {}
     for name, tok in (("true", tokens), ("shuffled", moved)):
@@ -113,7 +109,7 @@ def positional_spread(model: nn.Module, tokens: Tensor, text: Tensor, text_mask:
     "clip_spread": std over clips of the clip-mean feature} (both averaged over channels).
     """
     B, N, _ = tokens.shape
-    mask = probe_mask(B, N, SPREAD_MASKED, _seeded(tokens.device, seed), tokens.device)
+    mask = ratio_mask(B, N, SPREAD_MASKED, _seeded(tokens.device, seed), tokens.device)
     z = model.backbone(tokens, mask, text, text_mask)
     pos = getattr(model.backbone, "diffusion_pos", None)
     if pos is not None:
@@ -188,28 +184,9 @@ def generation_check(cfg: Any, model: nn.Module, codec: nn.Module, text_fn: Any,
     tokens = decode(model.backbone, model.head, text, mask, model.tokens_for(seconds),
                     iterations=iterations, cfg=s.cfg, cfg_schedule=s.cfg_schedule,
                     temperature=s.temperature, generator=g)  # (B, N, d)
-    mel = codec.decode(tokens_to_latents(model, tokens, seconds))  # (B, 64, T)
+    mel = codec.decode(model.geometry.unpatchify(tokens))  # (B, 64, T)
     acc = score_mels(mel, [dict(it.attributes) for it in items])
     return {f"gen_{k}": v for k, v in acc.items()}
-
-
-def tokens_to_latents(model: nn.Module, tokens: Tensor, seconds: float) -> Tensor:
-    """(B, N, d) tokens -> (B, C, T, F) latents through the model's token geometry."""
-    geometry = getattr(model, "geometry", None)
-    if geometry is not None and hasattr(geometry, "unpatchify"):
-        return geometry.unpatchify(tokens)
-    from energytta.models.patchify import unpatchify
-    return unpatchify(tokens, model.latent_channels, model.frames_for(seconds),
-                      model.latent_freq, model.patch_t, model.patch_f)
-
-
-def batch_tokens(model: nn.Module, latents: Tensor) -> Tensor:
-    """(B, C, T, F) latents (whole time patches) -> (B, N, d) tokens."""
-    geometry = getattr(model, "geometry", None)
-    if geometry is not None and hasattr(geometry, "patchify"):
-        return geometry.patchify(latents)
-    from energytta.models.patchify import patchify
-    return patchify(latents, model.patch_t, model.patch_f)
 
 
 # ------------------------------------------------------------------ the hook
@@ -233,14 +210,14 @@ def validate_tta(cfg: Any, model: nn.Module, ctx: Any) -> dict[str, float]:
     """
     rows = []
     for i, batch in enumerate(ctx.batches):
-        tokens = batch_tokens(model, batch["latents"])
+        tokens = model.geometry.patchify(batch["latents"])
         text, tmask = batch["text"], batch["text_mask"]
         r = shuffle_gap(model, tokens, text, tmask, seed=1000 * i)
         r.update(positional_spread(model, tokens, text, tmask, seed=1000 * i + 7))
         rows.append((tokens.shape[0], r))
     out = _weighted_mean(rows)
-    n = getattr(cfg.train, "val_generate", 0)
-    items = [it for it in (getattr(ctx, "items", None) or []) if it.attributes][:n]
+    n = cfg.train.val_generate
+    items = [it for it in (ctx.items or []) if it.attributes][:n]
     if n > 0 and items:
         out.update(generation_check(cfg, model, ctx.codec, ctx.text, items,
                                     cfg.train.val_iterations, seed=cfg.train.seed))
@@ -254,11 +231,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Does a checkpoint hear time? Shuffle gap, positional spread and a fast "
                     "generation check (classifier on the decoded mel) on a validation "
                     "manifest; the numbers the training loop logs as val/*.")
-    p.add_argument("--ckpt", required=True, help="inference .safetensors or run/step folder")
+    p.add_argument("--ckpt", required=True, help="inference .safetensors, run or step folder, "
+                   "or a shipped model's name (student, teacher)")
     p.add_argument("--data", default="", help="validation manifest (default: the "
                    "checkpoint config's data.val)")
-    p.add_argument("--batches", type=int, default=4, help="batches for gap and spread")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batches", type=int, default=None,
+                   help="batches for gap and spread (default: the config's train.val_batches)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="clips per batch (default: the config's data.batch_size)")
     p.add_argument("--generate", type=int, default=32, help="captions for the generation "
                    "check (0 = skip)")
     p.add_argument("--iterations", type=int, default=16, help="decoding iterations K")
@@ -273,16 +253,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    for name in ("batches", "batch_size", "iterations"):
-        if getattr(args, name) < 1:
+    for name in ("batches", "batch_size"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1")
+    if args.iterations < 1:
+        raise UserError("--iterations must be >= 1")
     if args.generate < 0:
         raise UserError("--generate must be >= 0")
     for name in ("cfg", "temperature"):
         value = getattr(args, name)
         if value is not None and not (math.isfinite(value) and 0 <= value <= 100):
             raise UserError(f"--{name} must be a finite number in [0, 100], got {value}")
-    out = diagnose(args)
+    out = diagnose(args.ckpt, data=args.data, batches=args.batches, batch_size=args.batch_size,
+                   generate=args.generate, iterations=args.iterations, cfg_scale=args.cfg,
+                   temperature=args.temperature, device=args.device)
     line = json.dumps(out, sort_keys=True)
     print(line)
     if args.json:
@@ -291,50 +276,64 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def diagnose(args: argparse.Namespace) -> dict[str, float]:
-    """Load the checkpoint, build validation batches as training does, run validate_tta."""
-    from types import SimpleNamespace
+def diagnose(ckpt: str, data: str = "", batches: int | None = None,
+             batch_size: int | None = None, generate: int = 32, iterations: int = 16,
+             cfg_scale: float | None = None, temperature: float | None = None,
+             device: str = "cpu") -> dict[str, float]:
+    """`validate_tta` for a checkpoint, on validation batches built as the training loop's
+    validation stage builds them (first batches in file order, eval crops, captions
+    encoded one at a time), so a run's last `val/*` row is reproduced from its export.
 
+    Args:
+        ckpt: inference file, run or step folder, or a shipped model's name.
+        data: validation manifest ("" = the checkpoint config's data.val).
+        batches, batch_size: None = the config's train.val_batches, data.batch_size.
+        generate, iterations: the generation check's captions (0 = skip) and K.
+        cfg_scale, temperature: None = the checkpoint's sampling settings.
+        device: where to run.
+    """
     from energytta.checkpoint import load_model
     from energytta.data.dataset import build_dataset, collate
+    from energytta.pipeline import resolve_checkpoint
     from energytta.text import TextEncoder
+    from energytta.train.objectives.base import ValContext
+    from energytta.train.stream import first_batches
+    from energytta.train.text_cache import TextCache
 
-    cfg, _kind, model, codec = load_model(args.ckpt, args.device)
-    if args.data:
-        cfg.data.val = args.data
-    cfg.train.val_generate, cfg.train.val_iterations = args.generate, args.iterations
-    if args.cfg is not None:
-        cfg.sample.cfg = args.cfg
-    if args.temperature is not None:
-        cfg.sample.temperature = args.temperature
-    encoder = TextEncoder(cfg.text.model, cfg.text.max_length).to(args.device).eval()
+    cfg, _kind, model, codec = load_model(resolve_checkpoint(ckpt), device)
+    cfg.data.val = data or cfg.data.val
+    cfg.train.val_generate, cfg.train.val_iterations = generate, iterations
+    if cfg_scale is not None:
+        cfg.sample.cfg = cfg_scale
+    if temperature is not None:
+        cfg.sample.temperature = temperature
+    text = TextCache(TextEncoder(cfg.text.model, cfg.text.max_length).to(device).eval())
     dataset = build_dataset(cfg, "val")
-    batches = []
-    for k in range(args.batches):
-        idx = range(k * args.batch_size, min((k + 1) * args.batch_size, len(dataset)))
-        if len(idx) == 0:
-            break
-        batch = collate([dataset[i] for i in idx])
-        batches.append(_model_inputs(model, codec, encoder, batch, args.device))
-    if not batches:
+    items = getattr(dataset, "items", None)
+    rows = []
+    for idx, batch in first_batches(dataset, collate, batch_size or cfg.data.batch_size,
+                                    batches or cfg.train.val_batches):
+        rows.append({**_model_inputs(model, codec, text, batch, device),
+                     "captions": batch["captions"],
+                     "items": [items[i] for i in idx] if items is not None else None})
+    if not rows:
         raise UserError(f"{cfg.data.val}: no validation clips")
-    items = list(getattr(dataset, "items", []))
-    ctx = SimpleNamespace(batches=batches, items=items, codec=codec,
-                          text=lambda caps: encoder(caps))
+    ctx = ValContext(cfg, rows, codec, text, torch.device(device),
+                     torch.Generator(device=device))
     return validate_tta(cfg, model, ctx)
 
 
 @torch.no_grad()
-def _model_inputs(model: nn.Module, codec: nn.Module, encoder: nn.Module,
-                  batch: dict[str, Any], device: str) -> dict[str, Tensor]:
-    """A collated batch -> {latents cropped to whole time patches, text, text_mask}."""
+def _model_inputs(model: nn.Module, codec: nn.Module, text: Any, batch: dict[str, Any],
+                  device: str) -> dict[str, Tensor]:
+    """A collated batch -> {latents cropped to whole time patches, text, text_mask}, as the
+    text-to-audio objectives' `inputs` make them."""
     if "latents" in batch:
-        lat, text, mask = (batch[k].to(device) for k in ("latents", "text", "text_mask"))
+        lat, states, mask = (batch[k].to(device) for k in ("latents", "text", "text_mask"))
     else:
         lat = codec.encode(batch["wav"].to(device))
-        text, mask = encoder(batch["captions"])
-    pt = model.patch_t
-    return {"latents": lat[:, :, :lat.shape[2] // pt * pt], "text": text, "text_mask": mask}
+        states, mask = text(batch["captions"])
+    return {"latents": model.geometry.crop(lat), "text": states, "text_mask": mask}
 
 
 if __name__ == "__main__":

@@ -42,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _main(argv: list[str]) -> int:
+def train_and_copy(argv: list[str]) -> int:
+    """Parse, train the classifier in the one loop, copy its export to --out (raises
+    UserError on bad input; `main` turns that into the exit code)."""
     from energytta.config import load_config
     from energytta.eval.classifier import load_classifier
     from energytta.train.loop import train
@@ -64,7 +66,7 @@ def _main(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Args: argv without the program name (None reads sys.argv). Returns the exit code."""
-    return run_cli(_main, argv)
+    return run_cli(train_and_copy, argv)
 
 
 if __name__ == "__main__":

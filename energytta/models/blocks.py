@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from energytta.errors import UserError
+
 
 def init_weights(module: nn.Module) -> None:
     """MAR / JAX-ViT init: xavier-uniform Linear weights, zero biases, LayerNorm 1/0."""
@@ -61,8 +63,8 @@ class Rotary(nn.Module):
     def __init__(self, head_dim: int, axes: int = 1, base: float = 10000.0) -> None:
         super().__init__()
         if head_dim % (2 * axes):
-            raise ValueError(f"rotary positions need a head width divisible by {2 * axes}, "
-                             f"got {head_dim} (choose model.width / model.num_heads)")
+            raise UserError(f"model.pos_embed=rope needs a head width (model.width / "
+                            f"model.num_heads) divisible by {2 * axes}, got {head_dim}")
         self.axes = axes
         pairs = head_dim // (2 * axes)  # rotating channel pairs per axis
         inv = base ** (-torch.arange(pairs, dtype=torch.float64) / pairs)

@@ -71,7 +71,9 @@ def build_head(head_cfg: Any, token_dim: int, cond_dim: int) -> nn.Module:
     if kind not in _BUILDERS:
         builder = load_plugin(HEAD_GROUP, kind)
         if builder is None:
-            raise UserError(f"unknown head.kind '{kind}' (valid: {', '.join(head_kinds())})")
+            raise UserError(f"unknown head.kind '{kind}' (valid: {', '.join(head_kinds())}; "
+                            "the diffusion head is registered by installing the package: "
+                            "pip install -e .)")
         register_head(kind, builder)
     return _BUILDERS[kind](head_cfg, token_dim, cond_dim)
 

@@ -11,6 +11,7 @@ is rebuilt from the run folders in seconds and an interrupted run resumes.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from argparse import Namespace
@@ -18,10 +19,13 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from energytta.checkpoint import latest_checkpoint, list_checkpoints
 from energytta.errors import UserError
-from energytta.utils import atomic_write_text
+from energytta.train.logging import read_metrics
+from energytta.utils import atomic_path, atomic_write_text
 
 BASE_CONFIG = "shipped_teacher"
+ITERATIONS, TEMPERATURE = 16, 1.0  # the generation check's decoding settings
 # (name, overrides, what it changes); the first arm is today's shipped recipe
 ARMS: list[tuple[str, list[str], str]] = [
     ("base", [], "shipped recipe: learned positions, ε-prediction, chain from t = 925"),
@@ -47,45 +51,48 @@ def arm_overrides(args: Namespace, name: str, extra: list[str]) -> list[str]:
 def train_arm(args: Namespace, name: str, extra: list[str]) -> None:
     """Train (or resume) one arm with `energytta-train` in a child process."""
     folder = Path(args.runs) / name
-    cmd = [sys.executable, "-c", "from energytta.cli import train_main; "
-           "raise SystemExit(train_main())", *arm_overrides(args, name, extra)]
+    cmd = [sys.executable, "-m", "energytta.train.cli", *arm_overrides(args, name, extra)]
     if any(folder.glob("step-*")):
         cmd.append("--resume")
-    print(f"[{name}] energytta-train {' '.join(cmd[3:])}", flush=True)
+    print(f"[{name}] energytta-train {' '.join(cmd[3:])}", flush=True)  # after -m MODULE
     if subprocess.run(cmd).returncode != 0:
         raise UserError(f"training arm {name!r} failed; see the output above, fix, rerun "
                         "(finished arms and cached numbers are kept)")
 
 
 def checkpoints(folder: Path, every: int) -> list[tuple[int, Path]]:
-    """(step, step folder) of an arm's kept checkpoints at multiples of `every`, in order."""
-    found = ((int(p.name.split("-")[1]), p) for p in folder.glob("step-*") if p.is_dir())
-    return sorted((s, p) for s, p in found if s % every == 0)
+    """(step, step folder) of an arm's complete checkpoints at multiples of `every`."""
+    found = ((int(p.name.split("-")[1]), p) for p in list_checkpoints(folder))
+    return [(s, p) for s, p in found if s % every == 0]
+
+
+def finished(folder: Path, steps: int) -> bool:
+    """Whether an arm's run reached `steps` (an export alone may be a wall-budget stop)."""
+    latest = latest_checkpoint(folder)
+    return latest is not None and int(latest.name.split("-")[1]) >= steps
 
 
 def diagnose_step(args: Namespace, folder: Path) -> dict[str, float]:
     """Diagnostics of one checkpoint, cached as diagnostics.json inside its folder."""
     cache = folder / "diagnostics.json"
-    key = {"data": str(args.data), "batches": args.batches, "generate": args.generate,
-           "iterations": 16, "cfg": args.cfg}
+    key = {"version": 2, "data": str(args.data), "batches": args.batches, "generate": args.generate,
+           "iterations": ITERATIONS, "cfg": args.cfg}
     if cache.is_file():
         saved = json.loads(cache.read_text())
         if saved.get("key") == key:
             return saved["numbers"]
     from energytta.eval.diagnostics import diagnose
 
-    numbers = diagnose(Namespace(ckpt=str(folder), data=str(args.data), batches=args.batches,
-                                 batch_size=32, generate=args.generate, iterations=16,
-                                 device="cpu", cfg=args.cfg, temperature=1.0))
+    numbers = diagnose(str(folder), data=str(args.data), batches=args.batches, batch_size=32,
+                       generate=args.generate, iterations=ITERATIONS, cfg_scale=args.cfg,
+                       temperature=TEMPERATURE)
     atomic_write_text(cache, json.dumps({"key": key, "numbers": numbers}, sort_keys=True))
     return numbers
 
 
 def wall_clock(folder: Path) -> float | None:
-    """Seconds of training steps of a run (its last metrics row's `time`)."""
-    rows = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()
-            if x.strip()] if (folder / "metrics.jsonl").is_file() else []
-    rows = [r for r in rows if "time" in r]
+    """Seconds of training steps of a run (its last training row's `time`)."""
+    rows = [r for r in read_metrics(folder / "metrics.jsonl", stage="train") if "time" in r]
     return rows[-1]["time"] if rows else None
 
 
@@ -141,13 +148,10 @@ def render(args: Namespace, results: dict[str, Any], command: str, plot: str) ->
 
 def plot_curves(results: dict[str, Any], path: Path) -> None:
     """Shuffle gap and generated-type accuracy against steps, one line per arm."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # the object API: no global pyplot backend
 
-    from energytta.utils import atomic_path
-
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    fig = Figure(figsize=(12, 3.2))
+    axes = fig.subplots(1, 3)
     for ax, (key, label) in zip(axes, (("shuffle_gap", "shuffle gap (x̂₀ MSE)"),
                                        ("gen_type", "type accuracy, K=16"),
                                        ("gen_attributes", "attribute accuracy, K=16"))):
@@ -161,7 +165,6 @@ def plot_curves(results: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
 
 
 def run(args: Namespace, command: str) -> Path:
@@ -174,16 +177,15 @@ def run(args: Namespace, command: str) -> Path:
     arms = [known[n] for n in names]
     if args.train:
         for name, extra, _ in arms:
-            if not (Path(args.runs) / name / "model.safetensors").is_file():
+            if not finished(Path(args.runs) / name, args.steps):
                 train_arm(args, name, extra)
     results = collect(args, arms)
     if not results:
         raise UserError(f"no arm in {args.runs} has checkpoints; pass --train to train them")
-    out = Path(args.out)
-    plot = out.parent.parent / "img" / "recipe_ablation.png"
+    out, plot = Path(args.out), Path(args.figure)
     plot_curves(results, plot)
-    rel = Path("..") / "img" / plot.name
-    atomic_write_text(out, render(args, results, command, rel.as_posix()) + "\n")
+    rel = os.path.relpath(plot.resolve(), out.resolve().parent)
+    atomic_write_text(out, render(args, results, command, Path(rel).as_posix()) + "\n")
     return out
 
 
@@ -208,6 +210,7 @@ def build_parser() -> Any:
     p.add_argument("--generate", type=int, default=48, help="captions generated per checkpoint")
     p.add_argument("--cfg", type=float, default=3.0, help="guidance scale of the generations")
     p.add_argument("--out", default="docs/reports/recipe_ablation.md")
+    p.add_argument("--figure", default="docs/img/recipe_ablation.png")
     return p
 
 

@@ -214,8 +214,8 @@ class Trainer:
 
     def _last_validated(self) -> int:
         """The step of the last validation row the resumed run kept (-1 if none)."""
-        rows = read_metrics(self.out / "metrics.jsonl")
-        return max((r["step"] for r in rows if r.get("stage") == "val"), default=-1)
+        rows = read_metrics(self.out / "metrics.jsonl", stage="val")
+        return max((r["step"] for r in rows), default=-1)
 
     # -------------------------------------------------------------- one step
     def _next_inputs(self) -> dict[str, Any]:

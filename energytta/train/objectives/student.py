@@ -178,7 +178,6 @@ class StudentObjective(nn.Module, TokenObjective):
 
     def __init__(self, cfg: Config, model: nn.Module, device: torch.device | str) -> None:
         super().__init__()
-        model = getattr(model, "module", model)
         d = cfg.distill
         if d.loss not in DISTILL_LOSSES:
             raise UserError(f"distill.loss must be one of {', '.join(DISTILL_LOSSES)}, "
@@ -246,16 +245,16 @@ class StudentObjective(nn.Module, TokenObjective):
         """One step's loss.
 
         Args:
-            model: the student TTAModel (possibly wrapped by accelerate/DDP).
+            model: the raw student TTAModel (the loop's LossModule runs this objective
+                inside the DDP-wrapped forward, so gradients still synchronise).
             latents: (B, C, T, F) codec latents.
             text: (B, L, Dt) text states; text_mask: (B, L) bool.
             generator: every random draw (mask, caption dropout, head noise).
         Returns:
             (loss, {"energy", "distill", "loss"}) — distill is the unweighted term.
         """
-        inner = getattr(model, "module", model)
-        mcfg = inner.cfg.model
-        tokens = inner.geometry.patchify(latents)  # (B, N, d)
+        mcfg = model.cfg.model
+        tokens = model.geometry.patchify(latents)  # (B, N, d)
         B, N, _ = tokens.shape
         # ONE mask and ONE caption dropout, shared by student and teacher: the features
         # are only comparable when both networks saw exactly the same context.
@@ -263,7 +262,7 @@ class StudentObjective(nn.Module, TokenObjective):
         drop = torch.rand(B, generator=generator, device=generator.device) < mcfg.text_dropout
         drop = drop.to(tokens.device)
         z, hidden = model(tokens, mask, text, text_mask, drop, return_hidden=True)
-        energy = inner.head.loss(z, tokens, mask, generator=generator)
+        energy = model.head.loss(z, tokens, mask, generator=generator)
         distill = energy.new_zeros(())
         if self.weight > 0:
             distill = self._distill(z, hidden, tokens, mask, text, text_mask, drop)
