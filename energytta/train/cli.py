@@ -14,12 +14,14 @@ examples:
   energytta-train --config ./my_teacher.yaml      # a path; a bare name is a packaged config
   energytta-train --config teacher_small train.steps=2000 train.out_dir=runs/t2
   energytta-train --config teacher_small --resume          # continue runs/teacher_small
+  energytta-train --config teacher_rope_v train.max_minutes=60   # a wall budget, then --resume
   energytta-train --config default head.kind=energy \
       teacher.ckpt=runs/teacher_small/model.safetensors train.out_dir=runs/student
   accelerate launch --num_processes 2 -m energytta.train.cli --config teacher_small
 
 outputs (in train.out_dir):
-  config.yaml, metrics.jsonl, step-XXXXXXX/ (training state, last train.keep_last kept),
+  config.yaml, metrics.jsonl (+ "stage": "val" rows), step-XXXXXXX/ (training state, the
+  last train.keep_last kept),
   samples/step-XXXXXXX/*.wav|png, model.safetensors (EMA weights, for energytta-sample)
 """
 
@@ -28,9 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="energytta-train", epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Train a text-to-audio model: the diffusion-head teacher "
-                    "(head.kind=diffusion) or the energy-head student (head.kind=energy). "
-                    "Ctrl-C saves a checkpoint; --resume continues exactly where it stopped.")
+        description="Train with the one loop: the diffusion-head teacher (head.kind=diffusion),\n"
+                    "the energy-head student (head.kind=energy), a codec part\n"
+                    "(codec.train=vae|vocoder) or the synth-classifier; train.objective names\n"
+                    "one explicitly. train.val_every adds validation rows (val/*). Ctrl-C saves\n"
+                    "a checkpoint; --resume continues exactly where it stopped.")
     p.add_argument("--config", required=True, metavar="C", help=CONFIG_HELP)
     p.add_argument("--resume", action="store_true",
                    help="continue from the latest step folder in train.out_dir "
