@@ -125,7 +125,11 @@ def render(args: Namespace, results: dict[str, Any], command: str, plot: str) ->
         "positions, paired), the positional spread (features at masked positions with half the "
         "clip visible: std along the clip vs across clips), and "
         f"{args.generate} captions generated at K = 16 (CFG {args.cfg}, temperature 1) whose "
-        "decoded mels the synth-classifier scores (type, every named attribute, counts).", "",
+        "decoded mels the synth-classifier scores (type, every named attribute, counts). "
+        f"One binomial standard error of the type accuracy near 0.5 is "
+        f"{0.5 / max(args.generate, 1) ** 0.5:.2f} at {args.generate} captions (counts rest on "
+        "the fewer captions that name one); the x̂₀ error and the gap are paired over "
+        f"{32 * args.batches} clips.", "",
         "## Final checkpoints", "", head, "|" + "---|" * (4 + len(COLUMNS))]
     for name, r in results.items():
         step, last = r["curve"][-1]
