@@ -54,6 +54,10 @@ def test_the_classifier_trains_in_the_loop_and_exports_its_accuracy(corpus, tmp_
     assert val[-1]["val/acc_type"] == pytest.approx(meta["val_accuracy"]["type"])
     train_rows = read_metrics(tmp_path / "run" / "metrics.jsonl", stage="train")
     assert [r["step"] for r in train_rows] == [1, 2, 3, 4]
+    # resuming the finished run validates nothing new; the export keeps the accuracy
+    assert main(["--train", str(manifest), "--val", str(manifest), "--out", str(out),
+                 "--resume", *TINY_CLASSIFIER, f"train.out_dir={tmp_path / 'run'}"]) == 0
+    assert load_classifier(out)[1]["val_accuracy"] == meta["val_accuracy"]
 
 
 def test_the_classifier_refuses_a_manifest_without_attributes(tmp_path, capsys):

@@ -20,6 +20,7 @@ from torch import nn
 from energytta.config import Config
 from energytta.errors import UserError
 from energytta.eval.classifier import IGNORE, LABELS, SynthClassifier, save_classifier, targets
+from energytta.train.logging import read_metrics
 from energytta.train.objectives.base import Objective, TrainContext, ValContext, model_inputs
 
 EXPORT_FILE = "synth_classifier.safetensors"
@@ -100,6 +101,10 @@ class ClassifierObjective(Objective):
     def export(self, model: nn.Module, out: Path) -> Path:
         """`out/synth_classifier.safetensors` with the last validation's accuracy."""
         path = out / EXPORT_FILE
+        if not self.val_accuracy:  # a resumed run that was already validated at its last step
+            rows = read_metrics(out / "metrics.jsonl", stage="val")
+            self.val_accuracy = {k[len("val/acc_"):]: v for k, v in (rows[-1] if rows else {})
+                                 .items() if k.startswith("val/acc_")}
         save_classifier(model, path, {"val_accuracy": self.val_accuracy,
                                       "train_manifest": self.cfg.data.train,
                                       "val_manifest": self.cfg.data.val,
