@@ -390,8 +390,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
-    """Apply `key=value` overrides to `cfg` in place (type-checked) and return it."""
+    """Apply `key=value` overrides to `cfg` in place (type-checked), check every value's
+    range (`energytta.config_rules`) and return it."""
+    from energytta.config_rules import validate
+
     for text in overrides:
         key, value = parse_override(text)
         _merge(cfg, _nest(key, value))
-    return cfg
+    return validate(cfg)

@@ -1,0 +1,90 @@
+"""Value checks for the typed config tree: types are checked as keys are merged
+(`energytta.config._check`); the ranges are checked here, once the whole config is known.
+
+Why at load: a bad number otherwise surfaces far from its cause, as a hang
+(`data.batch_size=-1` made every epoch empty), a ZeroDivisionError, NaN weights or an
+untrained model saved with exit 0 (issue 18). Each rule names its key and the fix.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+
+Rule = tuple[Callable[[Any], bool], str]
+
+_POS: Rule = (lambda v: v > 0, "must be > 0")
+_NONNEG: Rule = (lambda v: v >= 0, "must be >= 0")
+_FINITE_POS: Rule = (lambda v: math.isfinite(v) and v > 0, "must be a finite number > 0")
+_FINITE_NONNEG: Rule = (lambda v: math.isfinite(v) and v >= 0,
+                        "must be a finite number >= 0")
+_FINITE: Rule = (lambda v: math.isfinite(v), "must be a finite number")
+_UNIT: Rule = (lambda v: 0 <= v < 1, "must be in [0, 1)")
+_UNIT_CLOSED: Rule = (lambda v: 0 <= v <= 1, "must be in [0, 1]")
+
+# dotted key -> rule; keys absent here take any value of their type
+RULES: dict[str, Rule] = {
+    **{f"audio.{k}": _POS for k in ("sample_rate", "n_fft", "win_length", "hop_length",
+                                     "n_mels")},
+    "audio.f_min": _FINITE_NONNEG, "audio.f_max": _FINITE_POS,
+    "audio.max_seconds": _FINITE_POS, "audio.crop_seconds": _FINITE_POS,
+    "codec.griffin_lim_iters": _POS,
+    "text.max_length": _POS,
+    **{f"model.{k}": _POS for k in ("width", "num_heads", "encoder_depth", "patch_t",
+                                     "patch_f")},
+    "model.decoder_depth": _NONNEG, "model.mlp_ratio": _FINITE_POS,
+    "model.dropout": _UNIT, "model.attn_dropout": _UNIT, "model.text_dropout": _UNIT,
+    "model.mask_ratio_min": _UNIT_CLOSED, "model.mask_ratio_std": _FINITE_POS,
+    **{f"head.{k}": _POS for k in ("depth", "width", "num_timesteps", "sampling_steps",
+                                    "batch_mul", "noise_dim")},
+    "head.num_samples": (lambda v: v >= 2, "must be >= 2 (the energy score compares "
+                         "samples with each other)"),
+    "head.alpha": (lambda v: 0 < v < 2, "must be in (0, 2) (EAR: the energy score is "
+                   "strictly proper only there)"),
+    "head.clip_x0": _FINITE_NONNEG, "head.schedule_shift": _FINITE_POS,
+    "head.train_temperature": _FINITE_NONNEG, "head.lr_mult": _FINITE_POS,
+    "distill.weight": _FINITE_NONNEG,
+    "data.batch_size": _POS, "data.num_workers": _NONNEG,
+    "train.steps": (lambda v: v > 0, "must be > 0 (a run of no steps saves an untrained "
+                    "model)"),
+    "train.lr": _FINITE_POS, "train.min_lr": _FINITE_NONNEG,
+    "train.weight_decay": _FINITE_NONNEG, "train.grad_clip": _FINITE_NONNEG,
+    "train.grad_accum": _POS, "train.ema_decay": _UNIT_CLOSED,
+    "train.log_every": _POS,
+    **{f"train.{k}": _NONNEG for k in ("warmup_steps", "ckpt_every", "keep_last",
+                                        "sample_every", "val_every", "val_batches",
+                                        "val_generate")},
+    "train.val_iterations": _POS, "train.max_minutes": _FINITE_NONNEG,
+    "sample.iterations": _POS, "sample.cfg": _FINITE_NONNEG,
+    "sample.temperature": _FINITE_POS, "sample.duration": _FINITE_POS,
+    "sample.batch_size": _POS,
+    "sample.seed": (lambda v: 0 <= v < 2 ** 63, "must be in [0, 2**63) (torch's "
+                    "generator range)"),
+    "train.seed": (lambda v: 0 <= v < 2 ** 63, "must be in [0, 2**63)"),
+}
+
+
+def _get(cfg: Any, key: str) -> Any:
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def validate(cfg: Any) -> Any:
+    """Raise a one-line ConfigError naming the first out-of-range key; return `cfg`."""
+    from energytta.config import ConfigError as UserError  # config imports this module
+    for key, (ok, why) in RULES.items():
+        value = _get(cfg, key)
+        if not ok(value):
+            raise UserError(f"config key '{key}'={value!r} {why}; set {key}=... to a valid "
+                            "value")
+    m, t = cfg.model, cfg.train
+    if m.width % m.num_heads:
+        raise UserError(f"config key 'model.width'={m.width} is not divisible by "
+                        f"model.num_heads={m.num_heads}; change one of them")
+    if not all(0 <= b < 1 for b in t.betas) or len(t.betas) != 2:
+        raise UserError(f"config key 'train.betas'={t.betas} must be two numbers in [0, 1)")
+    if not t.out_dir.strip():
+        raise UserError("config key 'train.out_dir' is empty (a run would write into the "
+                        "current folder); set train.out_dir=runs/NAME")
+    return cfg
