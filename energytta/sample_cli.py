@@ -129,15 +129,23 @@ def _record(pipe, prompt: str, index: int, stem: str, settings) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    from energytta.audio.io import write_wav
-    from energytta.audio.plot import save_spectrogram_png
-    from energytta.pipeline import TextToAudio
-    from energytta.utils import atomic_write_text
+    from energytta.locks import folder_lock
 
     args = build_parser().parse_args(argv)
     prompts = read_prompts(args.prompts)
     out_dir = Path(args.out_dir)
     check_writable(out_dir)
+    with folder_lock(out_dir, "energytta-sample", "pass another --out-dir"):
+        return _sample(args, prompts, out_dir)
+
+
+def _sample(args: argparse.Namespace, prompts: list[str], out_dir: Path) -> int:
+    """Generate every prompt and write its wav, png and json into `out_dir` (locked)."""
+    from energytta.audio.io import write_wav
+    from energytta.audio.plot import save_spectrogram_png
+    from energytta.pipeline import TextToAudio
+    from energytta.utils import atomic_write_text
+
     pipe = TextToAudio.from_pretrained(args.ckpt, args.device, args.dtype)
     settings = pipe.settings(args.seed, args.duration, args.iterations, args.cfg,
                              args.temperature, args.negative_prompt, args.batch_size)

@@ -36,6 +36,7 @@ from energytta.checkpoint import (decode_tree, encode_tree, latest_checkpoint,
                                   save_training_state, set_rng_state)
 from energytta.config import Config
 from energytta.errors import UserError
+from energytta.locks import folder_lock
 from energytta.train.ema import EMA
 from energytta.train.interrupt import StopRequest
 from energytta.train.logging import MetricsLog, Window, format_stats, make_progress, read_metrics
@@ -394,4 +395,8 @@ def train(cfg: Config, resume: bool = False) -> nn.Module:
             `head.kind` pick the objective).
         resume: continue bit-for-bit from the latest `step-XXXXXXX/` in `train.out_dir`.
     """
-    return Trainer(cfg, resume).run()
+    if os.environ.get("RANK", "0") != "0":  # DDP: the main process holds the folder
+        return Trainer(cfg, resume).run()
+    with folder_lock(cfg.train.out_dir, "energytta-train",
+                     "set train.out_dir=NEW_FOLDER"):
+        return Trainer(cfg, resume).run()
