@@ -56,7 +56,7 @@ RULES: dict[str, Rule] = {
                                         "val_generate")},
     "train.val_iterations": _POS, "train.max_minutes": _FINITE_NONNEG,
     "sample.iterations": _POS, "sample.cfg": _FINITE_NONNEG,
-    "sample.temperature": _FINITE_POS, "sample.duration": _FINITE_POS,
+    "sample.temperature": _FINITE_NONNEG, "sample.duration": _FINITE_POS,
     "sample.batch_size": _POS,
     "sample.seed": (lambda v: 0 <= v < 2 ** 63, "must be in [0, 2**63) (torch's "
                     "generator range)"),

@@ -15,6 +15,8 @@ decoding orders and head noise of a batch are drawn together.
 from __future__ import annotations
 
 import dataclasses
+import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -32,6 +34,8 @@ SHIPPED = {"student": ASSETS / "student.safetensors", "teacher": ASSETS / "teach
 DEFAULT_CKPT = SHIPPED["student"]
 KINDS = ("teacher", "student")
 # autocast precision of text encoding and decoding; the codec and vocoder stay in fp32
+MAX_CFG = 100.0  # IMPACT samples at <= 5; beyond this guidance only overflows
+MAX_TEMPERATURE = 100.0
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -158,20 +162,37 @@ class TextToAudio:
             temperature=s.temperature if temperature is None else float(temperature),
             negative_prompt=negative_prompt or None,
             batch_size=s.batch_size if batch_size is None else int(batch_size))
+        if math.isfinite(out.duration) and out.duration > 0:
+            tokens = self.model.tokens_for(out.duration)
+            if out.iterations > tokens:  # MAR decodes >= 1 token per iteration
+                if iterations is not None:
+                    warnings.warn(f"iterations={out.iterations} capped at the {tokens} tokens "
+                                  f"of a {out.duration:g} s clip")
+                out = dataclasses.replace(out, iterations=tokens)
         self._validate(out)
         return out
 
     def _validate(self, s: SampleSettings) -> None:
-        checks = [(s.duration > 0, f"duration must be > 0 seconds, got {s.duration}"),
+        # Why the upper bounds: --cfg 1e30 or --temperature inf used to overflow to NaN,
+        # which was written as an all-zero wav with exit 0 (issue 18).
+        checks = [(math.isfinite(s.duration) and s.duration > 0,
+                   f"duration must be a finite number > 0 seconds, got {s.duration}"),
                   (s.iterations >= 1, f"iterations must be >= 1, got {s.iterations}"),
-                  (s.cfg >= 0, f"cfg must be >= 0, got {s.cfg}"),
-                  (s.temperature >= 0, f"temperature must be >= 0, got {s.temperature}"),
+                  (math.isfinite(s.cfg) and 0 <= s.cfg <= MAX_CFG,
+                   f"cfg must be in [0, {MAX_CFG:g}], got {s.cfg}"),
+                  (math.isfinite(s.temperature) and 0 <= s.temperature <= MAX_TEMPERATURE,
+                   f"temperature must be in [0, {MAX_TEMPERATURE:g}], got {s.temperature}"),
                   (s.batch_size >= 1, f"batch size must be >= 1, got {s.batch_size}"),
-                  (s.seed >= 0, f"seed must be >= 0, got {s.seed}")]
+                  (0 <= s.seed < 2 ** 63, f"seed must be in [0, 2**63) (torch's generator "
+                   f"range), got {s.seed}")]
         for ok, message in checks:
             if not ok:
                 raise UserError(message)
-        self.model.tokens_for(s.duration)  # UserError beyond audio.max_seconds / below a token
+        tokens = self.model.tokens_for(s.duration)  # UserError beyond max_seconds / < a token
+        if s.iterations > tokens:  # settings() caps; hand-built settings are refused
+            raise UserError(f"iterations={s.iterations} exceeds the {tokens} tokens of a "
+                            f"{s.duration:g} s clip (each iteration decodes at least one); "
+                            f"use at most {tokens}")
 
     def _autocast(self) -> torch.autocast:
         dtype = DTYPES[self.dtype]
@@ -246,6 +267,10 @@ class TextToAudio:
         #    T_mel) by the codec -> 4. waveform (B, S) by the vocoder, whose random phase
         #    uses `g` too.
         mel, wav = tokens_to_audio(tokens, model.geometry, self.codec, generator=g)
+        if not (torch.isfinite(wav).all() and torch.isfinite(mel).all()):
+            raise UserError(f"the generation of prompt(s) {first_index}..{first_index + B - 1}"
+                            " is not finite (NaN/inf); lower cfg or temperature, or check "
+                            "the checkpoint")
         # 5. Scale down (never up) any waveform louder than full scale: 16-bit files would
         #    clip it to a square wave, and a weak model's outlier tokens can decode to peaks
         #    of 10-100x. Quieter clips keep their level (loudness is part of a caption).

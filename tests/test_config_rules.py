@@ -18,7 +18,7 @@ BAD = [
     ("model.num_heads=3", "model.width"), ("data.num_workers=-1", "data.num_workers"),
     ("train.steps=0", "train.steps"), ("train.steps=-5", "train.steps"),
     ("train.out_dir=", "train.out_dir"), ("model.dropout=1.5", "model.dropout"),
-    ("sample.cfg=inf", "sample.cfg"), ("sample.temperature=0", "sample.temperature"),
+    ("sample.cfg=inf", "sample.cfg"), ("sample.temperature=inf", "sample.temperature"),
     ("sample.seed=-1", "sample.seed"), (f"sample.seed={2 ** 63}", "sample.seed"),
     ("head.num_samples=1", "head.num_samples"), ("train.betas=[0.9,1.5]", "train.betas"),
 ]

@@ -1,6 +1,7 @@
 """TextToAudio + energytta-sample on a tiny student/teacher saved to a temporary folder."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -72,9 +73,31 @@ def test_batch_size_one_result_depends_on_seed_and_index_only(student):
 def test_settings_validation(student):
     pipe = TextToAudio.from_pretrained(student, "cpu")
     for kw in (dict(duration=2.5), dict(duration=0), dict(iterations=0), dict(batch_size=0),
-               dict(temperature=-1)):
+               dict(temperature=-1), dict(cfg=float("inf")), dict(cfg=1e30),
+               dict(temperature=float("inf")), dict(duration=float("nan")),
+               dict(seed=2 ** 63), dict(seed=2 ** 70), dict(seed=-1)):
         with pytest.raises(UserError):
             pipe.settings(**kw)
+    tokens = pipe.model.tokens_for(1.0)
+    with pytest.warns(UserWarning, match="capped"):  # was minutes for a short clip
+        assert pipe.settings(duration=1.0, iterations=100000).iterations == tokens
+    with pytest.raises(UserError, match="exceeds"):  # hand-built settings are refused
+        pipe.generate(["a beep"], dataclasses.replace(pipe.settings(duration=1.0),
+                                                      iterations=tokens + 1))
+
+
+def test_non_finite_generation_is_an_error_not_a_silent_zero_file(student, monkeypatch):
+    import energytta.audio.render as render
+
+    pipe = TextToAudio.from_pretrained(student, "cpu")
+    real = render.tokens_to_audio
+
+    def poisoned(*a, **kw):
+        mel, wav = real(*a, **kw)
+        return mel, wav * float("nan")
+    monkeypatch.setattr(render, "tokens_to_audio", poisoned)
+    with pytest.raises(UserError, match="not finite"):
+        pipe(["a beep"], iterations=2)
 
 
 def test_cli_writes_wav_png_json_per_prompt_and_is_byte_identical(student, prompts_file,
