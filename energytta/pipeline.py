@@ -234,17 +234,19 @@ class TextToAudio:
             def step(done: int, _k: int, _b: int = b) -> None:
                 if progress is not None:
                     progress(_b * s.iterations + done, total)
-            w, m = self._generate_batch(prompts[start:start + s.batch_size], s, start, step)
+            w, m = self.generate_batch(prompts[start:start + s.batch_size], s, start, step)
             wavs.append(w)
             mels.append(m)
         return Generation(np.concatenate(wavs), np.concatenate(mels), self.sample_rate,
                           dataclasses.replace(s))
 
     @torch.no_grad()
-    def _generate_batch(self, prompts: list[str], s: SampleSettings, first_index: int,
-                        progress: Callable[[int, int], None]) -> tuple[np.ndarray, np.ndarray]:
-        """One batch through the numbered steps. Returns wavs (B, S) with peaks <= 1, and
-        mels (B, n_mels, T)."""
+    def generate_batch(self, prompts: list[str], s: SampleSettings, first_index: int,
+                       progress: Callable[[int, int], None]) -> tuple[np.ndarray, np.ndarray]:
+        """One batch through the numbered steps, seeded by (s.seed, `first_index`: the
+        batch's first prompt's index in the whole list), so a caller that writes batch by
+        batch gets what `generate` gives. `s` must come from `settings()` (validated).
+        Returns wavs (B, S) with peaks <= 1, and mels (B, n_mels, T)."""
         from energytta.audio.render import tokens_to_audio
         from energytta.sampling import decode
 

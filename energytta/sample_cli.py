@@ -25,7 +25,9 @@ prompts file: UTF-8, one prompt per line; blank lines and lines starting with '#
 skipped. Each prompt i gives DIR/iii-<slug>.wav, .png (spectrogram) and .json (prompt,
 seed and every setting). Unset options come from the checkpoint's `sample` config.
 The same seed and settings give byte-identical files; with --batch-size 1 each prompt's
-audio depends only on (seed, its line index among the prompts).
+audio depends only on (seed, its line index among the prompts). Files are written batch
+by batch as they finish; a rerun after Ctrl-C skips the batches already written with the
+same settings and continues (--overwrite regenerates everything).
 """
 
 SLUG_MAX = 60
@@ -56,6 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="autocast precision of text encoding and decoding (bf16 on GPUs)")
     p.add_argument("--negative-prompt", default=None, metavar="TEXT",
                    help="text for the unconditional CFG branch (default: learned null text)")
+    p.add_argument("--no-spectrograms", dest="spectrograms", action="store_false",
+                   help="write wav + json only (the PNGs cost more than generation on "
+                        "long prompt lists)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="regenerate prompts whose files a previous run with the same "
+                        "settings already wrote (default: skip them, so an interrupted "
+                        "run continues)")
     return p
 
 
@@ -120,12 +129,14 @@ def _progress():
                     MofNCompleteColumn(), TimeElapsedColumn(), console=Console(stderr=True))
 
 
-def _record(pipe, prompt: str, index: int, stem: str, settings) -> dict:
+def _record(pipe, prompt: str, index: int, stem: str, settings,
+            spectrogram: bool = True) -> dict:
     return {"prompt": prompt, "index": index, **dataclasses.asdict(settings),
             "checkpoint": str(pipe.checkpoint), "kind": pipe.kind,
             "device": str(pipe.device), "dtype": pipe.dtype,
             "sample_rate": pipe.sample_rate, "wav": f"{stem}.wav",
-            "spectrogram": f"{stem}.png", "energytta_version": energytta.__version__}
+            "spectrogram": f"{stem}.png" if spectrogram else None,
+            "energytta_version": energytta.__version__}
 
 
 def main(argv: list[str]) -> int:
@@ -140,28 +151,61 @@ def main(argv: list[str]) -> int:
 
 
 def _sample(args: argparse.Namespace, prompts: list[str], out_dir: Path) -> int:
-    """Generate every prompt and write its wav, png and json into `out_dir` (locked)."""
-    from energytta.audio.io import write_wav
-    from energytta.audio.plot import save_spectrogram_png
+    """Generate the prompts batch by batch into `out_dir` (locked), writing each batch's
+    wav, png and json as it finishes; a batch whose files a previous run with the same
+    settings wrote is skipped (so an interrupted run continues where it stopped)."""
     from energytta.pipeline import TextToAudio
-    from energytta.utils import atomic_write_text
 
     pipe = TextToAudio.from_pretrained(args.ckpt, args.device, args.dtype)
     settings = pipe.settings(args.seed, args.duration, args.iterations, args.cfg,
                              args.temperature, args.negative_prompt, args.batch_size)
     warn_truncated(pipe, prompts)
+    stems, bs = output_stems(prompts), settings.batch_size
+    records = [_record(pipe, p, i, stem, settings, args.spectrograms)
+               for i, (p, stem) in enumerate(zip(prompts, stems))]
+    starts = [b for b in range(0, len(prompts), bs)
+              if args.overwrite or not all(_done(out_dir, r) for r in records[b:b + bs])]
+    skipped = len(prompts) - sum(len(records[b:b + bs]) for b in starts)
+    if skipped:
+        print(f"skipping {skipped} prompt(s) already in {out_dir} with these settings "
+              "(--overwrite regenerates them)", file=sys.stderr)
     with _progress() as bar, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*truncated")  # named above, per prompt
-        task = bar.add_task(f"sampling {len(prompts)} prompt(s)", total=None)
-        result = pipe.generate(prompts, settings,
-                               progress=lambda done, total: bar.update(task, completed=done,
-                                                                       total=total))
-    audio = pipe.cfg.audio
-    for i, (prompt, stem) in enumerate(zip(prompts, output_stems(prompts))):
-        write_wav(out_dir / f"{stem}.wav", result.wavs[i], result.sample_rate)
-        save_spectrogram_png(result.mels[i], out_dir / f"{stem}.png", title=prompt[:80],
-                             sample_rate=audio.sample_rate, hop_length=audio.hop_length)
-        record = _record(pipe, prompt, i, stem, result.settings)
-        atomic_write_text(out_dir / f"{stem}.json", json.dumps(record, indent=2) + "\n")
-    print(f"wrote {len(prompts)} sample(s) to {out_dir}")
+        task = bar.add_task(f"sampling {len(prompts) - skipped} prompt(s)",
+                            total=len(starts) * settings.iterations)
+        for n, b in enumerate(starts):
+            def step(done: int, _k: int, _n: int = n) -> None:
+                bar.update(task, completed=_n * settings.iterations + done)
+            wavs, mels = pipe.generate_batch(prompts[b:b + bs], settings, b, step)
+            for j, record in enumerate(records[b:b + bs]):
+                _write(out_dir, pipe, record, wavs[j], mels[j])
+    print(f"wrote {len(prompts) - skipped} sample(s) to {out_dir}")
     return 0
+
+
+def _done(out_dir: Path, record: dict) -> bool:
+    """The prompt's files exist and its json (written last) records the same settings."""
+    files = [record["wav"], record["spectrogram"]] if record["spectrogram"] else [record["wav"]]
+    json_path = out_dir / (Path(record["wav"]).stem + ".json")
+    if not (json_path.is_file() and all((out_dir / f).is_file() for f in files)):
+        return False
+    try:
+        return json.loads(json_path.read_text()) == record
+    except (OSError, ValueError):
+        return False
+
+
+def _write(out_dir: Path, pipe, record: dict, wav, mel) -> None:
+    """wav, then png, then json: each atomic, the json last as the prompt's commit mark."""
+    from energytta.audio.io import write_wav
+    from energytta.audio.plot import save_spectrogram_png
+    from energytta.utils import atomic_write_text
+
+    audio = pipe.cfg.audio
+    write_wav(out_dir / record["wav"], wav, pipe.sample_rate)
+    if record["spectrogram"]:
+        save_spectrogram_png(mel, out_dir / record["spectrogram"],
+                             title=record["prompt"][:80], sample_rate=audio.sample_rate,
+                             hop_length=audio.hop_length)
+    stem = Path(record["wav"]).stem
+    atomic_write_text(out_dir / f"{stem}.json", json.dumps(record, indent=2) + "\n")

@@ -124,6 +124,40 @@ def test_cli_writes_wav_png_json_per_prompt_and_is_byte_identical(student, promp
     assert (out1 / f"{stems[0]}.wav").read_bytes() != (out1 / f"{stems[2]}.wav").read_bytes()
 
 
+def test_interrupted_cli_run_keeps_finished_batches_and_a_rerun_continues(
+        student, prompts_file, tmp_path, monkeypatch, capsys):
+    args = ("--seed", "3", "--iterations", "2", "--batch-size", "1")
+    full, out = tmp_path / "full", tmp_path / "out"
+    assert _sample(prompts_file, student, full, *args) == 0
+    real, calls = TextToAudio.generate_batch, []
+
+    def interrupted(self, prompts, s, first_index, progress):
+        if first_index == 2:
+            raise KeyboardInterrupt  # Ctrl-C during the third batch
+        calls.append(first_index)
+        return real(self, prompts, s, first_index, progress)
+    monkeypatch.setattr(TextToAudio, "generate_batch", interrupted)
+    assert _sample(prompts_file, student, out, *args) == 130  # run_cli: interrupted
+    assert sorted(p.suffix for p in out.iterdir()) == [".json"] * 2 + [".png"] * 2 + [".wav"] * 2
+    monkeypatch.setattr(TextToAudio, "generate_batch", real)
+    capsys.readouterr()
+    assert _sample(prompts_file, student, out, *args) == 0  # the rerun does batch 3 only
+    assert "skipping 2 prompt(s)" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in full.iterdir())
+    for p in full.glob("*.wav"):  # and the result is what one uninterrupted run wrote
+        assert (out / p.name).read_bytes() == p.read_bytes()
+    # other settings are not "already written": they regenerate (and overwrite)
+    assert _sample(prompts_file, student, out, *args[:-1], "2") == 0
+    assert "skipping" not in capsys.readouterr().err
+
+
+def test_cli_without_spectrograms_writes_wav_and_json(student, prompts_file, tmp_path):
+    out = tmp_path / "out"
+    assert _sample(prompts_file, student, out, "--iterations", "2", "--no-spectrograms") == 0
+    assert {p.suffix for p in out.iterdir()} == {".wav", ".json"}
+    assert json.loads((out / "001-rain-falls.json").read_text())["spectrogram"] is None
+
+
 def test_cli_works_for_a_teacher(tmp_path, tiny_ckpts, prompts_file):
     ckpt = tiny_ckpts["teacher"]
     assert _sample(prompts_file, ckpt, tmp_path / "out", "--iterations", "2") == 0
