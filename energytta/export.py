@@ -39,6 +39,13 @@ def export(src: str | Path, out: str | Path, overrides: list[str] | None = None,
     from energytta.config import apply_overrides
     from energytta.models.heads import build_head
 
+    out = Path(out)
+    if out.is_dir() or out.suffix != ".safetensors":
+        raise UserError(f"--out {out}: name the destination file, e.g. "
+                        f"{out / 'model.safetensors' if out.is_dir() else out.with_suffix('.safetensors')}")
+    if any(p.exists() and not p.is_dir() for p in out.parents):
+        raise UserError(f"--out {out}: a file is in the way of its folder; choose another "
+                        "destination")
     overrides = overrides or []
     bad = [o for o in overrides if not o.startswith(SAMPLING_KEYS)]
     if bad:

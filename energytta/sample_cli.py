@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import re
@@ -145,9 +146,16 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     prompts = read_prompts(args.prompts)
     out_dir = Path(args.out_dir)
+    created = not out_dir.exists()
     check_writable(out_dir)
-    with folder_lock(out_dir, "energytta-sample", "pass another --out-dir"):
-        return _sample(args, prompts, out_dir)
+    try:
+        with folder_lock(out_dir, "energytta-sample", "pass another --out-dir"):
+            return _sample(args, prompts, out_dir)
+    except BaseException:
+        if created:  # a run that failed before writing anything leaves no empty folder
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()
+        raise
 
 
 def _sample(args: argparse.Namespace, prompts: list[str], out_dir: Path) -> int:

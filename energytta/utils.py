@@ -65,7 +65,25 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    """'auto' -> cuda if available else cpu; anything else is passed to torch.device."""
+    """'auto' -> cuda if available else cpu; anything else must name a device this torch
+    can use (a UserError in one line otherwise, not torch's traceback)."""
+    from energytta.errors import UserError
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"device '{name}': this torch has no usable CUDA (build "
+                            f"{torch.__version__}); use --device cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"device '{name}': only {torch.cuda.device_count()} CUDA "
+                            "device(s) visible")
+    elif device.type not in ("cpu", "mps", "meta"):
+        raise UserError(f"device '{name}' is not supported; use auto, cpu, cuda or cuda:N")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"device '{name}': MPS is not available here; use --device cpu")
+    return device

@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     """Args: argv without the program name. Returns the exit code (UserError -> caller)."""
-    args = build_parser().parse_args(argv)
+    # intermixed: `key=value --resume key=value` is as valid as keys after the flag
+    args = build_parser().parse_intermixed_args(argv)
     from energytta.config import load_config
     from energytta.train.loop import train
 
