@@ -5,7 +5,8 @@ run's weights under the other's config and interleaved metrics; two `energytta-s
 runs into one `--out-dir` paired one run's wav with the other's png (issue 18). The lock
 is `flock(2)` on `FOLDER/.energytta.lock`: the kernel drops it when its process dies
 (even under `kill -9`), so a stale lock file left behind is simply taken over; it keeps
-the holder's pid for the refusal message and is removed on a clean exit.
+the holder's pid for the refusal message and is removed on a clean exit. The new holder
+also sweeps the temporaries a killed holder's atomic writes left (`sweep_temporaries`).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 from energytta.errors import UserError
+from energytta.utils import sweep_temporaries
 
 LOCK_NAME = ".energytta.lock"
 
@@ -37,6 +39,7 @@ def folder_lock(folder: str | Path, what: str, fix: str) -> Iterator[Path]:
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        sweep_temporaries(folder)  # a killed holder's half-written files; none is writing now
         yield path
     finally:
         # unlink before unlocking: a waiter that opened this inode sees it is gone (below)

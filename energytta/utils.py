@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import random
 import shutil
 import tempfile
@@ -36,6 +37,31 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp.parent, ignore_errors=True)
+
+
+_TEMP = re.compile(r"^\.(?P<name>.+)\.(?:[a-z0-9_]{8}|old)$")
+
+
+def sweep_temporaries(folder: str | Path, depth: int = 2) -> list[Path]:
+    """Remove what `atomic_path` leaves when its process is killed (`kill -9`, power):
+    hidden `.NAME.xxxxxxxx/` folders holding at most `NAME`, and `.NAME.old/`. Call it
+    only while holding the folder's lock (`energytta.locks`), when no writer can be
+    mid-write. Returns the removed paths."""
+    removed: list[Path] = []
+    folder = Path(folder)
+    if depth < 0 or not folder.is_dir():
+        return removed
+    for entry in sorted(folder.iterdir()):
+        m = _TEMP.match(entry.name)
+        if entry.is_dir() and not entry.is_symlink() and m:
+            inside = [p.name for p in entry.iterdir()]
+            if inside in ([], [m["name"]]) or m.group(0).endswith(".old"):
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry)
+                continue
+        if entry.is_dir() and not entry.is_symlink() and not entry.name.startswith("."):
+            removed += sweep_temporaries(entry, depth - 1)
+    return removed
 
 
 def _apply_umask(path: Path) -> None:

@@ -61,3 +61,24 @@ def test_a_file_in_the_way_is_one_line(tmp_path):
     with pytest.raises(UserError, match="cannot use .* as the output folder"):
         with folder_lock(tmp_path / "f" / "run", "x", "choose another"):
             pass
+
+
+def test_the_next_holder_sweeps_a_killed_writers_temporaries(tmp_path):
+    run = tmp_path / "run"
+    leftovers = [run / ".step-0000010.ab12cd_3" / "step-0000010",
+                 run / ".model.safetensors.zz99yy00" / "model.safetensors",
+                 run / "samples" / ".000-a-beep.png.q1w2e3r4" / "000-a-beep.png"]
+    for p in leftovers:
+        p.parent.mkdir(parents=True)
+        p.write_text("half")
+    (run / ".step-0000005.old").mkdir()
+    keep = [run / ".cache.abcdefgh" / "mine.txt", run / ".git" / "HEAD",
+            run / "step-0000005" / "model.safetensors"]
+    for p in keep:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("keep")
+    with folder_lock(run, "energytta-train", "x"):
+        pass
+    assert not any(p.parent.exists() for p in leftovers)
+    assert not (run / ".step-0000005.old").exists()
+    assert all(p.is_file() for p in keep)
