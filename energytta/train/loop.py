@@ -187,7 +187,11 @@ class Trainer:
     def _load(self, folder: Path) -> Position:
         ck = load_training_state(folder)
         st = ck["state"]
-        load_weights(self.model, ck["model"], folder)
+        try:
+            load_weights(self.model, ck["model"], folder)
+        except UserError:
+            self._name_changed_keys(ck["config"], folder)
+            raise
         if self.ema is not None:
             load_weights(self.ema.module, ck["ema"], folder, "EMA")
             self.ema.num_updates = int(st["ema_updates"])
@@ -212,6 +216,22 @@ class Trainer:
         self.step, self.elapsed = int(st["step"]), float(st.get("elapsed", 0.0))
         self.console.print(f"resumed from {folder} (step {self.step})")
         return Position(**st["data"])
+
+    def _name_changed_keys(self, saved: Config, folder: Path) -> None:
+        """A model that does not fit its checkpoint is usually an override on --resume:
+        name the keys that differ from the run's saved config (UserError), if any."""
+        def flat(d: dict, prefix: str = "") -> dict:
+            out = {}
+            for k, v in d.items():
+                out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+            return out
+        was, now = flat(saved.to_dict()), flat(self.cfg.to_dict())
+        changed = [k for k in now if k.split(".")[0] in ("audio", "codec", "text", "model",
+                                                          "head") and was.get(k) != now[k]]
+        if changed:
+            keys = ", ".join(f"{k}={now[k]!r} (the run has {was.get(k)!r})" for k in changed[:3])
+            raise UserError(f"--resume {folder}: {keys} changed since the run started; drop "
+                            "the override to resume, or set train.out_dir=NEW_FOLDER")
 
     def _last_validated(self) -> int:
         """The step of the last validation row the resumed run kept (-1 if none)."""
