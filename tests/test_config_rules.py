@@ -20,7 +20,8 @@ BAD = [
     ("train.out_dir=", "train.out_dir"), ("model.dropout=1.5", "model.dropout"),
     ("sample.cfg=inf", "sample.cfg"), ("sample.temperature=inf", "sample.temperature"),
     ("sample.seed=-1", "sample.seed"), (f"sample.seed={2 ** 63}", "sample.seed"),
-    ("head.num_samples=1", "head.num_samples"), ("train.betas=[0.9,1.5]", "train.betas"),
+    ("head.num_samples=1", "head.num_samples"),
+    ("train.betas=[0.9,1.5]", "train.betas"),
 ]
 
 
@@ -55,3 +56,11 @@ def test_cli_exits_with_one_line_instead_of_hanging(tmp_path):
     assert out.returncode != 0
     assert "data.batch_size" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_validation_cannot_generate_more_captions_than_it_reads():
+    with pytest.raises(ConfigError, match="train.val_generate"):  # was silently capped
+        load_config("tiny", ["train.val_every=5", "train.val_batches=1", "data.batch_size=4",
+                             "train.val_generate=8"])
+    load_config("tiny", ["train.val_every=0", "train.val_batches=1", "data.batch_size=4",
+                         "train.val_generate=8"])  # no validation: nothing to check

@@ -208,6 +208,9 @@ def test_diagnostics_command_reproduces_the_runs_last_validation_row(
         assert row[f"val/{key}"] == pytest.approx(value, rel=1e-5, abs=1e-7), key
     with pytest.raises(UserError, match="--batches"):
         diagnostics.main(["--ckpt", str(run / "model.safetensors"), "--batches", "0"])
+    with pytest.raises(UserError, match="exceeds the 3 validation clips"):  # was capped
+        diagnostics.main(["--ckpt", str(run / "model.safetensors"), "--batches", "1",
+                          "--generate", "4"])
 
 
 def test_recipe_ablation_page_from_cached_numbers(tmp_path):

@@ -318,6 +318,10 @@ def diagnose(ckpt: str, data: str = "", batches: int | None = None,
                      "items": [items[i] for i in idx] if items is not None else None})
     if not rows:
         raise UserError(f"{cfg.data.val}: no validation clips")
+    read = sum(len(r["captions"]) for r in rows)
+    if generate > read:  # the captions come from the clips read for the gap
+        raise UserError(f"--generate {generate} exceeds the {read} validation clips read; "
+                        "raise --batches (or --batch-size) to read at least that many")
     ctx = ValContext(cfg, rows, codec, text, torch.device(device),
                      torch.Generator(device=device))
     return validate_tta(cfg, model, ctx)
