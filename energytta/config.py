@@ -185,7 +185,8 @@ class TrainConfig:
     val_every: int = 0
     val_batches: int = 4
     # validation's generation check (energytta.eval.diagnostics): this many data.val
-    # captions generated at val_iterations and scored on the decoded mel; 0 = skip
+    # captions generated at val_iterations and scored on the decoded mel (at most the
+    # val_batches x batch_size clips a stage reads); 0 = skip
     val_generate: int = 32
     val_iterations: int = 16
     # wall-clock budget of one energytta-train invocation in minutes (0 = none): at the

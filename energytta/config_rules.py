@@ -84,10 +84,6 @@ def validate(cfg: Any) -> Any:
                         f"model.num_heads={m.num_heads}; change one of them")
     if not all(0 <= b < 1 for b in t.betas) or len(t.betas) != 2:
         raise UserError(f"config key 'train.betas'={t.betas} must be two numbers in [0, 1)")
-    if t.val_every > 0 and t.val_generate > t.val_batches * cfg.data.batch_size:
-        raise UserError(f"config key 'train.val_generate'={t.val_generate} exceeds the "
-                        f"{t.val_batches * cfg.data.batch_size} validation clips a stage "
-                        "reads (train.val_batches x data.batch_size); lower it or raise those")
     if not t.out_dir.strip():
         raise UserError("config key 'train.out_dir' is empty (a run would write into the "
                         "current folder); set train.out_dir=runs/NAME")

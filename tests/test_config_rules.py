@@ -57,10 +57,3 @@ def test_cli_exits_with_one_line_instead_of_hanging(tmp_path):
     assert "data.batch_size" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "r").exists()
 
-
-def test_validation_cannot_generate_more_captions_than_it_reads():
-    with pytest.raises(ConfigError, match="train.val_generate"):  # was silently capped
-        load_config("tiny", ["train.val_every=5", "train.val_batches=1", "data.batch_size=4",
-                             "train.val_generate=8"])
-    load_config("tiny", ["train.val_every=0", "train.val_batches=1", "data.batch_size=4",
-                         "train.val_generate=8"])  # no validation: nothing to check
