@@ -33,9 +33,9 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 SHIPPED = {"student": ASSETS / "student.safetensors", "teacher": ASSETS / "teacher.safetensors"}
 DEFAULT_CKPT = SHIPPED["student"]
 KINDS = ("teacher", "student")
-# autocast precision of text encoding and decoding; the codec and vocoder stay in fp32
 MAX_CFG = 100.0  # IMPACT samples at <= 5; beyond this guidance only overflows
 MAX_TEMPERATURE = 100.0
+# autocast precision of text encoding and decoding; the codec and vocoder stay in fp32
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
