@@ -24,14 +24,14 @@ _UNIT_CLOSED: Rule = (lambda v: 0 <= v <= 1, "must be in [0, 1]")
 
 # dotted key -> rule; keys absent here take any value of their type
 RULES: dict[str, Rule] = {
-    **{f"audio.{k}": _POS for k in ("sample_rate", "n_fft", "win_length", "hop_length",
-                                     "n_mels")},
+    **{f"audio.{k}": _POS
+       for k in ("sample_rate", "n_fft", "win_length", "hop_length", "n_mels")},
     "audio.f_min": _FINITE_NONNEG, "audio.f_max": _FINITE_POS,
     "audio.max_seconds": _FINITE_POS, "audio.crop_seconds": _FINITE_POS,
     "codec.griffin_lim_iters": _POS,
     "text.max_length": _POS,
-    **{f"model.{k}": _POS for k in ("width", "num_heads", "encoder_depth", "patch_t",
-                                     "patch_f")},
+    **{f"model.{k}": _POS
+       for k in ("width", "num_heads", "encoder_depth", "patch_t", "patch_f")},
     "model.decoder_depth": _NONNEG, "model.mlp_ratio": _FINITE_POS,
     "model.dropout": _UNIT, "model.attn_dropout": _UNIT, "model.text_dropout": _UNIT,
     "model.mask_ratio_min": _UNIT_CLOSED, "model.mask_ratio_std": _FINITE_POS,
@@ -51,9 +51,9 @@ RULES: dict[str, Rule] = {
     "train.weight_decay": _FINITE_NONNEG, "train.grad_clip": _FINITE_NONNEG,
     "train.grad_accum": _POS, "train.ema_decay": _UNIT_CLOSED,
     "train.log_every": _POS,
-    **{f"train.{k}": _NONNEG for k in ("warmup_steps", "ckpt_every", "keep_last",
-                                        "sample_every", "val_every", "val_batches",
-                                        "val_generate")},
+    **{f"train.{k}": _NONNEG
+       for k in ("warmup_steps", "ckpt_every", "keep_last", "sample_every", "val_every",
+                 "val_batches", "val_generate")},
     "train.val_iterations": _POS, "train.max_minutes": _FINITE_NONNEG,
     "sample.iterations": _POS, "sample.cfg": _FINITE_NONNEG,
     "sample.temperature": _FINITE_NONNEG, "sample.duration": _FINITE_POS,

@@ -41,8 +41,8 @@ def export(src: str | Path, out: str | Path, overrides: list[str] | None = None,
 
     out = Path(out)
     if out.is_dir() or out.suffix != ".safetensors":
-        raise UserError(f"--out {out}: name the destination file, e.g. "
-                        f"{out / 'model.safetensors' if out.is_dir() else out.with_suffix('.safetensors')}")
+        example = out / "model.safetensors" if out.is_dir() else out.with_suffix(".safetensors")
+        raise UserError(f"--out {out}: name the destination file, e.g. {example}")
     if any(p.exists() and not p.is_dir() for p in out.parents):
         raise UserError(f"--out {out}: a file is in the way of its folder; choose another "
                         "destination")

@@ -1,6 +1,5 @@
 """Every out-of-range config value is one line naming its key, at load (issue 18)."""
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -56,4 +55,3 @@ def test_cli_exits_with_one_line_instead_of_hanging(tmp_path):
     assert out.returncode != 0
     assert "data.batch_size" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "r").exists()
-

@@ -1,7 +1,6 @@
 """One writer per output folder (issue 18, item 1)."""
 import subprocess
 import sys
-import time
 
 import pytest
 

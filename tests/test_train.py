@@ -323,7 +323,8 @@ def test_max_minutes_finishes_early_and_resume_completes_the_run(
         loop.train(_cfg(tiny_text_dir, corpus, tmp_path / "bad", "train.max_minutes=-1"))
 
 
-def test_fresh_start_over_a_run_and_a_changed_shape_on_resume_are_refused(tiny_text_dir, corpus, tmp_path):
+def test_fresh_start_over_a_run_and_a_changed_shape_on_resume_are_refused(tiny_text_dir, corpus,
+                                                                          tmp_path):
     out = tmp_path / "run"
     loop.train(_cfg(tiny_text_dir, corpus, out, "train.steps=2", "data.batch_size=2"))
     with pytest.raises(UserError, match="already holds checkpoints.*--resume"):

@@ -226,8 +226,8 @@ class Trainer:
                 out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
             return out
         was, now = flat(saved.to_dict()), flat(self.cfg.to_dict())
-        changed = [k for k in now if k.split(".")[0] in ("audio", "codec", "text", "model",
-                                                          "head") and was.get(k) != now[k]]
+        shaping = ("audio", "codec", "text", "model", "head")
+        changed = [k for k in now if k.split(".")[0] in shaping and was.get(k) != now[k]]
         if changed:
             keys = ", ".join(f"{k}={now[k]!r} (the run has {was.get(k)!r})" for k in changed[:3])
             raise UserError(f"--resume {folder}: {keys} changed since the run started; drop "
