@@ -18,7 +18,6 @@ _NONNEG: Rule = (lambda v: v >= 0, "must be >= 0")
 _FINITE_POS: Rule = (lambda v: math.isfinite(v) and v > 0, "must be a finite number > 0")
 _FINITE_NONNEG: Rule = (lambda v: math.isfinite(v) and v >= 0,
                         "must be a finite number >= 0")
-_FINITE: Rule = (lambda v: math.isfinite(v), "must be a finite number")
 _UNIT: Rule = (lambda v: 0 <= v < 1, "must be in [0, 1)")
 _UNIT_CLOSED: Rule = (lambda v: 0 <= v <= 1, "must be in [0, 1]")
 
@@ -55,8 +54,13 @@ RULES: dict[str, Rule] = {
        for k in ("warmup_steps", "ckpt_every", "keep_last", "sample_every", "val_every",
                  "val_batches", "val_generate")},
     "train.val_iterations": _POS, "train.max_minutes": _FINITE_NONNEG,
-    "sample.iterations": _POS, "sample.cfg": _FINITE_NONNEG,
-    "sample.temperature": _FINITE_NONNEG, "sample.duration": _FINITE_POS,
+    # the upper bounds: --cfg 1e30 or --temperature inf overflowed to NaN, which was once
+    # written as an all-zero wav with exit 0; IMPACT samples at CFG <= 5
+    "sample.iterations": _POS,
+    "sample.cfg": (lambda v: math.isfinite(v) and 0 <= v <= 100, "must be in [0, 100]"),
+    "sample.temperature": (lambda v: math.isfinite(v) and 0 <= v <= 100,
+                           "must be in [0, 100]"),
+    "sample.duration": _FINITE_POS,
     "sample.batch_size": _POS,
     "sample.seed": (lambda v: 0 <= v < 2 ** 63, "must be in [0, 2**63) (torch's "
                     "generator range)"),
@@ -70,21 +74,30 @@ def _get(cfg: Any, key: str) -> Any:
     return cfg
 
 
+def check_value(key: str, value: Any, name: str = "") -> None:
+    """Raise a one-line ConfigError when `value` breaks RULES[key]; `name` is how the
+    message calls it (default: "config key 'KEY'"), e.g. a sampling argument's name."""
+    from energytta.config import ConfigError  # energytta.config imports this module
+
+    ok, why = RULES[key]
+    if not ok(value):
+        fix = "" if name else f"; set {key}=... to a valid value"
+        raise ConfigError(f"{name or f'config key {key!r}'}={value!r} {why}{fix}")
+
+
 def validate(cfg: Any) -> Any:
     """Raise a one-line ConfigError naming the first out-of-range key; return `cfg`."""
-    from energytta.config import ConfigError as UserError  # config imports this module
-    for key, (ok, why) in RULES.items():
-        value = _get(cfg, key)
-        if not ok(value):
-            raise UserError(f"config key '{key}'={value!r} {why}; set {key}=... to a valid "
-                            "value")
+    from energytta.config import ConfigError
+
+    for key in RULES:
+        check_value(key, _get(cfg, key))
     m, t = cfg.model, cfg.train
     if m.width % m.num_heads:
-        raise UserError(f"config key 'model.width'={m.width} is not divisible by "
-                        f"model.num_heads={m.num_heads}; change one of them")
+        raise ConfigError(f"config key 'model.width'={m.width} is not divisible by "
+                          f"model.num_heads={m.num_heads}; change one of them")
     if not all(0 <= b < 1 for b in t.betas) or len(t.betas) != 2:
-        raise UserError(f"config key 'train.betas'={t.betas} must be two numbers in [0, 1)")
+        raise ConfigError(f"config key 'train.betas'={t.betas} must be two numbers in [0, 1)")
     if not t.out_dir.strip():
-        raise UserError("config key 'train.out_dir' is empty (a run would write into the "
-                        "current folder); set train.out_dir=runs/NAME")
+        raise ConfigError("config key 'train.out_dir' is empty (a run would write into the "
+                          "current folder); set train.out_dir=runs/NAME")
     return cfg

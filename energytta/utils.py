@@ -55,7 +55,7 @@ def sweep_temporaries(folder: str | Path, depth: int = 2) -> list[Path]:
         m = _TEMP.match(entry.name)
         if entry.is_dir() and not entry.is_symlink() and m:
             inside = [p.name for p in entry.iterdir()]
-            if inside in ([], [m["name"]]) or m.group(0).endswith(".old"):
+            if inside in ([], [m["name"]]) or entry.name.endswith(".old"):
                 shutil.rmtree(entry, ignore_errors=True)
                 removed.append(entry)
                 continue

@@ -19,7 +19,6 @@ Numbered stages of `train()`:
 """
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import asdict
@@ -35,6 +34,7 @@ from energytta.checkpoint import (decode_tree, encode_tree, latest_checkpoint,
                                   load_training_state, load_weights, rng_state,
                                   save_training_state, set_rng_state)
 from energytta.config import Config
+from energytta.config_rules import validate
 from energytta.errors import UserError
 from energytta.locks import folder_lock
 from energytta.train.ema import EMA
@@ -101,10 +101,7 @@ class Trainer:
     def __init__(self, cfg: Config, resume: bool) -> None:
         from energytta.data.dataset import build_dataset, collate
 
-        self.cfg, t = cfg, cfg.train
-        if not (math.isfinite(t.max_minutes) and t.max_minutes >= 0):
-            raise UserError(f"train.max_minutes={t.max_minutes} must be a finite number >= 0 "
-                            "(0 = no wall budget)")
+        self.cfg, t = validate(cfg), cfg.train  # also a Config built in code, not loaded
         seed_everything(t.seed)  # the model's initial weights depend on train.seed only
         self.acc = _build_accelerator(cfg)  # 1
         self.device, self.main = self.acc.device, self.acc.is_main_process
@@ -220,16 +217,12 @@ class Trainer:
     def _name_changed_keys(self, saved: Config, folder: Path) -> None:
         """A model that does not fit its checkpoint is usually an override on --resume:
         name the keys that differ from the run's saved config (UserError), if any."""
-        def flat(d: dict, prefix: str = "") -> dict:
-            out = {}
-            for k, v in d.items():
-                out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
-            return out
-        was, now = flat(saved.to_dict()), flat(self.cfg.to_dict())
-        shaping = ("audio", "codec", "text", "model", "head")
-        changed = [k for k in now if k.split(".")[0] in shaping and was.get(k) != now[k]]
+        changed = [(f"{sec}.{k}", v, getattr(getattr(saved, sec), k))
+                   for sec in ("audio", "codec", "text", "model", "head")
+                   for k, v in asdict(getattr(self.cfg, sec)).items()
+                   if getattr(getattr(saved, sec), k) != v]
         if changed:
-            keys = ", ".join(f"{k}={now[k]!r} (the run has {was.get(k)!r})" for k in changed[:3])
+            keys = ", ".join(f"{k}={v!r} (the run has {was!r})" for k, v, was in changed[:3])
             raise UserError(f"--resume {folder}: {keys} changed since the run started; drop "
                             "the override to resume, or set train.out_dir=NEW_FOLDER")
 
