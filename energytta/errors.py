@@ -3,7 +3,8 @@
 Every installed command (`energytta/cli.py`) and every script in `tools/` runs its
 `main(argv)` through `run_cli`, the one place where failing is turned into exit codes:
 bad input (`UserError`) becomes `error: <message>` on stderr and exit code 2, Ctrl-C
-becomes `interrupted` and exit code 130 (the shell's code for SIGINT), never a traceback.
+becomes `interrupted` and exit code 130 (the shell's code for SIGINT), and a full disk
+met outside an atomic write (a log append) is one line too, never a traceback.
 """
 from __future__ import annotations
 
@@ -37,3 +38,11 @@ def run_cli(main: Callable[[list[str]], int | None], argv: list[str] | None = No
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except OSError as e:
+        from energytta.utils import DISK_FULL_HINT, is_disk_full
+
+        if not is_disk_full(e):
+            raise
+        where = f" writing {e.filename}" if e.filename else ""
+        print(f"error: disk full{where}. {DISK_FULL_HINT}", file=sys.stderr)
+        return EXIT_USER_ERROR

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import random
@@ -20,10 +21,16 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
     Works for files and folders: write whatever you like at the yielded path. A crash
     or exception leaves `path` untouched (old contents kept) and removes the temporary.
+    A full disk (at any point: the temporary folder, the write, the rename) becomes a
+    one-line `UserError` saying so, after the partial temporary is removed.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) / path.name
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) / path.name
+    except OSError as e:
+        raise_if_disk_full(e, path)
+        raise
     try:
         yield tmp
         _apply_umask(tmp)
@@ -35,8 +42,48 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
+    except Exception as e:
+        shutil.rmtree(tmp.parent, ignore_errors=True)  # first: the check measures free space
+        raise_if_disk_full(e, path)
+        raise
     finally:
         shutil.rmtree(tmp.parent, ignore_errors=True)
+
+
+_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+DISK_FULL_HINT = ("Free some space and rerun: energytta-train --resume continues from the "
+                  "last checkpoint, energytta-sample skips the prompts it finished")
+# how writers that do not raise OSError word it: safetensors ("... (os error 28)"), libc
+_FULL_WORDS = ("no space left on device", "os error 28", "disk quota exceeded")
+# a write that failed while less than this is free is taken to be a full disk (libsndfile
+# reports ENOSPC as an opaque "LibsndfileError(2, '')")
+_NEARLY_FULL = 1 << 20
+
+
+def is_disk_full(exc: BaseException, folder: str | Path | None = None) -> bool:
+    """Whether `exc` (raised while writing into `folder`) means the disk or quota is full."""
+    if isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS:
+        return True
+    if any(w in str(exc).lower() for w in _FULL_WORDS):
+        return True
+    if folder is None or not isinstance(exc, (OSError, RuntimeError)):
+        return False
+    try:
+        return shutil.disk_usage(folder).free < _NEARLY_FULL
+    except OSError:
+        return False
+
+
+def raise_if_disk_full(exc: BaseException, path: str | Path) -> None:
+    """Raise a one-line `UserError` from `exc` if it was a full disk while writing `path`."""
+    from energytta.errors import UserError
+
+    path = Path(path)
+    folder = next((p for p in (path.parent, *path.parents) if p.is_dir()), None)
+    if isinstance(exc, UserError) or not is_disk_full(exc, folder):
+        return
+    raise UserError(f"disk full: could not write {path}; the partial file was removed and "
+                    f"earlier files are intact. {DISK_FULL_HINT}") from None
 
 
 _TEMP = re.compile(r"^\.(?P<name>.+)\.(?:[a-z0-9_]{8}|old)$")
