@@ -30,7 +30,7 @@ import yaml
 from rich.console import Console
 from torch import nn
 
-from energytta.checkpoint import (decode_tree, encode_tree, latest_checkpoint,
+from energytta.checkpoint import (decode_tree, encode_tree, list_checkpoints,
                                   load_training_state, load_weights, rng_state,
                                   save_training_state, set_rng_state)
 from energytta.config import Config
@@ -108,7 +108,7 @@ class Trainer:
         self.console = Console(quiet=not self.main)
         self.out = Path(t.out_dir)
         name = objective_name(cfg)
-        ckpt = self._checkpoint_to_resume(resume)
+        ckpt, loaded = self._checkpoint_to_resume(resume)
         if self.main:
             atomic_write_text(self.out / "config.yaml",
                               yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -121,7 +121,7 @@ class Trainer:
         self.opt, self.sched = build_optimizer(self.model, cfg, extra=self.objective)
         self.step, self.elapsed, self.last_lr, pos = 0, 0.0, 0.0, Position()
         if ckpt is not None:  # 3
-            pos = self._load(ckpt)
+            pos = self._load(ckpt, loaded)
         else:
             self._fit()
         self.loss_module, self.acc_opt = self.acc.prepare(
@@ -140,20 +140,38 @@ class Trainer:
         self.console.print(f"objective: {name}")
 
     # -------------------------------------------------------------- set-up
-    def _checkpoint_to_resume(self, resume: bool) -> Path | None:
+    def _checkpoint_to_resume(self, resume: bool) -> tuple[Path | None, dict[str, Any]]:
+        """The step folder to resume from and its loaded contents (None, {}: a fresh run)."""
         if (self.out / LEGACY_CODEC_STATE).is_file():
             raise UserError(f"{self.out} holds a codec run of an older energytta "
                             f"({LEGACY_CODEC_STATE}), which cannot be resumed; its part file "
                             "still loads: start a new train.out_dir (codec.path= or "
                             "codec.vocoder_path= that file continues from it)")
-        latest = latest_checkpoint(self.out)
-        if latest is not None and not resume:
-            raise UserError(f"{self.out} already holds checkpoints ({latest.name}); pass "
+        found = list_checkpoints(self.out)
+        if found and not resume:
+            raise UserError(f"{self.out} already holds checkpoints ({found[-1].name}); pass "
                             "--resume to continue that run or set train.out_dir=NEW_FOLDER")
-        if resume and latest is None:
+        if resume and not found:
             self.console.print(f"[yellow]--resume: no checkpoint in {self.out}; "
                                "starting a fresh run")
-        return latest if resume else None
+        if not resume or not found:
+            return None, {}
+        return self._newest_readable(found)
+
+    def _newest_readable(self, found: list[Path]) -> tuple[Path, dict[str, Any]]:
+        """The newest step folder whose files all read; a damaged newer one (a truncated
+        optim.safetensors: a disk error, a copy cut short) is skipped with a warning and
+        is replaced when training reaches its step again."""
+        first_error: UserError | None = None
+        for folder in reversed(found):
+            try:
+                return folder, load_training_state(folder)
+            except UserError as e:
+                first_error = first_error or e
+                self.console.print(f"[yellow]--resume: skipping damaged {folder.name} ({e})")
+        raise UserError(f"--resume: no readable checkpoint in {self.out} ({first_error}); "
+                        "delete the damaged step-XXXXXXX folders to start afresh, or set "
+                        "train.out_dir=NEW_FOLDER") from None
 
     def _val_dataset(self) -> Any:
         """The validation set (eval crops) when validation is on; checked at start-up."""
@@ -181,8 +199,9 @@ class Trainer:
             for b in codec.buffers():
                 b.copy_(broadcast(b.clone(), from_process=0))
 
-    def _load(self, folder: Path) -> Position:
-        ck = load_training_state(folder)
+    def _load(self, folder: Path, ck: dict[str, Any]) -> Position:
+        """Restore weights, optimizer, schedule, RNG and data position from `ck`, the loaded
+        `folder` -> the data stream's position."""
         st = ck["state"]
         try:
             load_weights(self.model, ck["model"], folder)
