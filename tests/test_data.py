@@ -157,6 +157,18 @@ def test_check_lists_every_bad_file(tmp_path, capsys, monkeypatch):
     assert "0.50 s / 1.00 s" in out
 
 
+def test_check_json_is_one_unwrapped_document_for_scripts(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "20")  # a narrow pipe: the tables would wrap, JSON must not
+    m = _mixed_manifest(tmp_path)
+    assert data_main(["check", "--json", str(m)]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    problems = {Path(b["file"]).name: b["problem"].split(":")[0] for b in doc["bad"]}
+    assert problems == {"corrupt.wav": "unreadable", "empty.wav": "empty (0 samples)",
+                        "missing.wav": "missing"}
+    assert doc["sample_rates"] == [16000, 22050] and doc["good"] == doc["audio_files"] - 3
+    assert (doc["min_seconds"], doc["max_seconds"]) == (0.5, 1.0)
+
+
 def test_data_cli_check_and_errors(tmp_path, capsys):
     wav(tmp_path / "a.wav")
     m = jsonl(tmp_path / "ok.jsonl", [{"audio": "a.wav", "caption": "a tone"}])
@@ -276,3 +288,33 @@ def test_cache_latents_roundtrip_and_resume(tmp_path, tiny_text_dir):
         build_dataset(load_config("tiny", overrides + ["text.max_length=8"]), "train")
     other = argv[:-1] + [f"text.model={tiny_text_dir}", "text.max_length=8"]
     assert data_main(other) == 2  # another config into the same folder is refused
+
+
+def test_cache_ctrl_c_exits_130_and_a_rerun_finishes_it(tmp_path, tiny_text_dir, capsys,
+                                                        monkeypatch):
+    import energytta.data.cache as cache_mod
+    from energytta.data import synth
+    from energytta.locks import folder_lock
+
+    synth.generate(tmp_path / "corpus", num=10, seconds=1.0, seed=0, workers=1, progress=False)
+    out = tmp_path / "cache"
+    argv = ["cache", "--manifest", str(tmp_path / "corpus" / "train.jsonl"), "--out", str(out),
+            "--config", "tiny", "--batch-size", "3", "--shard-size", "3", "--device", "cpu",
+            f"text.model={tiny_text_dir}"]
+    real = cache_mod._write_shard
+
+    def interrupted(path, *args):
+        if path.name == "shard-00001.safetensors":
+            raise KeyboardInterrupt  # Ctrl-C while the second shard is encoded
+        return real(path, *args)
+    monkeypatch.setattr(cache_mod, "_write_shard", interrupted)
+    assert data_main(argv) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "interrupted"
+    assert sorted(p.name for p in out.glob("shard-*")) == ["shard-00000.safetensors"]
+    monkeypatch.setattr(cache_mod, "_write_shard", real)
+    with folder_lock(out, "energytta-data cache", "x"):  # another cache is writing here
+        assert data_main(argv) == 2
+    assert "in use by another energytta-data cache" in capsys.readouterr().err
+    assert data_main(argv) == 0  # the rerun keeps shard 0 and writes the rest
+    index = json.loads((out / "index.json").read_text())
+    assert [s["count"] for s in index["shards"]] == [3, 3, 2]

@@ -9,8 +9,9 @@ Output (DIR):
                       text.j (L,D) float32 and text_mask.j (L,) bool (unpadded);
                       metadata {"captions": JSON list, "audio": JSON list}
   index.json          shards, settings (audio/codec/text config), frames/s, silence frame
-Resumable: finished shards are kept (each is written atomically); a run on a folder made
-with other settings or another manifest stops with an error.
+Resumable: finished shards are kept (each is written atomically; Ctrl-C exits with 130 and
+a rerun continues); a run on a folder made with other settings or another manifest stops
+with an error; a second run into a folder another one is writing is refused (its lock).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from energytta.config import Config
 from energytta.data.dataset import CODEC_FILE, INDEX_FILE, cache_settings
 from energytta.data.manifest import Item, read_manifest
 from energytta.errors import UserError
+from energytta.locks import folder_lock
 from energytta.utils import atomic_path, atomic_write_text, pick_device
 
 FIT_CLIPS = 64  # clips used to fit codec statistics (the first ones of the manifest)
@@ -156,18 +158,35 @@ def cache(cfg: Config, manifest: str, out: str, batch_size: int = 16, shard_size
     Returns:
         the path of the index.json written.
     """
-    from rich.progress import Progress
-
     from energytta.text import TextEncoder
 
     if batch_size < 1 or shard_size < 1:
         raise UserError("--batch-size and --shard-size must be >= 1")
     out_dir, dev = Path(out), pick_device(device)
     items = read_manifest(manifest, audio_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _check_plan(out_dir, _plan(cfg, Path(manifest), items, shard_size))
-    codec = _prepare_codec(cfg, out_dir, items, dev, batch_size)
-    text_encoder = TextEncoder(cfg.text.model, cfg.text.max_length).to(dev)
+    # one writer per cache folder; taking the lock also sweeps a killed run's temporaries
+    with folder_lock(out_dir, "energytta-data cache", "pass another --out"):
+        _check_plan(out_dir, _plan(cfg, Path(manifest), items, shard_size))
+        codec = _prepare_codec(cfg, out_dir, items, dev, batch_size)
+        text_encoder = TextEncoder(cfg.text.model, cfg.text.max_length).to(dev)
+        shards = _write_shards(out_dir, items, codec, text_encoder, dev, batch_size,
+                               shard_size, progress)
+        index = {"version": 1, "num_items": sum(s["count"] for s in shards),
+                 "shards": shards, "settings": cache_settings(cfg),
+                 "frames_per_second": codec.frames_per_second,
+                 "latent_channels": codec.latent_channels, "latent_freq": codec.latent_freq,
+                 "text_dim": text_encoder.dim, "silence_frame": _silence_frame(codec, dev),
+                 "manifest": str(Path(manifest).resolve())}
+        atomic_write_text(out_dir / INDEX_FILE, json.dumps(index, indent=1))
+    return out_dir / INDEX_FILE
+
+
+def _write_shards(out_dir: Path, items: list[Item], codec: Any, text_encoder: Any,
+                  dev: torch.device, batch_size: int, shard_size: int,
+                  progress: bool) -> list[dict[str, Any]]:
+    """Encode every shard not yet finished (a rerun continues) -> the index's shard list."""
+    from rich.progress import Progress
+
     shards = []
     with Progress(disable=not progress) as bar:
         task = bar.add_task("caching latents", total=len(items))
@@ -177,13 +196,7 @@ def cache(cfg: Config, manifest: str, out: str, batch_size: int = 16, shard_size
                 _write_shard(path, chunk, codec, text_encoder, dev, batch_size)
             shards.append({"file": path.name, "count": _shard_count(path)})
             bar.advance(task, len(chunk))
-    index = {"version": 1, "num_items": sum(s["count"] for s in shards), "shards": shards,
-             "settings": cache_settings(cfg), "frames_per_second": codec.frames_per_second,
-             "latent_channels": codec.latent_channels, "latent_freq": codec.latent_freq,
-             "text_dim": text_encoder.dim, "silence_frame": _silence_frame(codec, dev),
-             "manifest": str(Path(manifest).resolve())}
-    atomic_write_text(out_dir / INDEX_FILE, json.dumps(index, indent=1))
-    return out_dir / INDEX_FILE
+    return shards
 
 
 def _shard_count(path: Path) -> int:

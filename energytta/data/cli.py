@@ -53,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
         "counts, total/min/max duration and sample rates, and list every missing, unreadable "
         "or empty audio file. Exit code 1 if any file is bad.")
     c.add_argument("manifest", help="manifest file")
+    c.add_argument("--json", action="store_true",
+                   help="print one JSON document instead of the tables (for scripts: "
+                   "nothing wrapped, no progress bar)")
     c.add_argument("--audio-dir", default=None,
                    help="folder holding the audio (CSV manifests; default: see docs)")
     _cache_parser(sub)
@@ -98,7 +101,7 @@ def _synth(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     from energytta.data.manifest import check_manifest
 
-    return check_manifest(args.manifest, audio_dir=args.audio_dir)
+    return check_manifest(args.manifest, audio_dir=args.audio_dir, as_json=args.json)
 
 
 def _cache(args: argparse.Namespace) -> int:

@@ -229,11 +229,11 @@ def probe_audio(path: Path) -> AudioInfo:
     return AudioInfo(path, info.frames, info.samplerate)
 
 
-def _probe_all(paths: list[Path]) -> list[AudioInfo]:
+def _probe_all(paths: list[Path], progress: bool = True) -> list[AudioInfo]:
     from rich.progress import Progress
 
     out = []
-    with Progress(transient=True) as bar:
+    with Progress(transient=True, disable=not progress) as bar:
         task = bar.add_task("checking audio", total=len(paths))
         for p in paths:
             out.append(probe_audio(p))
@@ -267,10 +267,28 @@ def _report(path: Path, items: list[Item], infos: list[AudioInfo]) -> None:
         console.print(errors)
 
 
-def check_manifest(path: str | Path, audio_dir: str | Path | None = None) -> int:
-    """Print counts, durations, sample rates and every bad file; return 1 if any is bad."""
+def check_summary(path: Path, items: list[Item], infos: list[AudioInfo]) -> dict[str, Any]:
+    """What `energytta-data check --json` prints: counts, durations, rates, bad files."""
+    good = [i for i in infos if not i.problem]
+    secs = [i.frames / i.sample_rate for i in good]
+    return {"manifest": str(path), "items": len(items), "audio_files": len(infos),
+            "good": len(good), "bad": [{"file": str(i.path), "problem": i.problem}
+                                       for i in infos if i.problem],
+            "total_seconds": round(sum(secs), 3),
+            "min_seconds": round(min(secs), 3) if secs else None,
+            "max_seconds": round(max(secs), 3) if secs else None,
+            "sample_rates": sorted({i.sample_rate for i in good})}
+
+
+def check_manifest(path: str | Path, audio_dir: str | Path | None = None,
+                   as_json: bool = False) -> int:
+    """Print counts, durations, sample rates and every bad file (a table, or one JSON
+    document for scripts: no wrapping, no progress bar); return 1 if any is bad."""
     items = read_manifest(path, audio_dir)
     paths = list(dict.fromkeys(i.audio for i in items))  # unique, in order
-    infos = _probe_all(paths)
-    _report(Path(path), items, infos)
+    infos = _probe_all(paths, progress=not as_json)
+    if as_json:
+        print(json.dumps(check_summary(Path(path), items, infos), indent=1))
+    else:
+        _report(Path(path), items, infos)
     return 1 if any(i.problem for i in infos) else 0
