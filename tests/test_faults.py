@@ -267,3 +267,16 @@ def test_resume_skips_a_damaged_newest_checkpoint_and_refuses_when_none_reads(
     with pytest.raises(UserError, match="no readable checkpoint.*delete the damaged") as e:
         loop.train(cfg, resume=True)
     assert "\n" not in str(e.value)
+
+
+# ------------------------------------------------------------------ long prompt lists
+def test_memory_report_tells_a_flat_run_from_a_leaking_one():
+    from energytta.reports import memory
+
+    args = memory.build_parser().parse_args(["--out", "x.md", "--prompts", "400"])
+    warm = [(0.0, 200.0, 0)] + [(1.0 + i, 600.0 + (i % 3), 4 * i) for i in range(101)]
+    leak = [(0.0, 200.0, 0)] + [(1.0 + i, 600.0 + i, 4 * i) for i in range(101)]
+    assert ", flat" in memory.page(args, warm, 100.0)
+    text = memory.page(args, leak, 100.0)
+    assert "**growing**" in text and "+50.5 MB" in text
+    assert [q["prompts"] for q in memory.quarters(leak, 400)] == [100, 200, 300, 400]
