@@ -24,7 +24,9 @@ from typing import Callable
 import numpy as np
 import torch
 
+from energytta import editing
 from energytta.config import Config
+from energytta.editing import EditPlan
 from energytta.errors import UserError
 from energytta.utils import pick_device
 
@@ -60,12 +62,15 @@ class Generation:
         mels: (B, n_mels, T) float32 log-mels the vocoder was given (for spectrogram PNGs).
         sample_rate: Hz.
         settings: the resolved settings used.
+        edit: what was edited or windowed (mode, input sha256, spans, strength, windows),
+            None for a plain one-window generation.
     """
 
     wavs: np.ndarray
     mels: np.ndarray
     sample_rate: int
     settings: SampleSettings
+    edit: dict | None = None  # the edit / windows, as the sample's JSON records them
 
 
 def resolve_checkpoint(path: str | Path | None) -> Path:
@@ -161,7 +166,7 @@ class TextToAudio:
             negative_prompt=negative_prompt or None,
             batch_size=s.batch_size if batch_size is None else int(batch_size))
         if math.isfinite(out.duration) and out.duration > 0:
-            tokens = self.model.tokens_for(out.duration)
+            tokens = self._window_tokens(out.duration)
             if out.iterations > tokens:  # MAR decodes >= 1 token per iteration
                 if iterations is not None:
                     warnings.warn(f"iterations={out.iterations} capped at the {tokens} tokens "
@@ -175,11 +180,25 @@ class TextToAudio:
 
         for name in ("duration", "iterations", "cfg", "temperature", "batch_size", "seed"):
             check_value(f"sample.{name}", getattr(s, name), name)  # the config's ranges
-        tokens = self.model.tokens_for(s.duration)  # UserError beyond max_seconds / < a token
+        if s.duration > editing.MAX_LONG_SECONDS:
+            raise UserError(f"duration {s.duration:g} s exceeds the {editing.MAX_LONG_SECONDS:g}"
+                            f" s limit of windowed generation (windows of audio.max_seconds="
+                            f"{self.cfg.audio.max_seconds:g} s); ask for a shorter clip")
+        tokens = self._window_tokens(s.duration)  # UserError below one token
         if s.iterations > tokens:  # settings() caps; hand-built settings are refused
             raise UserError(f"iterations={s.iterations} exceeds the {tokens} tokens of a "
                             f"{s.duration:g} s clip (each iteration decodes at least one); "
                             f"use at most {tokens}")
+
+    def _window_tokens(self, duration: float) -> int:
+        """Tokens of one decoding window: longer clips are generated window by window."""
+        return self.model.tokens_for(min(duration, self.cfg.audio.max_seconds))
+
+    def plan(self, s: SampleSettings, overlap: float | None = None) -> EditPlan:
+        """The windows of a plain generation of `s.duration` (one unless it is longer
+        than audio.max_seconds; then `overlap` s, default 1, between windows)."""
+        return editing.plan_generate(self.model.geometry, s.duration,
+                                     editing.DEFAULT_OVERLAP if overlap is None else overlap)
 
     def _autocast(self) -> torch.autocast:
         dtype = DTYPES[self.dtype]
@@ -190,54 +209,66 @@ class TextToAudio:
                  duration: float | None = None, iterations: int | None = None,
                  cfg: float | None = None, temperature: float | None = None,
                  negative_prompt: str | None = None, batch_size: int | None = None,
-                 progress: Callable[[int, int], None] | None = None
-                 ) -> tuple[np.ndarray, int]:
+                 progress: Callable[[int, int], None] | None = None,
+                 overlap: float | None = None) -> tuple[np.ndarray, int]:
         """prompts -> (wavs (B, S) float32, sample_rate). Unset knobs come from cfg.sample.
 
         Args:
             prompts: one prompt or a list.
             seed, duration (s), iterations (K), cfg (max guidance scale), temperature,
             negative_prompt (replaces the null text of the unconditional CFG rows),
-            batch_size: sampling settings.
+            batch_size: sampling settings. A duration beyond audio.max_seconds is generated
+            window by window, each window seeing the previous one's last `overlap` seconds
+            (default 1) as known tokens (docs/editing.md).
             progress: called as progress(done, total) in decoding steps over all batches.
         """
-        out = self.generate(prompts, self.settings(seed, duration, iterations, cfg,
-                                                   temperature, negative_prompt, batch_size),
-                            progress)
+        s = self.settings(seed, duration, iterations, cfg, temperature, negative_prompt,
+                          batch_size)
+        out = self.generate(prompts, s, progress, self.plan(s, overlap))
         return out.wavs, out.sample_rate
 
     def generate(self, prompts: list[str] | str, settings: SampleSettings | None = None,
-                 progress: Callable[[int, int], None] | None = None) -> Generation:
-        """Like `__call__`, but returns a `Generation` (wavs, mels, rate, settings)."""
+                 progress: Callable[[int, int], None] | None = None,
+                 plan: EditPlan | None = None) -> Generation:
+        """Like `__call__`, but returns a `Generation` (wavs, mels, rate, settings, edit).
+        `plan` (from `energytta.editing`, or `inpaint`/`continue_audio`/`vary`) fixes
+        known tokens and windows; None = plain generation of settings.duration."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
             raise UserError("prompts must be a non-empty list of non-empty strings")
         s = settings or self.settings()
         self._validate(s)
+        plan = plan or self.plan(s)
         starts = range(0, len(prompts), s.batch_size)
-        total = len(starts) * s.iterations
+        per_batch = len(plan.windows) * s.iterations
+        total = len(starts) * per_batch
         wavs, mels = [], []
         for b, start in enumerate(starts):
             def step(done: int, _k: int, _b: int = b) -> None:
                 if progress is not None:
-                    progress(_b * s.iterations + done, total)
-            w, m = self.generate_batch(prompts[start:start + s.batch_size], s, start, step)
+                    progress(_b * per_batch + done, total)
+            w, m = self.generate_batch(prompts[start:start + s.batch_size], s, start, step,
+                                       plan)
             wavs.append(w)
             mels.append(m)
         return Generation(np.concatenate(wavs), np.concatenate(mels), self.sample_rate,
-                          dataclasses.replace(s))
+                          dataclasses.replace(s), plan.public_record())
 
     @torch.no_grad()
     def generate_batch(self, prompts: list[str], s: SampleSettings, first_index: int,
-                       progress: Callable[[int, int], None]) -> tuple[np.ndarray, np.ndarray]:
+                       progress: Callable[[int, int], None], plan: EditPlan | None = None
+                       ) -> tuple[np.ndarray, np.ndarray]:
         """One batch through the numbered steps, seeded by (s.seed, `first_index`: the
         batch's first prompt's index in the whole list), so a caller that writes batch by
-        batch gets what `generate` gives. `s` must come from `settings()` (validated).
-        Returns wavs (B, S) with peaks <= 1, and mels (B, n_mels, T)."""
+        batch gets what `generate` gives. `s` must come from `settings()` (validated);
+        `plan` as in `generate`; progress counts plan windows x iterations.
+        Returns wavs (B, S) with peaks <= 1 (pasted input samples kept as they are), and
+        mels (B, n_mels, T)."""
         from energytta.audio.render import tokens_to_audio
         from energytta.sampling import decode
 
         model, B = self.model, len(prompts)
+        plan = plan or self.plan(s)
         g = torch.Generator(device=self.device).manual_seed(batch_seed(s.seed, first_index))
         # 1. Encode the text once per batch; the negative prompt shares the call (and so
         #    the padding) with the prompts.
@@ -246,12 +277,23 @@ class TextToAudio:
         with self._autocast():
             states, mask = text_encoder(prompts + negative)  # (B|2B, L, Dt), (B|2B, L)
             uncond, uncond_mask = (states[B:], mask[B:]) if negative else (None, None)
-            # 2. Decode tokens: K iterations of masked parallel decoding with the model's head.
-            num_tokens = model.tokens_for(s.duration)
-            tokens = decode(model.backbone, model.head, states[:B], mask[:B], num_tokens,
-                            iterations=s.iterations, cfg=s.cfg, cfg_schedule=s.cfg_schedule,
-                            temperature=s.temperature, generator=g, uncond_text=uncond,
-                            uncond_mask=uncond_mask, progress=progress)  # (B, N, d)
+
+            # 2. Decode tokens: K iterations of masked parallel decoding with the model's
+            #    head, per window of the plan (one for a plain clip), the plan's known
+            #    tokens (an input clip's kept spans) never changed.
+            def run(num_tokens: int, known: torch.Tensor | None, known_mask: torch.Tensor
+                    | None, step: Callable[[int, int], None]) -> torch.Tensor:
+                return decode(model.backbone, model.head, states[:B], mask[:B], num_tokens,
+                              iterations=s.iterations, cfg=s.cfg,
+                              cfg_schedule=s.cfg_schedule, temperature=s.temperature,
+                              generator=g, uncond_text=uncond, uncond_mask=uncond_mask,
+                              known=known, known_mask=known_mask, progress=step)
+            if plan.known is None and len(plan.windows) == 1:  # plain: the sampler as before
+                tokens = run(plan.num_tokens, None, None, progress)  # (B, N, d)
+            else:
+                known, kept = editing.row_known(plan, B, model.token_dim, g, self.device)
+                tokens = editing.decode_windows(run, plan, known, kept, progress,
+                                                s.iterations)  # (B, N, d)
         # 3. Tokens -> latents (B, C, T, F) by the model's geometry -> log-mel (B, n_mels,
         #    T_mel) by the codec -> 4. waveform (B, S) by the vocoder, whose random phase
         #    uses `g` too.
@@ -264,5 +306,73 @@ class TextToAudio:
         #    clip it to a square wave, and a weak model's outlier tokens can decode to peaks
         #    of 10-100x. Quieter clips keep their level (loudness is part of a caption).
         wav = wav / wav.abs().amax(dim=-1, keepdim=True).clamp(min=1.0)
+        # 6. Edits: the input's own samples back into the kept spans (short cross-fades).
+        wav = editing.paste_kept(wav, plan)
         return (wav.float().cpu().numpy().astype(np.float32),
                 mel.float().cpu().numpy().astype(np.float32))
+
+    # ------------------------------------------------------------------ editing
+    # Thin wrappers: energytta/editing.py builds the plan (input clip -> known tokens,
+    # spans, windows); `generate` runs it. Each returns a `Generation` whose `edit` is
+    # what the sample's JSON records. `knobs` are `settings()`'s (seed, iterations, cfg,
+    # temperature, negative_prompt, batch_size); the duration follows from the input.
+    def inpaint(self, prompts: list[str] | str, audio: str | Path | np.ndarray,
+                keep: str | None = None, regenerate: str | None = None, paste: bool = True,
+                overlap: float | None = None,
+                progress: Callable[[int, int], None] | None = None, **knobs) -> Generation:
+        """Regenerate `audio` outside the `keep` spans ("0-1.5,3-4", seconds), or inside
+        the `regenerate` ones, to match the prompts. Spans snap to whole tokens; with
+        `paste` the kept spans hold the input's own samples (cross-faded at their edges).
+
+        Args:
+            audio: a file (any rate: resampled, with a warning) or a (S,) array at
+                `self.sample_rate`.
+        """
+        source = editing.read_source(audio, self.sample_rate)
+        plan = editing.plan_inpaint(self.model.geometry, self.codec, source, self.device,
+                                    keep, regenerate, paste, self._overlap(overlap))
+        return self._run_plan(prompts, plan, progress, knobs)
+
+    def continue_audio(self, prompts: list[str] | str, audio: str | Path | np.ndarray,
+                       duration: float, paste: bool = True, overlap: float | None = None,
+                       progress: Callable[[int, int], None] | None = None,
+                       **knobs) -> Generation:
+        """Keep all of `audio` and continue it to `duration` seconds (window by window
+        past audio.max_seconds)."""
+        source = editing.read_source(audio, self.sample_rate, "--continue")
+        plan = editing.plan_continue(self.model.geometry, self.codec, source, float(duration),
+                                     self.device, paste, self._overlap(overlap))
+        return self._run_plan(prompts, plan, progress, knobs)
+
+    def vary(self, prompts: list[str] | str, audio: str | Path | np.ndarray,
+             strength: float, variations: int = 1, overlap: float | None = None,
+             progress: Callable[[int, int], None] | None = None, **knobs) -> Generation:
+        """`variations` takes of each prompt, each re-masking its own random `strength`
+        fraction of the input's tokens (0 < strength <= 1) and regenerating them. Rows
+        are prompt-major: row i·variations + j is variation j of prompt i."""
+        editing.check_strength(strength)
+        if int(variations) != variations or variations < 1:
+            raise UserError(f"--variations {variations} must be a whole number >= 1")
+        source = editing.read_source(audio, self.sample_rate)
+        plan = editing.plan_vary(self.model.geometry, self.codec, source, float(strength),
+                                 self.device, self._overlap(overlap))
+        plan.record["variations"] = int(variations)
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        rows = [p for p in prompts for _ in range(int(variations))]
+        return self._run_plan(rows, plan, progress, knobs)
+
+    @staticmethod
+    def _overlap(overlap: float | None) -> float:
+        return editing.DEFAULT_OVERLAP if overlap is None else float(overlap)
+
+    def edit_settings(self, plan: EditPlan, **knobs) -> SampleSettings:
+        """`settings(**knobs)` with the duration the plan's output has."""
+        if knobs.get("duration") is not None:
+            raise UserError("the duration of an edit follows from its input "
+                            "(continue_audio takes one)")
+        knobs.pop("duration", None)
+        return self.settings(duration=plan.seconds, **knobs)
+
+    def _run_plan(self, prompts: list[str] | str, plan: EditPlan,
+                  progress: Callable[[int, int], None] | None, knobs: dict) -> Generation:
+        return self.generate(prompts, self.edit_settings(plan, **knobs), progress, plan)

@@ -5,6 +5,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import math
 import re
 import sys
 import tempfile
@@ -21,6 +22,21 @@ examples:
   energytta-sample --prompts examples/prompts.txt --ckpt runs/student_small/model.safetensors \\
       --out-dir samples/student --seed 3 --duration 4 --cfg 3 --iterations 16
   energytta-sample --prompts my.txt --ckpt runs/teacher_small --batch-size 1 --device cpu
+  energytta-sample --prompts p.txt --audio in.wav --keep 0-1.5,3.0-4.0   # inpaint the rest
+  energytta-sample --prompts p.txt --audio in.wav --regenerate 1.5-3.0   # the same edit
+  energytta-sample --prompts p.txt --continue in.wav --duration 8        # continue a clip
+  energytta-sample --prompts p.txt --duration 20 --overlap 1.0           # longer than 4 s
+  energytta-sample --prompts p.txt --audio in.wav --strength 0.3 --variations 4
+
+editing (docs/editing.md): --audio FILE is encoded by the model's codec; --keep spans are
+kept as known tokens and the rest regenerated (--regenerate names the other part). Spans
+are START-END seconds, comma-separated, snapped to whole tokens (0.1 s for the shipped
+models); the output is the input cut to whole tokens. Kept spans hold the input's own
+samples, cross-faded over 20 ms where they meet regenerated audio (--no-paste: the codec's
+rendering instead). --strength S re-masks a random fraction S of the input's tokens per
+variation. A --duration past the model's audio.max_seconds is generated window by window,
+each window seeing the previous one's last --overlap seconds as known tokens; windows are
+joined in token space and rendered in one vocoder pass, so there is no seam to fade.
 
 prompts file: UTF-8, one prompt per line; blank lines and lines starting with '#' are
 skipped. Each prompt i gives DIR/iii-<slug>.wav, .png (spectrogram) and .json (prompt,
@@ -46,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", metavar="DIR", default="samples", help="default: samples/")
     p.add_argument("--seed", type=int, default=None, metavar="N")
     p.add_argument("--duration", type=float, default=None, metavar="SECONDS",
-                   help="clip length, at most the model's audio.max_seconds")
+                   help="clip length; past the model's audio.max_seconds it is generated "
+                        "window by window (see --overlap)")
     p.add_argument("--cfg", type=float, default=None, metavar="X",
                    help="classifier-free guidance scale (1 = none)")
     p.add_argument("--iterations", type=int, default=None, metavar="K",
@@ -62,6 +79,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-spectrograms", dest="spectrograms", action="store_false",
                    help="write wav + json only (the PNGs cost more than generation on "
                         "long prompt lists)")
+    e = p.add_argument_group("editing and long audio (docs/editing.md)")
+    e.add_argument("--audio", metavar="FILE", default=None,
+                   help="input clip to edit with --keep, --regenerate or --strength "
+                        "(resampled to the model's rate, with a warning)")
+    spans = e.add_mutually_exclusive_group()
+    spans.add_argument("--keep", metavar="SPANS", default=None,
+                       help="keep these spans of --audio, regenerate the rest: START-END "
+                            "seconds, comma-separated (0-1.5,3.0-4.0), snapped to whole "
+                            "tokens (0.1 s for the shipped models)")
+    spans.add_argument("--regenerate", metavar="SPANS", default=None,
+                       help="regenerate these spans of --audio, keep the rest")
+    e.add_argument("--continue", dest="continue_from", metavar="FILE", default=None,
+                   help="keep this clip and continue it to --duration seconds")
+    e.add_argument("--strength", type=float, default=None, metavar="S",
+                   help="variations: re-mask a random fraction S in (0, 1] of --audio's "
+                        "tokens and regenerate them")
+    e.add_argument("--variations", type=int, default=None, metavar="N",
+                   help="with --strength: N takes per prompt (files ...-v0 ... -v<N-1>; "
+                        "default 1)")
+    e.add_argument("--overlap", type=float, default=None, metavar="SECONDS",
+                   help="seconds of the previous window each window past the first sees "
+                        "(default 1; used when the output exceeds audio.max_seconds)")
+    e.add_argument("--no-paste", dest="paste", action="store_false",
+                   help="kept spans: the codec's rendering of the kept tokens instead of "
+                        "the input's own samples")
     p.add_argument("--overwrite", action="store_true",
                    help="regenerate prompts whose files a previous run with the same "
                         "settings already wrote (default: skip them, so an interrupted "
@@ -131,19 +173,84 @@ def _progress():
 
 
 def _record(pipe, prompt: str, index: int, stem: str, settings,
-            spectrogram: bool = True) -> dict:
-    return {"prompt": prompt, "index": index, **dataclasses.asdict(settings),
-            "checkpoint": str(pipe.checkpoint), "kind": pipe.kind,
-            "device": str(pipe.device), "dtype": pipe.dtype,
-            "sample_rate": pipe.sample_rate, "wav": f"{stem}.wav",
-            "spectrogram": f"{stem}.png" if spectrogram else None,
-            "energytta_version": energytta.__version__}
+            spectrogram: bool = True, edit: dict | None = None) -> dict:
+    record = {"prompt": prompt, "index": index, **dataclasses.asdict(settings),
+              "checkpoint": str(pipe.checkpoint), "kind": pipe.kind,
+              "device": str(pipe.device), "dtype": pipe.dtype,
+              "sample_rate": pipe.sample_rate, "wav": f"{stem}.wav",
+              "spectrogram": f"{stem}.png" if spectrogram else None,
+              "energytta_version": energytta.__version__}
+    if edit is not None:  # only edits and windowed clips: plain records stay as they were
+        record["edit"] = edit
+    return record
+
+
+def check_edit_args(args: argparse.Namespace) -> None:
+    """The editing flags' combinations and ranges, before anything is loaded or written."""
+    from energytta import editing
+
+    span_flag = "--keep" if args.keep is not None else "--regenerate"
+    has_spans = args.keep is not None or args.regenerate is not None
+    if has_spans and args.audio is None:
+        raise UserError(f"{span_flag} needs --audio FILE (the clip whose spans it names)")
+    if args.strength is not None and args.audio is None:
+        raise UserError("--strength needs --audio FILE (the clip to vary)")
+    if args.variations is not None and args.strength is None:
+        raise UserError("--variations needs --audio FILE and --strength S")
+    if args.audio is not None and not has_spans and args.strength is None:
+        raise UserError("--audio needs --keep SPANS, --regenerate SPANS or --strength S "
+                        "(what to do with the clip)")
+    if has_spans and args.strength is not None:
+        raise UserError(f"give {span_flag} or --strength, not both (one edit at a time)")
+    if args.continue_from is not None and args.audio is not None:
+        raise UserError("give --continue FILE or --audio FILE, not both")
+    if args.audio is not None and args.duration is not None:
+        raise UserError("--duration does not apply to --audio edits: the output has the "
+                        "input's length (use --continue FILE --duration D to extend a clip)")
+    if has_spans:
+        editing.parse_spans(args.keep if args.keep is not None else args.regenerate,
+                            span_flag)  # syntax, empty and overlapping spans
+    if args.strength is not None:
+        editing.check_strength(args.strength)
+    if args.variations is not None and args.variations < 1:
+        raise UserError(f"--variations {args.variations} must be >= 1")
+    if args.overlap is not None and not (math.isfinite(args.overlap) and args.overlap > 0):
+        raise UserError(f"--overlap {args.overlap} must be a positive number of seconds")
+
+
+def edit_plan(args: argparse.Namespace, pipe):
+    """The run's `EditPlan`: the input clip read (a rate warning as one stderr line),
+    encoded and planned; None without an edit flag."""
+    from energytta import editing
+
+    path = args.continue_from if args.continue_from is not None else args.audio
+    if path is None:
+        return None
+    flag = "--continue" if args.continue_from is not None else "--audio"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        source = editing.read_source(path, pipe.sample_rate, flag)
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+    overlap = editing.DEFAULT_OVERLAP if args.overlap is None else args.overlap
+    geometry, codec, device = pipe.model.geometry, pipe.codec, pipe.device
+    if args.continue_from is not None:
+        duration = pipe.cfg.sample.duration if args.duration is None else args.duration
+        return editing.plan_continue(geometry, codec, source, duration, device, args.paste,
+                                     overlap)
+    if args.strength is not None:
+        plan = editing.plan_vary(geometry, codec, source, args.strength, device, overlap)
+        plan.record["variations"] = args.variations or 1
+        return plan
+    return editing.plan_inpaint(geometry, codec, source, device, args.keep, args.regenerate,
+                                args.paste, overlap)
 
 
 def main(argv: list[str]) -> int:
     from energytta.locks import folder_lock
 
     args = build_parser().parse_args(argv)
+    check_edit_args(args)
     prompts = read_prompts(args.prompts)
     out_dir = Path(args.out_dir)
     created = not out_dir.exists()
@@ -165,11 +272,24 @@ def _sample(args: argparse.Namespace, prompts: list[str], out_dir: Path) -> int:
     from energytta.pipeline import TextToAudio
 
     pipe = TextToAudio.from_pretrained(args.ckpt, args.device, args.dtype)
-    settings = pipe.settings(args.seed, args.duration, args.iterations, args.cfg,
-                             args.temperature, args.negative_prompt, args.batch_size)
+    plan = edit_plan(args, pipe)
+    knobs = dict(seed=args.seed, iterations=args.iterations, cfg=args.cfg,
+                 temperature=args.temperature, negative_prompt=args.negative_prompt,
+                 batch_size=args.batch_size)
+    if plan is None:
+        settings = pipe.settings(duration=args.duration, **knobs)
+        plan = pipe.plan(settings, args.overlap)
+    else:
+        settings = pipe.edit_settings(plan, **knobs)
     warn_truncated(pipe, prompts)
-    stems, bs = output_stems(prompts), settings.batch_size
-    records = [_record(pipe, p, i, stem, settings, args.spectrograms)
+    stems, edit = output_stems(prompts), plan.public_record()
+    takes = int(plan.record.get("variations", 1))  # --variations: each prompt N times
+    if takes > 1 or plan.mode == "vary":
+        prompts = [p for p in prompts for _ in range(takes)]
+        stems = [f"{stem}-v{j}" for stem in stems for j in range(takes)]
+    bs = settings.batch_size
+    records = [_record(pipe, p, i, stem, settings, args.spectrograms,
+                       _edit_of_row(edit, plan.mode, i, takes))
                for i, (p, stem) in enumerate(zip(prompts, stems))]
     starts = [b for b in range(0, len(prompts), bs)
               if args.overwrite or not all(_done(out_dir, r) for r in records[b:b + bs])]
@@ -179,16 +299,24 @@ def _sample(args: argparse.Namespace, prompts: list[str], out_dir: Path) -> int:
               "(--overwrite regenerates them)", file=sys.stderr)
     with _progress() as bar, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*truncated")  # named above, per prompt
+        per_batch = len(plan.windows) * settings.iterations
         task = bar.add_task(f"sampling {len(prompts) - skipped} prompt(s)",
-                            total=len(starts) * settings.iterations)
+                            total=len(starts) * per_batch)
         for n, b in enumerate(starts):
             def step(done: int, _k: int, _n: int = n) -> None:
-                bar.update(task, completed=_n * settings.iterations + done)
-            wavs, mels = pipe.generate_batch(prompts[b:b + bs], settings, b, step)
+                bar.update(task, completed=_n * per_batch + done)
+            wavs, mels = pipe.generate_batch(prompts[b:b + bs], settings, b, step, plan)
             for j, record in enumerate(records[b:b + bs]):
                 _write(out_dir, pipe, record, wavs[j], mels[j])
     print(f"wrote {len(prompts) - skipped} sample(s) to {out_dir}")
     return 0
+
+
+def _edit_of_row(edit: dict | None, mode: str, row: int, takes: int) -> dict | None:
+    """The edit record of output row `row` (a variation also records which take it is)."""
+    if edit is None or mode != "vary":
+        return edit
+    return {**edit, "variation": row % takes}
 
 
 def _done(out_dir: Path, record: dict) -> bool:
