@@ -39,12 +39,14 @@ from energytta.utils import atomic_path, atomic_write_text
 
 FORMAT = "energytta"
 STEP_RE = re.compile(r"^step-(\d{7,})$")
-_KINDS = {"diffusion": "teacher", "energy": "student"}
-MODEL_KINDS = ("teacher", "student")  # what `load_model` builds: text-to-audio models
+_KINDS = {"diffusion": "teacher", "energy": "student", "onestep": "captiononly"}
+# what `load_model` builds: text-to-audio models
+MODEL_KINDS = ("teacher", "student", "captiononly")
 
 
 def kind_for(cfg: Config) -> str:
-    """'teacher' for a diffusion head, 'student' for an energy head."""
+    """'teacher' for a diffusion head, 'student' for an energy head, 'captiononly' for the
+    one-step head of caption-only distillation."""
     return _KINDS.get(cfg.head.kind, cfg.head.kind)
 
 

@@ -104,6 +104,10 @@ class ModelConfig:
     # latent time, and over frequency when patch_f < the codec's bins; Su et al. 2021).
     # With "learned" the shipped teacher read its context as a bag (docs/architecture.md).
     pos_embed: str = "learned"
+    # one-pass generators (caption-only VSD, docs/captiononly.md): Gaussian noise (B,N,d)
+    # enters the decoder through a zero-initialised projection added to the mask tokens,
+    # so tokens generated in one pass can be coordinated (per-token head noise cannot)
+    noise_inputs: bool = False
 
 
 @dataclass
@@ -151,9 +155,30 @@ class DistillConfig:
 
 
 @dataclass
+class VSDConfig:
+    """Caption-only variational score distillation (SwiftBrush / SwiftAudio on a MAR teacher;
+    energytta/train/objectives/captiononly.py)."""
+    init: str = ""  # "" = the teacher (teacher.ckpt); else a student/captiononly checkpoint
+    real_cfg: float = 4.5  # guidance on the frozen teacher's score (SwiftBrush: 4.5)
+    fake_cfg: float = 1.0  # guidance on the LoRA teacher's score (1 = none)
+    t_min: int = 20  # t ~ U[t_min, t_max] (SwiftBrush: [20, 980])
+    t_max: int = 980
+    weighting: str = "swiftbrush"  # "swiftbrush": w = 1 - ab_t on eps; "dmd": x0-normalised
+    lora_rank: int = 8
+    lora_alpha: float = 8.0
+    lora_lr_mult: float = 1.0  # the LoRA teacher's lr relative to train.lr
+    fake_text_dropout: float = 0.1  # caption dropout of the LoRA teacher's denoising loss
+    tv_weight: float = 0.0  # lambda_TV on the temporal total variation of the latent
+    tv_norm: str = "l1"  # "l1" | "l2"
+
+
+@dataclass
 class DataConfig:
     train: str = "data/synth/train.jsonl"  # manifest (jsonl/csv) or cached-latent folder
     val: str = "data/synth/val.jsonl"
+    # "audio": manifests' wavs (or a latent cache); "captions": captions only, from a .txt
+    # (one per line) or a manifest, whose audio is never opened (caption-only distillation)
+    kind: str = "audio"
     batch_size: int = 32
     num_workers: int = 0
 
@@ -229,6 +254,7 @@ class Config:
     head: HeadConfig = field(default_factory=HeadConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    vsd: VSDConfig = field(default_factory=VSDConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)

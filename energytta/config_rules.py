@@ -43,6 +43,10 @@ RULES: dict[str, Rule] = {
     "head.clip_x0": _FINITE_NONNEG, "head.schedule_shift": _FINITE_POS,
     "head.train_temperature": _FINITE_NONNEG, "head.lr_mult": _FINITE_POS,
     "distill.weight": _FINITE_NONNEG,
+    "vsd.real_cfg": _FINITE_NONNEG, "vsd.fake_cfg": _FINITE_NONNEG,
+    "vsd.t_min": _NONNEG, "vsd.t_max": _POS, "vsd.lora_rank": _POS,
+    "vsd.lora_alpha": _FINITE_POS, "vsd.lora_lr_mult": _FINITE_POS,
+    "vsd.fake_text_dropout": _UNIT, "vsd.tv_weight": _FINITE_NONNEG,
     "data.batch_size": _POS, "data.num_workers": _NONNEG,
     "train.steps": (lambda v: v > 0, "must be > 0 (a run of no steps saves an untrained "
                     "model)"),
@@ -97,6 +101,12 @@ def validate(cfg: Any) -> Any:
                           f"model.num_heads={m.num_heads}; change one of them")
     if not all(0 <= b < 1 for b in t.betas) or len(t.betas) != 2:
         raise ConfigError(f"config key 'train.betas'={t.betas} must be two numbers in [0, 1)")
+    v = cfg.vsd
+    for key, value, valid in (("vsd.tv_norm", v.tv_norm, ("l1", "l2")),
+                              ("vsd.weighting", v.weighting, ("swiftbrush", "dmd")),
+                              ("data.kind", cfg.data.kind, ("audio", "captions"))):
+        if value not in valid:
+            raise ConfigError(f"config key {key!r}={value!r} must be one of {', '.join(valid)}")
     if not t.out_dir.strip():
         raise ConfigError("config key 'train.out_dir' is empty (a run would write into the "
                           "current folder); set train.out_dir=runs/NAME")

@@ -121,6 +121,16 @@ def _token_dim(head: Head, backbone: torch.nn.Module, known: torch.Tensor | None
                      "a `token_dim` attribute, or pass `known`")
 
 
+def _input_noise(backbone: torch.nn.Module, B: int, N: int, d: int, like: torch.Tensor,
+                 generator: torch.Generator | None) -> torch.Tensor | None:
+    """The one draw of a one-pass generator's input noise (`model.noise_inputs`), shared by
+    every iteration and by the guided rows; None for other backbones (nothing drawn, so
+    their samples are unchanged)."""
+    if getattr(backbone, "noise_proj", None) is None:
+        return None
+    return torch.randn((B, N, d), generator=generator, device=like.device, dtype=like.dtype)
+
+
 def _check_args(iterations: int, num_tokens: int, cfg_schedule: str, known: torch.Tensor | None,
                 known_mask: torch.Tensor | None, batch: int) -> None:
     if iterations < 1:
@@ -178,6 +188,7 @@ def decode(backbone: torch.nn.Module, head: Head, text: torch.Tensor, text_mask:
         unknown = ~known_mask.to(device=device, dtype=torch.bool)
         tokens = known.to(device).clone().masked_fill(unknown.unsqueeze(-1), 0.0)
     orders = random_orders_unknown_first(unknown, generator)  # (B,N)
+    noise = _input_noise(backbone, B, N, d, tokens, generator)  # (B,N,d) or None
     ranks = orders.argsort(dim=1)  # (B,N) position -> its rank in the order
     num_unknown = unknown.sum(dim=1).tolist()  # the one host sync, before the loop
     masked_now = list(num_unknown)
@@ -192,8 +203,10 @@ def decode(backbone: torch.nn.Module, head: Head, text: torch.Tensor, text_mask:
             mask = ranks < torch.tensor(masked_now, device=device).unsqueeze(1)  # (B,N)
             tok_in = torch.cat([tokens, tokens]) if guided else tokens
             mask_both = torch.cat([mask, mask]) if guided else mask
+            extra = {} if noise is None else {
+                "noise": torch.cat([noise, noise]) if guided else noise}
             z = backbone(tok_in, mask_both, text_in, mask_in, drop_text=drop,
-                         max_visible=N - min(masked_now))  # (B|2B,N,D); no count sync
+                         max_visible=N - min(masked_now), **extra)  # (B|2B,N,D); no sync
             rows, pos = _to_predict(orders, masked_now, masked_next)  # (M,), (M,)
             z_uncond = z[B:][rows, pos] if guided else None
             scale = cfg_scale_at(step, iterations, cfg, cfg_schedule, sum(num_unknown),

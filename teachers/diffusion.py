@@ -191,6 +191,16 @@ class GaussianDiffusion:
                     - self._at("sqrt_one_minus_alphas_cumprod", t, x_t) * pred)
         return self.predict_x0(x_t, t, pred)
 
+    def eps_from_x0(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """ε̂ = (x_t − √ᾱ_t·x̂_0) / √(1−ᾱ_t): the score, up to −1/√(1−ᾱ), that a prediction of
+        any kind implies (used by variational score distillation). t must be > 0."""
+        return ((x_t - self._at("sqrt_alphas_cumprod", t, x_t) * x0)
+                / self._at("sqrt_one_minus_alphas_cumprod", t, x_t))
+
+    def alpha_bar(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """ᾱ_t as a (M,1) column of `like`'s dtype and device."""
+        return self._at("alphas_cumprod", t, like)
+
     def target(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """What the network is trained to output at (x_0, t, ε): ε, v or x_0 (M,d)."""
         if self.prediction == "x0":

@@ -174,11 +174,14 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     """Stack a list of dataset items.
 
     Returns:
-        {"captions": list[str], "wav": (B, S)} for raw audio (zero-padded to the longest),
+        {"captions": list[str]} for captions only (`CaptionDataset`),
+        {"captions", "wav": (B, S)} for raw audio (zero-padded to the longest),
         or {"captions", "latents": (B,C,T,F), "text": (B,L,D), "text_mask": (B,L) bool}
         with text padded to the longest (padding masked out).
     """
     out: dict[str, Any] = {"captions": [it["caption"] for it in items]}
+    if "wav" not in items[0] and "latents" not in items[0]:
+        return out  # captions only (CaptionDataset)
     if "latents" in items[0]:
         out["latents"] = torch.stack([it["latents"] for it in items])
         length = max(it["text"].shape[0] for it in items)
@@ -237,6 +240,9 @@ def build_dataset(cfg: Config, split: str) -> Dataset:
     source = getattr(cfg.data, split)
     if not source:
         raise UserError(f"data.{split} is empty; set it to a manifest or a latent-cache folder")
+    if cfg.data.kind == "captions":
+        from energytta.data.captions import CaptionDataset
+        return CaptionDataset.from_source(source)
     path = Path(source).expanduser()
     train = split == "train"
     if path.is_dir():

@@ -84,8 +84,15 @@ class MARBackbone(nn.Module):
         self.decoder_blocks = blocks(model_cfg.decoder_depth)
         self.decoder_norm = nn.LayerNorm(D, eps=1e-6)
         self.diffusion_pos = nn.Parameter(torch.zeros(1, max_tokens, D))
+        # one-pass generators: projected noise joins the decoder's mask tokens; zero-init
+        # (after _init_weights) so a generator built from a teacher starts as that teacher
+        self.noise_proj = (nn.Linear(token_dim, D)
+                           if getattr(model_cfg, "noise_inputs", False) else None)
         self.out_dim = D
         self._init_weights()
+        if self.noise_proj is not None:
+            nn.init.zeros_(self.noise_proj.weight)
+            nn.init.zeros_(self.noise_proj.bias)
 
     def _init_weights(self) -> None:
         self.apply(init_weights)
@@ -167,7 +174,8 @@ class MARBackbone(nn.Module):
     # ------------------------------------------------------------------ forward
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor, text: torch.Tensor,
                 text_mask: torch.Tensor, drop_text: torch.Tensor | None = None,
-                return_hidden: bool = False, max_visible: int | None = None
+                return_hidden: bool = False, max_visible: int | None = None,
+                noise: torch.Tensor | None = None
                 ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """Args:
             tokens: (B, N, d) audio tokens; values at masked positions are never read.
@@ -177,6 +185,8 @@ class MARBackbone(nn.Module):
             return_hidden: also return each decoder block's output at audio positions.
             max_visible: the largest count of visible tokens in a row, if the caller knows
                 it (the sampler does); it must be exact. None counts it (a host sync on GPU).
+            noise: (B, N, d) Gaussian noise for backbones built with `model.noise_inputs`
+                (added, projected, to the mask tokens); None = zeros.
         Returns z (B, N, D), or (z, [hidden (B, N, D)] * decoder_depth) (before the final norm).
         """
         B, N, d = tokens.shape
@@ -212,7 +222,13 @@ class MARBackbone(nn.Module):
 
         # decoder: scatter visible encodings back; mask token everywhere else
         mask_tok = self.mask_token.to(x.dtype).expand(B, N, D)
-        vis = torch.where(valid[..., None], x[:, Lp:], mask_tok[:, :idx.shape[1]])
+        if self.noise_proj is not None and noise is not None:
+            mask_tok = mask_tok + self.noise_proj(noise.to(x.dtype))  # (B, N, D)
+        # padded slots keep their own position's mask token (it differs per position only
+        # with noise inputs)
+        pad_tok = (mask_tok[:, :idx.shape[1]] if self.noise_proj is None or noise is None
+                   else torch.gather(mask_tok, 1, gidx))
+        vis = torch.where(valid[..., None], x[:, Lp:], pad_tok)
         full = torch.scatter(mask_tok, 1, gidx, vis)  # (B, N, D)
         if self.decoder_pos is not None:
             full = full + self.decoder_pos[:, :N]

@@ -36,11 +36,13 @@ def param_groups(model: nn.Module, cfg: Config, extra: Any = None) -> list[dict[
         model: the raw TTAModel (`.head` is the per-token head).
         cfg: uses train.weight_decay, head.lr_mult, head.kind.
         extra: the objective; if it is an nn.Module its trainable parameters (e.g. the
-            student's feature projections) join at the base lr.
+            student's feature projections, the LoRA teacher) join at the base lr times
+            its `extra_lr_mult` (default 1).
     """
     named = list(model.named_parameters())
     if isinstance(extra, nn.Module):
         named += [(f"objective.{n}", p) for n, p in extra.named_parameters()]
+    extra_mult = float(getattr(extra, "extra_lr_mult", 1.0))  # e.g. the LoRA teacher's
     embedding_params = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     groups: dict[tuple[float, float], list[nn.Parameter]] = {}
     for name, p in named:
@@ -48,6 +50,8 @@ def param_groups(model: nn.Module, cfg: Config, extra: Any = None) -> list[dict[
             continue
         is_head = name.startswith("head.")
         lr_mult = cfg.head.lr_mult if is_head else 1.0
+        if name.startswith("objective."):
+            lr_mult = extra_mult
         no_wd = _no_decay(name, p, embedding_params) or (is_head and cfg.head.kind == "energy")
         wd = 0.0 if no_wd else cfg.train.weight_decay
         groups.setdefault((lr_mult, wd), []).append(p)

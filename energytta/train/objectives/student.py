@@ -59,15 +59,24 @@ def load_frozen_teacher(cfg: Config, device: torch.device | str) -> tuple[Config
         cfg: the student's config.
         device: where the teacher runs.
     """
+    path = teacher_path(cfg)
+    return _load_teacher_cached(str(path.resolve()), path.stat().st_mtime_ns, str(device))
+
+
+def teacher_path(cfg: Config) -> Path:
+    """`teacher.ckpt` as a path; "teacher" names the shipped one (energytta/assets/)."""
+    from energytta.pipeline import resolve_checkpoint
+
     ckpt = cfg.teacher.ckpt.strip()
     if not ckpt:
         raise UserError("teacher.ckpt is empty but distillation needs a teacher: set "
                         "teacher.ckpt=PATH (a trained teacher) or distill.weight=0")
-    path = Path(ckpt)
+    path = resolve_checkpoint(ckpt) if ckpt == "teacher" else Path(ckpt)
     if not path.exists():
         raise UserError(f"teacher.ckpt={ckpt} does not exist: set teacher.ckpt=PATH to a "
-                        "trained teacher checkpoint or distill.weight=0")
-    return _load_teacher_cached(str(path.resolve()), path.stat().st_mtime_ns, str(device))
+                        "trained teacher checkpoint (or 'teacher', the shipped one) or "
+                        "distill.weight=0")
+    return path
 
 
 def check_compatible(cfg: Config, teacher_cfg: Config, model: nn.Module,
@@ -208,9 +217,9 @@ class StudentObjective(nn.Module, TokenObjective):
         """With a teacher, its codec statistics (unless the latents are cached): the student
         must see latents normalised exactly as its teacher's were, since the distillation
         targets and the initial backbone weights assume that latent space."""
-        ckpt = self.cfg.teacher.ckpt
-        if ckpt and not hasattr(ctx.dataset, "codec_state"):
-            load_weights(self.codec, load_codec_state(Path(ckpt)), Path(ckpt), "codec")
+        if self.cfg.teacher.ckpt and not hasattr(ctx.dataset, "codec_state"):
+            ckpt = teacher_path(self.cfg)
+            load_weights(self.codec, load_codec_state(ckpt), ckpt, "codec")
         else:
             super().fit(ctx)
 
