@@ -34,7 +34,7 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 # The models that ship with the package (docs/reports/quality.md); names usable as `path`.
 SHIPPED = {"student": ASSETS / "student.safetensors", "teacher": ASSETS / "teacher.safetensors"}
 DEFAULT_CKPT = SHIPPED["student"]
-KINDS = ("teacher", "student")
+KINDS = ("teacher", "student", "captiononly")
 # autocast precision of text encoding and decoding; the codec and vocoder stay in fp32
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
