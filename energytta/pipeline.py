@@ -74,10 +74,11 @@ class Generation:
 
 
 def resolve_checkpoint(path: str | Path | None) -> Path:
-    """`path` itself, or the shipped model it names (None = "student"; a file or folder of
-    that name in the working directory wins over the shipped one)."""
+    """`path` itself, or the shipped model it names (None = "student"). A bare "student" or
+    "teacher" always means the shipped model, whatever the working folder holds (as bare
+    config names do, `config.resolve_config_path`): write `./student` for a local file."""
     name = "student" if path is None else str(path)
-    if name in SHIPPED and not Path(name).exists():
+    if name in SHIPPED:
         if not SHIPPED[name].is_file():
             raise UserError(f"the shipped {name} model is missing ({SHIPPED[name]}); "
                             "reinstall energytta or pass --ckpt PATH")

@@ -39,3 +39,12 @@ def test_a_failed_sampling_run_leaves_no_empty_folder(tmp_path, capsys):
     out = tmp_path / "new"
     assert sample_main(["--prompts", str(prompts), "--out-dir", str(out), "--device", "foo"]) == 2
     assert "unknown device" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_local_file_named_like_a_shipped_model_does_not_shadow_it(tmp_path, monkeypatch):
+    from energytta.pipeline import SHIPPED, resolve_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "student").write_text("not a model")
+    assert resolve_checkpoint("student") == SHIPPED["student"]
+    assert resolve_checkpoint("./student").resolve() == (tmp_path / "student").resolve()
