@@ -393,20 +393,35 @@ def _sample_ranges(ranges: Ranges, grid: Grid) -> Ranges:
 
 
 # ------------------------------------------------------------------ decoding
-def row_known(plan: EditPlan, batch: int, token_dim: int, generator: torch.Generator,
+def same_grid(plans: list[EditPlan]) -> EditPlan:
+    """The first of per-row plans, after checking they can share a batch (one output
+    length, one window plan); UserError otherwise."""
+    first = plans[0]
+    for p in plans[1:]:
+        if (p.num_patches, p.windows) != (first.num_patches, first.windows):
+            raise UserError(f"input clips of one call must give outputs of one length: "
+                            f"{p.seconds:g} s vs {first.seconds:g} s (in whole tokens); "
+                            "edit them in separate calls")
+    return first
+
+
+def row_known(plans: list[EditPlan], token_dim: int, generator: torch.Generator,
               device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, N, d) known tokens and (B, N) bool mask for a batch; `vary` re-masks
-    round(strength·N) (at least one) random tokens per row, drawn from `generator`."""
-    N = plan.num_tokens
-    if plan.known is None:
-        return (torch.zeros(batch, N, token_dim, device=device),
-                torch.zeros(batch, N, dtype=torch.bool, device=device))
-    known = plan.known.to(device).unsqueeze(0).expand(batch, -1, -1).clone()  # (B, N, d)
-    kept = plan.kept.to(device).unsqueeze(0).expand(batch, -1).clone()  # (B, N)
-    if plan.strength is not None:
-        n = max(1, round(plan.strength * N))
-        order = torch.rand(batch, N, generator=generator, device=device).argsort(dim=1)
-        kept.scatter_(1, order[:, :n], False)  # the first n of a random order: re-masked
+    """(B, N, d) known tokens and (B, N) bool mask for a batch of per-row plans (one
+    plan repeated when the rows share an input); `vary` rows re-mask round(strength·N)
+    (at least one) random tokens each, drawn from `generator`."""
+    B, N = len(plans), same_grid(plans).num_tokens
+    given = [p.known for p in plans if p.known is not None]
+    known = torch.zeros(B, N, given[0].shape[-1] if given else token_dim, device=device)
+    kept = torch.zeros(B, N, dtype=torch.bool, device=device)
+    for i, p in enumerate(plans):
+        if p.known is not None:
+            known[i], kept[i] = p.known.to(device), p.kept.to(device)
+    if any(p.strength is not None for p in plans):
+        order = torch.rand(B, N, generator=generator, device=device).argsort(dim=1)
+        for i, p in enumerate(plans):
+            if p.strength is not None:  # the first n of a random order: re-masked
+                kept[i, order[i, :max(1, round(p.strength * N))]] = False
     return known, kept
 
 
@@ -438,27 +453,35 @@ def decode_windows(decode_fn: Callable[..., torch.Tensor], plan: EditPlan,
     return tokens
 
 
-def paste_kept(wav: torch.Tensor, plan: EditPlan) -> torch.Tensor:
-    """(B, S) rendered audio with `plan.source` pasted into `plan.paste` ranges; each edge
-    that borders regenerated audio fades (equal-power, `plan.crossfade` s, inside the kept
-    range) from the rendering into the original."""
-    if not plan.paste or plan.source is None:
-        return wav
-    S = wav.shape[1]
+def paste_kept(wav: torch.Tensor, plans: list[EditPlan]) -> torch.Tensor:
+    """(B, S) rendered audio with each row's `source` pasted into its plan's `paste`
+    ranges; each edge that borders regenerated audio fades (equal-power, `crossfade` s,
+    inside the kept range) from the rendering into the original."""
+    out = wav
+    for i, plan in enumerate(plans):
+        if plan.paste and plan.source is not None:
+            out = out.clone() if out is wav else out
+            out[i] = _paste_row(wav[i], plan)
+    return out
+
+
+def _paste_row(wav: torch.Tensor, plan: EditPlan) -> torch.Tensor:
+    """(S,) one row of `paste_kept`."""
+    S = wav.shape[0]
     src = torch.from_numpy(plan.source.wav).to(wav)
     src = torch.nn.functional.pad(src, (0, max(0, S - len(src))))[:S]  # (S,)
     out = wav.clone()
     for a, b in plan.paste:
         n = min(int(round(plan.crossfade * plan.source.sample_rate)), (b - a) // 2)
         w = torch.ones(b - a, dtype=wav.dtype, device=wav.device)  # weight of the original
-        ramp = torch.sin(0.5 * math.pi * (torch.arange(n, device=wav.device) + 0.5) / n) \
-            if n > 0 else torch.zeros(0, device=wav.device)
-        if a > 0 and n:
-            w[:n] = ramp.to(wav.dtype)
-        if b < S and n:
-            w[-n:] = ramp.flip(0).to(wav.dtype)
+        if n > 0:
+            ramp = torch.sin(0.5 * math.pi * (torch.arange(n, device=wav.device) + 0.5) / n)
+            if a > 0:
+                w[:n] = ramp.to(wav.dtype)
+            if b < S:
+                w[-n:] = ramp.flip(0).to(wav.dtype)
         g = torch.sqrt((1 - w.square()).clamp(min=0))  # equal power: w² + g² = 1
-        out[:, a:b] = w * src[a:b] + g * wav[:, a:b]
+        out[a:b] = w * src[a:b] + g * wav[a:b]
     return out
 
 

@@ -35,6 +35,7 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 SHIPPED = {"student": ASSETS / "student.safetensors", "teacher": ASSETS / "teacher.safetensors"}
 DEFAULT_CKPT = SHIPPED["student"]
 KINDS = ("teacher", "student", "captiononly")
+Audio = str | Path | np.ndarray  # an input clip: a file, or (S,) samples at the model's rate
 # autocast precision of text encoding and decoding; the codec and vocoder stay in fp32
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -63,14 +64,15 @@ class Generation:
         sample_rate: Hz.
         settings: the resolved settings used.
         edit: what was edited or windowed (mode, input sha256, spans, strength, windows),
-            None for a plain one-window generation.
+            None for a plain one-window generation; one record per row when each row had
+            its own input clip.
     """
 
     wavs: np.ndarray
     mels: np.ndarray
     sample_rate: int
     settings: SampleSettings
-    edit: dict | None = None  # the edit / windows, as the sample's JSON records them
+    edit: dict | list[dict | None] | None = None  # the edit / windows, as the JSON has it
 
 
 def resolve_checkpoint(path: str | Path | None) -> Path:
@@ -230,18 +232,19 @@ class TextToAudio:
 
     def generate(self, prompts: list[str] | str, settings: SampleSettings | None = None,
                  progress: Callable[[int, int], None] | None = None,
-                 plan: EditPlan | None = None) -> Generation:
+                 plan: EditPlan | list[EditPlan] | None = None) -> Generation:
         """Like `__call__`, but returns a `Generation` (wavs, mels, rate, settings, edit).
         `plan` (from `energytta.editing`, or `inpaint`/`continue_audio`/`vary`) fixes
-        known tokens and windows; None = plain generation of settings.duration."""
+        known tokens and windows, for every row or (a list) per row; None = plain
+        generation of settings.duration."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
             raise UserError("prompts must be a non-empty list of non-empty strings")
         s = settings or self.settings()
         self._validate(s)
-        plan = plan or self.plan(s)
+        plans = self._row_plans(plan, s, len(prompts))
         starts = range(0, len(prompts), s.batch_size)
-        per_batch = len(plan.windows) * s.iterations
+        per_batch = len(editing.same_grid(plans).windows) * s.iterations
         total = len(starts) * per_batch
         wavs, mels = [], []
         for b, start in enumerate(starts):
@@ -249,15 +252,27 @@ class TextToAudio:
                 if progress is not None:
                     progress(_b * per_batch + done, total)
             w, m = self.generate_batch(prompts[start:start + s.batch_size], s, start, step,
-                                       plan)
+                                       plans[start:start + s.batch_size])
             wavs.append(w)
             mels.append(m)
         return Generation(np.concatenate(wavs), np.concatenate(mels), self.sample_rate,
-                          dataclasses.replace(s), plan.public_record())
+                          dataclasses.replace(s),
+                          [p.public_record() for p in plans] if isinstance(plan, list)
+                          else plans[0].public_record())
+
+    def _row_plans(self, plan: EditPlan | list[EditPlan] | None, s: SampleSettings,
+                   rows: int) -> list[EditPlan]:
+        """One plan per row: a list as given (checked), else the one plan repeated."""
+        if isinstance(plan, list):
+            if len(plan) != rows:
+                raise UserError(f"{len(plan)} edit plans for {rows} prompts; give one each")
+            return plan
+        return [plan or self.plan(s)] * rows
 
     @torch.no_grad()
     def generate_batch(self, prompts: list[str], s: SampleSettings, first_index: int,
-                       progress: Callable[[int, int], None], plan: EditPlan | None = None
+                       progress: Callable[[int, int], None],
+                       plan: EditPlan | list[EditPlan] | None = None
                        ) -> tuple[np.ndarray, np.ndarray]:
         """One batch through the numbered steps, seeded by (s.seed, `first_index`: the
         batch's first prompt's index in the whole list), so a caller that writes batch by
@@ -269,7 +284,8 @@ class TextToAudio:
         from energytta.sampling import decode
 
         model, B = self.model, len(prompts)
-        plan = plan or self.plan(s)
+        plans = self._row_plans(plan, s, B)
+        first = editing.same_grid(plans)
         g = torch.Generator(device=self.device).manual_seed(batch_seed(s.seed, first_index))
         # 1. Encode the text once per batch; the negative prompt shares the call (and so
         #    the padding) with the prompts.
@@ -289,11 +305,11 @@ class TextToAudio:
                               cfg_schedule=s.cfg_schedule, temperature=s.temperature,
                               generator=g, uncond_text=uncond, uncond_mask=uncond_mask,
                               known=known, known_mask=known_mask, progress=step)
-            if plan.known is None and len(plan.windows) == 1:  # plain: the sampler as before
-                tokens = run(plan.num_tokens, None, None, progress)  # (B, N, d)
+            if all(p.known is None for p in plans) and len(first.windows) == 1:  # plain
+                tokens = run(first.num_tokens, None, None, progress)  # (B, N, d)
             else:
-                known, kept = editing.row_known(plan, B, model.token_dim, g, self.device)
-                tokens = editing.decode_windows(run, plan, known, kept, progress,
+                known, kept = editing.row_known(plans, model.token_dim, g, self.device)
+                tokens = editing.decode_windows(run, first, known, kept, progress,
                                                 s.iterations)  # (B, N, d)
         # 3. Tokens -> latents (B, C, T, F) by the model's geometry -> log-mel (B, n_mels,
         #    T_mel) by the codec -> 4. waveform (B, S) by the vocoder, whose random phase
@@ -308,7 +324,7 @@ class TextToAudio:
         #    of 10-100x. Quieter clips keep their level (loudness is part of a caption).
         wav = wav / wav.abs().amax(dim=-1, keepdim=True).clamp(min=1.0)
         # 6. Edits: the input's own samples back into the kept spans (short cross-fades).
-        wav = editing.paste_kept(wav, plan)
+        wav = editing.paste_kept(wav, plans)
         return (wav.float().cpu().numpy().astype(np.float32),
                 mel.float().cpu().numpy().astype(np.float32))
 
@@ -317,7 +333,9 @@ class TextToAudio:
     # spans, windows); `generate` runs it. Each returns a `Generation` whose `edit` is
     # what the sample's JSON records. `knobs` are `settings()`'s (seed, iterations, cfg,
     # temperature, negative_prompt, batch_size); the duration follows from the input.
-    def inpaint(self, prompts: list[str] | str, audio: str | Path | np.ndarray,
+    # `audio` is one clip for every prompt, or a list of one clip per prompt (of one length
+    # in whole tokens: the rows share a batch).
+    def inpaint(self, prompts: list[str] | str, audio: Audio | list[Audio],
                 keep: str | None = None, regenerate: str | None = None, paste: bool = True,
                 overlap: float | None = None,
                 progress: Callable[[int, int], None] | None = None, **knobs) -> Generation:
@@ -329,23 +347,26 @@ class TextToAudio:
             audio: a file (any rate: resampled, with a warning) or a (S,) array at
                 `self.sample_rate`.
         """
-        source = editing.read_source(audio, self.sample_rate)
-        plan = editing.plan_inpaint(self.model.geometry, self.codec, source, self.device,
-                                    keep, regenerate, paste, self._overlap(overlap))
-        return self._run_plan(prompts, plan, progress, knobs)
+        def build(source: editing.Source) -> EditPlan:
+            return editing.plan_inpaint(self.model.geometry, self.codec, source, self.device,
+                                        keep, regenerate, paste, self._overlap(overlap))
+        return self._run_plan(prompts, self._per_input(prompts, audio, "--audio", build),
+                              progress, knobs)
 
-    def continue_audio(self, prompts: list[str] | str, audio: str | Path | np.ndarray,
+    def continue_audio(self, prompts: list[str] | str, audio: Audio | list[Audio],
                        duration: float, paste: bool = True, overlap: float | None = None,
                        progress: Callable[[int, int], None] | None = None,
                        **knobs) -> Generation:
         """Keep all of `audio` and continue it to `duration` seconds (window by window
         past audio.max_seconds)."""
-        source = editing.read_source(audio, self.sample_rate, "--continue")
-        plan = editing.plan_continue(self.model.geometry, self.codec, source, float(duration),
-                                     self.device, paste, self._overlap(overlap))
-        return self._run_plan(prompts, plan, progress, knobs)
+        def build(source: editing.Source) -> EditPlan:
+            return editing.plan_continue(self.model.geometry, self.codec, source,
+                                         float(duration), self.device, paste,
+                                         self._overlap(overlap))
+        return self._run_plan(prompts, self._per_input(prompts, audio, "--continue", build),
+                              progress, knobs)
 
-    def vary(self, prompts: list[str] | str, audio: str | Path | np.ndarray,
+    def vary(self, prompts: list[str] | str, audio: Audio,
              strength: float, variations: int = 1, overlap: float | None = None,
              progress: Callable[[int, int], None] | None = None, **knobs) -> Generation:
         """`variations` takes of each prompt, each re-masking its own random `strength`
@@ -374,6 +395,18 @@ class TextToAudio:
         knobs.pop("duration", None)
         return self.settings(duration=plan.seconds, **knobs)
 
-    def _run_plan(self, prompts: list[str] | str, plan: EditPlan,
+    def _per_input(self, prompts: list[str] | str, audio: Audio | list[Audio], flag: str,
+                   build: Callable[[editing.Source], EditPlan]) -> EditPlan | list[EditPlan]:
+        """`build`'s plan for the one input clip, or a list of one per prompt."""
+        if not isinstance(audio, (list, tuple)):
+            return build(editing.read_source(audio, self.sample_rate, flag))
+        count = 1 if isinstance(prompts, str) else len(prompts)
+        if len(audio) != count:
+            raise UserError(f"{len(audio)} input clips for {count} prompt(s): give one clip "
+                            "for all, or one per prompt")
+        return [build(editing.read_source(a, self.sample_rate, flag)) for a in audio]
+
+    def _run_plan(self, prompts: list[str] | str, plan: EditPlan | list[EditPlan],
                   progress: Callable[[int, int], None] | None, knobs: dict) -> Generation:
-        return self.generate(prompts, self.edit_settings(plan, **knobs), progress, plan)
+        first = editing.same_grid(plan if isinstance(plan, list) else [plan])
+        return self.generate(prompts, self.edit_settings(first, **knobs), progress, plan)

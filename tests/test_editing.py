@@ -86,7 +86,7 @@ def test_decode_windows_hands_each_window_the_previous_tail_as_known():
         return out
 
     plan = editing.EditPlan("generate", 50, 2, 1600, SR, editing.plan_windows(50, 20, 5))
-    known, kept = editing.row_known(plan, 1, 3, torch.Generator(), torch.device("cpu"))
+    known, kept = editing.row_known([plan], 3, torch.Generator(), torch.device("cpu"))
     tokens = editing.decode_windows(fake_decode, plan, known, kept, None, 2)
     assert len(calls) == len(plan.windows) == 3
     for (k, m), (a, _b), (pa, pb) in zip(calls[1:], plan.windows[1:], plan.windows):
@@ -138,6 +138,21 @@ def test_kept_spans_hold_the_input_or_its_codec_rendering(pipes):
     assert not np.allclose(raw.mels[0][:, 60:90], ref[0][:, 60:90], atol=1e-1)
 
 
+def test_one_input_clip_per_prompt_shares_a_batch(pipes):
+    pipe, a, b = pipes["student"], _clip(seed=0), 0.5 * _clip(seed=1)[::-1].copy()
+    out = pipe.inpaint(["a beep", "rain"], [a, b], keep="0-0.5", seed=0, iterations=2,
+                       batch_size=2)
+    fade = int(editing.DEFAULT_CROSSFADE * SR)
+    assert np.array_equal(out.wavs[0, :8000 - fade], a[:8000 - fade])
+    assert np.array_equal(out.wavs[1, :8000 - fade], b[:8000 - fade])
+    assert [e["audio_sha256"] for e in out.edit] == [
+        editing.read_source(x, SR).sha256 for x in (a, b)]
+    with pytest.raises(UserError, match="one length"):
+        pipe.inpaint(["a", "b"], [a, _clip(1.0)], keep="0-0.5")
+    with pytest.raises(UserError, match="one per prompt"):
+        pipe.inpaint(["a", "b", "c"], [a, b], keep="0-0.5")
+
+
 # ------------------------------------------------------------------ long audio, seeds
 def _seam_ratio(wav: np.ndarray, seams: list[int], radius: int = 320) -> float:
     """Largest |x[s] - x[s-1]| at a seam s, in units of the RMS sample step within
@@ -177,7 +192,7 @@ def test_seeds_are_deterministic_and_variations_differ(pipes):
     assert a.edit["strength"] == 0.5 and a.edit["variations"] == 2
     plan = editing.plan_vary(pipe.model.geometry, pipe.codec, editing.read_source(wav, SR),
                              0.25, pipe.device)
-    _, kept = editing.row_known(plan, 2, 1, torch.Generator().manual_seed(0), pipe.device)
+    _, kept = editing.row_known([plan] * 2, 1, torch.Generator().manual_seed(0), pipe.device)
     assert (~kept).sum(1).tolist() == [round(0.25 * plan.num_tokens)] * 2
     assert not torch.equal(kept[0], kept[1])  # each variation re-masks its own tokens
 
