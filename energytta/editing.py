@@ -196,10 +196,36 @@ def overlap_patches(overlap: float, patch_seconds: float, window: int) -> int:
     return n
 
 
+def segment_prompts(prompts: list[str], windows: Ranges
+                    ) -> tuple[list[str], list[list[int]]] | None:
+    """Per-segment prompts, "a dog barks | rain starts": a prompt's segments split the clip
+    evenly in time, and each window is conditioned on the segment holding its middle.
+
+    Returns (the distinct segment texts, per window the (B,) indices of its rows' texts),
+    or None when no prompt holds a '|'. UserError for an empty segment, or segments on a
+    clip of one window (nothing to hand over between them).
+    """
+    if not any("|" in p for p in prompts):
+        return None
+    rows = [[part.strip() for part in p.split("|")] for p in prompts]
+    for p, row in zip(prompts, rows):
+        if not all(row):
+            raise UserError(f"prompt {p[:40]!r}: a segment between '|' is empty")
+    if len(windows) == 1:
+        raise UserError(f"prompt {prompts[0][:40]!r}...: per-segment prompts ('a | b') need "
+                        "a --duration longer than the model's window (audio.max_seconds)")
+    texts = list(dict.fromkeys(part for row in rows for part in row))
+    index, total = {t: i for i, t in enumerate(texts)}, windows[-1][1]
+    per_window = [[index[row[min(len(row) - 1, int((a + b) / 2 * len(row) / total))]]
+                   for row in rows] for a, b in windows]
+    return texts, per_window
+
+
 # ------------------------------------------------------------------ plans
 @dataclass
 class EditPlan:
-    """Everything decoding and rendering need for one request (shared by a batch's rows).
+    """Everything decoding and rendering need for one request on one input clip (a
+    batch's rows share one plan, or each row has its own of the same length).
 
     Attributes:
         mode: one of MODES. num_patches: P, time patches of the output.
@@ -432,8 +458,9 @@ def decode_windows(decode_fn: Callable[..., torch.Tensor], plan: EditPlan,
     """Decode `plan.windows` in order; returns (B, N, d) tokens.
 
     Args:
-        decode_fn: `decode_fn(num_tokens, known, known_mask, progress)` -> (B, n, d), the
-            sampler with text and settings bound.
+        decode_fn: `decode_fn(num_tokens, known, known_mask, progress, window=w)` ->
+            (B, n, d), the sampler with text and settings bound (the window index picks
+            a per-segment prompt's text).
         known, kept: (B, N, d), (B, N) from `row_known`; a window sees everything decoded
             so far inside it (the previous window's overlap) as known.
         progress: called as progress(done, windows·iterations).
@@ -448,7 +475,7 @@ def decode_windows(decode_fn: Callable[..., torch.Tensor], plan: EditPlan,
         if bool(fixed[:, sl].all()):  # nothing to generate here (inside a kept span)
             step(iterations, iterations)
             continue
-        tokens[:, sl] = decode_fn((b - a) * ft, tokens[:, sl], fixed[:, sl], step)
+        tokens[:, sl] = decode_fn((b - a) * ft, tokens[:, sl], fixed[:, sl], step, window=w)
         fixed[:, sl] = True
     return tokens
 

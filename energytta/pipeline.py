@@ -288,19 +288,29 @@ class TextToAudio:
         first = editing.same_grid(plans)
         g = torch.Generator(device=self.device).manual_seed(batch_seed(s.seed, first_index))
         # 1. Encode the text once per batch; the negative prompt shares the call (and so
-        #    the padding) with the prompts.
+        #    the padding) with the prompts. Per-segment prompts ("a | b") encode each
+        #    distinct segment once, and each window picks its rows' segments.
         negative = [s.negative_prompt] * B if s.negative_prompt and s.cfg != 1.0 else []
+        segments = editing.segment_prompts(prompts, first.windows)
+        texts = prompts if segments is None else segments[0]
         text_encoder = self.text_encoder  # loaded (and checked) outside autocast
         with self._autocast():
-            states, mask = text_encoder(prompts + negative)  # (B|2B, L, Dt), (B|2B, L)
-            uncond, uncond_mask = (states[B:], mask[B:]) if negative else (None, None)
+            states, mask = text_encoder(texts + negative)  # (T|T+B, L, Dt), (T|T+B, L)
+            T = len(texts)
+            uncond, uncond_mask = (states[T:], mask[T:]) if negative else (None, None)
+
+            def text(window: int) -> tuple[torch.Tensor, torch.Tensor]:  # (B, L, Dt), (B, L)
+                if segments is None:
+                    return states[:B], mask[:B]
+                rows = torch.tensor(segments[1][window], device=states.device)
+                return states[rows], mask[rows]
 
             # 2. Decode tokens: K iterations of masked parallel decoding with the model's
             #    head, per window of the plan (one for a plain clip), the plan's known
             #    tokens (an input clip's kept spans) never changed.
             def run(num_tokens: int, known: torch.Tensor | None, known_mask: torch.Tensor
-                    | None, step: Callable[[int, int], None]) -> torch.Tensor:
-                return decode(model.backbone, model.head, states[:B], mask[:B], num_tokens,
+                    | None, step: Callable[[int, int], None], window: int = 0) -> torch.Tensor:
+                return decode(model.backbone, model.head, *text(window), num_tokens,
                               iterations=s.iterations, cfg=s.cfg,
                               cfg_schedule=s.cfg_schedule, temperature=s.temperature,
                               generator=g, uncond_text=uncond, uncond_mask=uncond_mask,

@@ -37,6 +37,8 @@ rendering instead). --strength S re-masks a random fraction S of the input's tok
 variation. A --duration past the model's audio.max_seconds is generated window by window,
 each window seeing the previous one's last --overlap seconds as known tokens; windows are
 joined in token space and rendered in one vocoder pass, so there is no seam to fade.
+A prompt "a dog barks | rain starts" on such a clip splits it evenly between its segments;
+each window is conditioned on the segment at its middle.
 
 prompts file: UTF-8, one prompt per line; blank lines and lines starting with '#' are
 skipped. Each prompt i gives DIR/iii-<slug>.wav, .png (spectrogram) and .json (prompt,

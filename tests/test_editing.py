@@ -78,7 +78,7 @@ def test_windows_cover_the_clip_with_the_overlap():
 def test_decode_windows_hands_each_window_the_previous_tail_as_known():
     calls = []
 
-    def fake_decode(n, known, mask, step):
+    def fake_decode(n, known, mask, step, window):
         calls.append((known.clone(), mask.clone()))
         out = known.clone()
         out[~mask] = float(len(calls))  # window w writes w into its new tokens
@@ -94,6 +94,35 @@ def test_decode_windows_hands_each_window_the_previous_tail_as_known():
         assert m[0, :seen].all() and not m[0, seen:].any()
         assert (k[0, :seen] == tokens[0, a * 2:pb * 2]).all()
     assert (tokens != 0).all()
+
+
+def test_segment_prompts_give_each_window_its_part_of_the_clip():
+    windows = editing.plan_windows(200, 40, 10)  # 20 s in 4 s windows, 1 s overlap
+    texts, per_window = editing.segment_prompts(["a dog barks | rain starts", "wind"], windows)
+    assert texts == ["a dog barks", "rain starts", "wind"]
+    assert [w[0] for w in per_window] == [0, 0, 0, 1, 1, 1, 1]  # by the window's middle
+    assert all(w[1] == 2 for w in per_window)
+    assert editing.segment_prompts(["a dog barks"], windows) is None
+    with pytest.raises(UserError, match="empty"):
+        editing.segment_prompts(["a dog | "], windows)
+    with pytest.raises(UserError, match="longer than the model's window"):
+        editing.segment_prompts(["a | b"], [(0, 40)])
+
+
+def test_segment_prompts_condition_each_window_on_its_segment(pipes, monkeypatch):
+    import energytta.sampling as sampling
+
+    pipe, calls = pipes["student"], []
+    real = sampling.decode
+
+    def spy(backbone, head, text, *a, **kw):
+        calls.append(text.clone())
+        return real(backbone, head, text, *a, **kw)
+    monkeypatch.setattr(sampling, "decode", spy)
+    wavs, _ = pipe("a beep | rain falls", seed=0, duration=6.0, iterations=2)
+    assert wavs.shape == (1, 6 * SR) and len(calls) == 5  # 2 s windows, 1 s overlap
+    states, _ = pipe.text_encoder(["a beep", "rain falls"])
+    assert torch.equal(calls[0], states[:1]) and torch.equal(calls[-1], states[1:])
 
 
 # ------------------------------------------------------------------ latent space
@@ -136,6 +165,14 @@ def test_kept_spans_hold_the_input_or_its_codec_rendering(pipes):
     frames = np.r_[0:50, 100:150]
     assert np.allclose(raw.mels[0][:, frames], ref[0][:, frames], atol=1e-4)
     assert not np.allclose(raw.mels[0][:, 60:90], ref[0][:, 60:90], atol=1e-1)
+
+
+def test_regenerate_is_the_complement_of_keep(pipes):
+    pipe, wav = pipes["teacher"], _clip()
+    kept = pipe.inpaint("a beep", wav, keep="0-0.5,1.0-1.5", seed=5, iterations=2)
+    regen = pipe.inpaint("a beep", wav, regenerate="0.5-1.0", seed=5, iterations=2)
+    assert np.array_equal(kept.wavs, regen.wavs) and kept.edit["keep"] == regen.edit["keep"]
+    assert regen.edit["requested"] == {"regenerate": "0.5-1.0"}
 
 
 def test_one_input_clip_per_prompt_shares_a_batch(pipes):

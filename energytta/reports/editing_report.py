@@ -153,7 +153,9 @@ def gen_long(pipe: Any, args: argparse.Namespace, folder: Path,
             _write(folder / f"seg{k}", stem, wav[k * n:(k + 1) * n], g.sample_rate)
     if figure is not None:
         a = pipe.cfg.audio
-        save_spectrogram_png(g.mels[0], figure, title=f"{items[0][1].caption[:70]} "
+        caption = items[0][1].caption
+        caption = caption if len(caption) <= 70 else caption[:67].rsplit(" ", 1)[0] + " ..."
+        save_spectrogram_png(g.mels[0], figure, title=f"{caption} "
                              f"({LONG_SECONDS:g} s, {len(g.edit['windows'])} windows)",
                              sample_rate=a.sample_rate, hop_length=a.hop_length)
     return {"cpu_s_per_clip": (time.process_time() - start) / len(items),
@@ -257,11 +259,14 @@ def render(args: argparse.Namespace, rows: dict, real: dict, meta: dict) -> str:
             lines.append(f"| {label} | {m} | {_pct(r['attributes'])} "
                          f"({_n(r['attributes'])}) | {_pct(r['attributes'], 'type')} | "
                          f"{r['generation']['cpu_s_per_clip']:.1f} |")
-    lines += ["", "Exact preservation: the kept samples outside the fades, read back from "
+    lines += ["", "The kept half of an inpainted clip *is* the test clip, so a score above "
+              "the fully generated row does not mean better generation; the row shows "
+              "how far the regenerated middle pulls a clip off its caption.", "",
+              "Exact preservation: the kept samples outside the fades, read back from "
               "the written 16-bit files, against the input files' samples; and the kept "
               "frames' log-mel as the model rendered them (before paste-back) against the "
               "codec's analysis of the input:", "",
-              "| model | kept spans | max \\|output − input\\| (16-bit steps) | "
+              "| model | kept spans | max \\|output − input\\| (16-bit steps; 0 = identical) | "
               "max kept log-mel error (nats) |", "|---|---|---|---|"]
     for m in models:
         g = rows[(m, "inpaint")]["generation"]
@@ -301,7 +306,9 @@ def render(args: argparse.Namespace, rows: dict, real: dict, meta: dict) -> str:
     lines += ["", "## Limits", "",
               f"- {args.limit} clips per row and {args.long} long clip(s): a difference of "
               "several points between rows is within noise.",
-              "- One prompt for the whole clip; per-segment prompts are not implemented.",
+              "- Per-segment prompts (`a dog barks | rain starts`: the clip split evenly "
+              "between the segments, each window conditioned on the segment at its "
+              "middle) work on clips past one window but are not scored here.",
               "- Rows are cached under the work folder; delete it to recompute from "
               "scratch.", ""]
     return "\n".join(lines)
