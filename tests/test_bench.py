@@ -1,4 +1,4 @@
-"""tools/bench.py keeps working: tiny config, one batch size, all three generators."""
+"""tools/bench.py keeps working: tiny config, one batch size, all four generators."""
 from __future__ import annotations
 
 import json
@@ -13,7 +13,7 @@ def test_bench_tiny_writes_rows(tmp_path, tiny_text_dir, load_tool):
         "--warmup", "0", "--repeats", "1", "--json", str(out),
         "--markdown", str(tmp_path / "b.md"), f"text.model={tiny_text_dir}"])
     lines = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["generator"] for r in lines] == ["student", "teacher", "floor"]
+    assert [r["generator"] for r in lines] == ["student", "teacher", "captiononly", "floor"]
     by = {r["generator"]: r for r in rows}
     for r in lines:
         assert r["batch_size"] == 2 and r["total_s"] > 0 and r["torch"] and r["device"] == "cpu"
@@ -25,6 +25,9 @@ def test_bench_tiny_writes_rows(tmp_path, tiny_text_dir, load_tool):
     assert sum(line.startswith("| student | 2 |") for line in table) == 1
     assert by["floor"]["stages_s"]["head"] < by["teacher"]["stages_s"]["head"]
     assert by["teacher"]["head_steps"] == 4 and by["student"]["head_steps"] == 1
+    # the caption-only student decodes in one pass, not --iterations, and has no floor ratio
+    assert by["captiononly"]["decode_iterations"] == 1 and by["captiononly"]["x_floor"] is None
+    assert by["captiononly"]["stages_s"]["backbone"] < by["student"]["stages_s"]["backbone"]
 
 
 def test_bench_bad_batch_sizes_is_one_line(capsys, load_tool):

@@ -1,4 +1,5 @@
-"""Batch-latency benchmark: one-step student vs diffusion teacher vs the backbone floor.
+"""Batch-latency benchmark: one-step student vs diffusion teacher vs the backbone floor
+(and the caption-only one-pass student).
 
     python tools/bench.py --config default --batch-sizes 1,8 --iterations 16 --duration 4
     python tools/bench.py --ckpt runs/student/model.safetensors \
@@ -7,9 +8,11 @@
 Three generators share one backbone shape and one decoding loop (energytta.sampling.decode):
 - student: the energy-score head, one pass per token;
 - teacher: the diffusion head, `head.sampling_steps` (default 100) steps, CFG on ε;
+- captiononly: the caption-only student (docs/captiononly.md): ONE backbone pass and one
+  head pass per clip, whatever `--iterations` is (its rows record `decode_iterations`);
 - floor: the head replaced by nothing (it returns zeros): backbone passes + scheduling only.
 With `--config` all weights are random (any shape can be timed, e.g. impact_base);
-with `--ckpt`/`--teacher-ckpt` the trained models are used.
+with `--ckpt`/`--teacher-ckpt`/`--captiononly-ckpt` the trained models are used.
 
 For every batch size and generator: warm-up runs, then `--repeats` timed runs (median,
 min, max) of the whole generation (text → decode → latents → mel → waveform), with device
@@ -32,7 +35,8 @@ import torch
 
 from energytta.errors import UserError, run_cli
 
-GENERATORS = ("student", "teacher", "floor")
+GENERATORS = ("student", "teacher", "captiononly", "floor")
+ONE_PASS = 1  # the caption-only student's decoding iterations
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -119,6 +123,7 @@ def _random_model(cfg, kind: str, text_dim: int, device: torch.device):
 
     data = cfg.to_dict()
     data["head"]["kind"] = kind
+    data["model"]["noise_inputs"] = kind == "onestep"  # the caption-only student's input
     cfg_k = from_dict(data)
     torch.manual_seed(0)
     model = TTAModel(cfg_k, text_dim).to(device).eval()
@@ -136,8 +141,10 @@ def build_generators(args, overrides: list[str], device: torch.device
     from energytta.text import TextEncoder
 
     gens: dict[str, Generator] = {}
-    if args.ckpt or args.teacher_ckpt:
-        for name, path in (("student", args.ckpt), ("teacher", args.teacher_ckpt)):
+    paths = (("student", args.ckpt), ("teacher", args.teacher_ckpt),
+             ("captiononly", args.captiononly_ckpt))
+    if any(path for _, path in paths):
+        for name, path in paths:
             if path:
                 cfg, kind, model, codec = load_model(path, device)
                 gens[name] = Generator(name, model, model.head, codec, cfg, {"ckpt": str(path)})
@@ -146,10 +153,13 @@ def build_generators(args, overrides: list[str], device: torch.device
     else:
         base = load_config(args.config, overrides)
         text_encoder = TextEncoder(base.text.model, base.text.max_length).to(device)
-        for name, kind in (("student", "energy"), ("teacher", "diffusion")):
+        for name, kind in (("student", "energy"), ("teacher", "diffusion"),
+                           ("captiononly", "onestep")):
             cfg, model, codec = _random_model(base, kind, text_encoder.dim, device)
             gens[name] = Generator(name, model, model.head, codec, cfg)
-    ref = gens.get("student") or gens["teacher"]
+    if "captiononly" in gens:
+        gens["captiononly"].extra["decode_iterations"] = ONE_PASS
+    ref = gens.get("student") or gens.get("teacher") or gens["captiononly"]
     gens["floor"] = Generator("floor", ref.model, NullHead(ref.model.token_dim), ref.codec,
                               ref.cfg)
     return {k: gens[k] for k in GENERATORS if k in gens and k in args.generators}, text_encoder
@@ -170,7 +180,8 @@ def generate(gen: Generator, text_encoder, prompts: list[str], args, clock: Cloc
     g = torch.Generator(device=device).manual_seed(0)
     with torch.no_grad(), _autocast(device, args.dtype):
         text, mask = clock.timed("text", text_encoder, prompts)
-        tokens = decode(backbone, head, text, mask, N, iterations=args.iterations, cfg=s.cfg,
+        k = gen.extra.get("decode_iterations", args.iterations)
+        tokens = decode(backbone, head, text, mask, N, iterations=k, cfg=s.cfg,
                         cfg_schedule=s.cfg_schedule, temperature=s.temperature, generator=g)
         # the pipeline's own rendering path, its two stages timed
         tokens_to_audio(tokens, model.geometry, _TimedCodec(gen.codec, clock), generator=g)
@@ -230,7 +241,7 @@ def measure(gen: Generator, text_encoder, batch: int, args, device: torch.device
                         if device.type == "cuda" else None),
         "params_m": sum(p.numel() for p in gen.model.parameters()) / 1e6,
         "head_steps": (gen.cfg.head.sampling_steps if gen.name == "teacher" else
-                       (1 if gen.name == "student" else 0)),
+                       (0 if gen.name == "floor" else 1)),
         **gen.extra,
     }
 
@@ -244,6 +255,8 @@ def add_ratios(rows: list[dict]) -> None:
     by = {(r["generator"], r["batch_size"]): r for r in rows}
     for r in rows:
         floor, teacher = by.get(("floor", r["batch_size"])), by.get(("teacher", r["batch_size"]))
+        if r.get("decode_iterations", r["iterations"]) != r["iterations"]:
+            floor = None  # a one-pass generator against a K-iteration floor would mislead
         r["x_floor"] = r["total_s"] / floor["total_s"] if floor else None
         r["cpu_x_floor"] = r["cpu_s"] / floor["cpu_s"] if floor and floor["cpu_s"] > 0 else None
         r["decode_x_floor"] = (r["decode_s"] / floor["decode_s"]
@@ -314,6 +327,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     src.add_argument("--config", default="default", help="config for random weights")
     src.add_argument("--ckpt", help="student (or any) checkpoint to time")
     p.add_argument("--teacher-ckpt", help="teacher checkpoint to time beside --ckpt")
+    p.add_argument("--captiononly-ckpt", help="caption-only student checkpoint to time (one "
+                   "pass per clip)")
     p.add_argument("--batch-sizes", default="1,8,32,64", help="comma-separated")
     p.add_argument("--iterations", type=int, default=64, help="decoding iterations K")
     p.add_argument("--duration", type=float, default=10.0, help="seconds of audio per prompt")
@@ -342,8 +357,10 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     unknown = set(args.generators) - set(GENERATORS)
     if unknown:
         raise UserError(f"--generators: unknown {sorted(unknown)} (use {', '.join(GENERATORS)})")
-    if args.teacher_ckpt and not args.ckpt:
-        args.generators = [g for g in args.generators if g != "student"]
+    if args.ckpt or args.teacher_ckpt or args.captiononly_ckpt:  # time only what was given
+        given = {"student": args.ckpt, "teacher": args.teacher_ckpt,
+                 "captiononly": args.captiononly_ckpt}
+        args.generators = [g for g in args.generators if g == "floor" or given[g]]
     return args, rest
 
 
