@@ -64,9 +64,10 @@ def _batch(objective, n: int = 2):
 
 def test_vsd_gradient_is_zero_while_the_lora_teacher_equals_the_teacher(
         tiny_text_dir, teacher, captions, tmp_path):
-    for scale in ("1.0", "3.0"):  # the same guidance on both scores
+    for scale, weighting in (("1.0", "swiftbrush"), ("3.0", "swiftbrush"), ("3.0", "dmd")):
         cfg = load_config("tiny", _overrides(tiny_text_dir, teacher, captions, tmp_path / "r",
-                                             f"vsd.real_cfg={scale}", f"vsd.fake_cfg={scale}"))
+                                             f"vsd.real_cfg={scale}", f"vsd.fake_cfg={scale}",
+                                             f"vsd.weighting={weighting}"))
         obj = _objective(cfg)
         inputs = _batch(obj)
         g = torch.Generator().manual_seed(0)
@@ -196,3 +197,33 @@ def test_bad_input_is_one_line(problem, tiny_text_dir, teacher, tiny_ckpts, tmp_
     assert train_main(["--config", "tiny", *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: "), err
+
+
+def test_study_page_reads_its_numbers_off_the_rows(tmp_path):
+    from energytta.reports import captiononly as study
+    from energytta.reports.captiononly_page import render
+
+    def row(acc, typ, fd, cpu):
+        checks = {"overall": {"accuracy": acc, "n": 10}, "type": {"accuracy": typ, "n": 10},
+                  "clips_all_correct": {"accuracy": 0.1, "n": 10}}
+        return {"metrics": {"synth-classifier": {"fd": fd}, "mel-stats": {"fd": 1.0}},
+                "attributes": {"all": checks, "seen": checks, "heldout": checks},
+                "generation": {"wall_s_per_clip": cpu, "cpu_s_per_clip": cpu}}
+    args = study.build_parser().parse_args(["--runs", str(tmp_path), "--steps", "90"])
+    assert study.arm_overrides(args, "main")[1] == "train.steps=90"
+    assert study.arm_overrides(args, "step0")[-2:] == ["train.lr=1e-12", "train.warmup_steps=0"]
+    rows = {"teacher": row(0.45, 0.5, 200.0, 4.0), "student": row(0.36, 0.4, 230.0, 1.0),
+            "step0": row(0.20, 0.2, 400.0, 0.2), "main": row(0.30, 0.3, 300.0, 0.2),
+            "tv-l1": row(0.32, 0.3, 290.0, 0.2)}
+    arms = ["step0", "main", "tv-l1"]
+    curves = {a: [{"step": 30, "val/gen_type": 0.25, "val/gen_attributes": 0.3,
+                   "val/gen_count": 0.2}] for a in arms}
+    text = render(args, arms, rows, curves, {a: "–" for a in arms},
+                  {"command": "python tools/captiononly_report.py", "date": "d", "machine": "m"})
+    assert "| `tv-l1` | + TV, L1, λ_TV = 0.03 | 0.320 | +0.020 | 0.300 | +0.000 |" in text
+    assert "starts (`step0`) at attribute accuracy 0.200" in text
+    assert "`tv-l1`, reaches 0.320 (+0.120) after 90 steps" in text
+    assert "hurts at every weight" not in text  # tv-l1 is above main here
+    assert "standard error of about 12.6 points" in text  # 10 checks at p = 0.2
+    assert "0.320 vs the paired-data student's 0.360 and the teacher's 0.450" in text
+    assert "| `main` | 30 | 0.250 | 0.300 | 0.200 |" in text

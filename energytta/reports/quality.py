@@ -77,21 +77,24 @@ def row_key(args: argparse.Namespace, model: str, ckpt: Path, k: int) -> dict[st
 
 
 def get_row(args: argparse.Namespace, model: str, ckpt: Path, k: int,
-            embedders: dict) -> dict[str, Any]:
-    """The saved row for (model, k), or a freshly computed (and saved) one."""
-    work = Path(args.work)
-    path, key = work / f"{model}-k{k}.json", row_key(args, model, ckpt, k)
+            embedders: dict, name: str | None = None) -> dict[str, Any]:
+    """The saved row for (model, k), or a freshly computed (and saved) one.
+
+    `model` is the checkpoint kind it must hold; `name` (default: `model`) names the row's
+    files, so several checkpoints of one kind (an ablation's arms) keep their own rows."""
+    work, name = Path(args.work), name or model
+    path, key = work / f"{name}-k{k}.json", row_key(args, model, ckpt, k)
     row = saved(path, key)
     if row is not None:
-        print(f"{model} K={k}: reusing {path}", file=sys.stderr)
+        print(f"{name} K={k}: reusing {path}", file=sys.stderr)
         return row
-    print(f"{model} K={k}: generating {args.limit} clips ...", file=sys.stderr)
-    folder, start = work / f"{model}-k{k}", time.time()
+    print(f"{name} K={k}: generating {args.limit} clips ...", file=sys.stderr)
+    folder, start = work / f"{name}-k{k}", time.time()
     row = {"key": key, "generation": generate_row(args, model, ckpt, k, folder),
            "threads": _threads(), **score(folder, args.reference, args.limit, embedders)}
     row["seconds"] = round(time.time() - start, 1)  # generation + scoring
     save(path, row)
-    print(f"{model} K={k}: {_summary(row)}", file=sys.stderr)
+    print(f"{name} K={k}: {_summary(row)}", file=sys.stderr)
     return row
 
 
