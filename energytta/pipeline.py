@@ -32,7 +32,9 @@ from energytta.utils import pick_device
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 # The models that ship with the package (docs/reports/quality.md); names usable as `path`.
-SHIPPED = {"student": ASSETS / "student.safetensors", "teacher": ASSETS / "teacher.safetensors"}
+SHIPPED = {"student": ASSETS / "student.safetensors", "teacher": ASSETS / "teacher.safetensors",
+           # the caption-only one-pass student (docs/captiononly.md)
+           "captiononly": ASSETS / "captiononly.safetensors"}
 DEFAULT_CKPT = SHIPPED["student"]
 KINDS = ("teacher", "student", "captiononly")
 Audio = str | Path | np.ndarray  # an input clip: a file, or (S,) samples at the model's rate

@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", required=True, metavar="FILE", help="text file, one prompt a line")
     p.add_argument("--ckpt", metavar="PATH", default=None,
                    help="inference .safetensors, step-XXXXXXX/ folder or run folder "
-                        "(default: the shipped student; 'teacher' = the shipped teacher)")
+                        "(default: the shipped student; 'teacher' = the shipped teacher, "
+                        "'captiononly' = the shipped caption-only one-pass student)")
     p.add_argument("--out-dir", metavar="DIR", default="samples", help="default: samples/")
     p.add_argument("--seed", type=int, default=None, metavar="N")
     p.add_argument("--duration", type=float, default=None, metavar="SECONDS",
