@@ -227,3 +227,20 @@ def test_study_page_reads_its_numbers_off_the_rows(tmp_path):
     assert "standard error of about 12.6 points" in text  # 10 checks at p = 0.2
     assert "0.320 vs the paired-data student's 0.360 and the teacher's 0.450" in text
     assert "| `main` | 30 | 0.250 | 0.300 | 0.200 |" in text
+
+
+def test_the_energy_head_student_trains_by_the_same_objective(tiny_text_dir, teacher, captions,
+                                                              tmp_path):
+    # a paired-data student (energy head) as the starting point, one pass, same VSD loss
+    cfg = load_config("tiny", [f"text.model={tiny_text_dir}", "head.kind=energy"])
+    torch.manual_seed(0)
+    student = save_inference(tmp_path / "student.safetensors", TTAModel(cfg, 32),
+                             build_codec(cfg), cfg, "student")
+    args = _overrides(tiny_text_dir, teacher, captions, tmp_path / "run", "head.kind=energy",
+                      f"vsd.init={student}")
+    model = loop.train(load_config("tiny", args))
+    _, _, start, _ = load_model(student)
+    moved = [k for k, v in start.state_dict().items() if not torch.equal(v, model.state_dict()[k])]
+    assert moved  # it trained ...
+    cfg_out, kind, _, _ = load_model(tmp_path / "run" / "model.safetensors")
+    assert kind == "captiononly" and cfg_out.head.kind == "energy"  # ... and records its route
