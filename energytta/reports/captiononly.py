@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
 # ------------------------------------------------------------------ training
 def arm_overrides(args: argparse.Namespace, arm: str) -> list[str]:
     """The arm's full override list (same budget, seed and captions for every arm)."""
-    extra = [o.format(captions1k=_captions_1k(args)) for o in ARMS[arm][1]]
+    extra = [o.format(captions1k=_captions_1k(args)) if "{captions1k}" in o else o
+             for o in ARMS[arm][1]]
     base = [f"train.out_dir={Path(args.runs) / arm}", f"train.steps={args.steps}",
             f"data.train={args.captions}", "train.sample_prompts=[]",
             f"train.val_every={max(1, args.steps // 3)}"]
