@@ -77,6 +77,8 @@ class _TimedBackbone:
     def __init__(self, backbone, clock: Clock) -> None:
         self.backbone, self.clock = backbone, clock
         self.token_dim = getattr(backbone, "token_dim", None)
+        # the sampler draws a one-pass generator's input noise when its backbone has this
+        self.noise_proj = getattr(backbone, "noise_proj", None)
 
     def __call__(self, *args, **kwargs):
         return self.clock.timed("backbone", self.backbone, *args, **kwargs)
