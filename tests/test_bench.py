@@ -33,3 +33,23 @@ def test_bench_tiny_writes_rows(tmp_path, tiny_text_dir, load_tool):
 def test_bench_bad_batch_sizes_is_one_line(capsys, load_tool):
     assert load_tool("bench").main(["--batch-sizes", "one,two"]) == 2
     assert capsys.readouterr().err.startswith("error: --batch-sizes")
+
+
+def test_gpu_bench_script_runs_its_plan_on_cpu(tmp_path, tiny_text_dir):
+    """scripts/gpu_bench.sh, prepared for a lent GPU, in its CPU smoke-test settings."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "CONFIG": "tiny", "DEVICE": "cpu", "DTYPE": "fp32", "BATCHES": "2",
+           "KS": "2 1", "COMPILE": "0", "DURATION": "1", "REPEATS": "1",
+           "OMP_NUM_THREADS": "1", "EXTRA": f"--warmup 0 text.model={tiny_text_dir}"}
+    out = tmp_path / "bench"
+    proc = subprocess.run(["bash", str(repo / "scripts" / "gpu_bench.sh"), str(out)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [json.loads(line) for line in (out / "bench.jsonl").read_text().splitlines()]
+    assert sorted({(r["iterations"], r["generator"]) for r in rows}) == sorted(
+        (k, g) for k in (1, 2) for g in ("student", "teacher", "captiononly", "floor"))
+    assert (out / "bench-k2-compile0.md").is_file() and (out / "env.txt").is_file()
