@@ -18,16 +18,8 @@
 set -euo pipefail
 out=${1:?usage: bash scripts/gpu_bench.sh OUT_DIR}
 cd "$(dirname "$0")/.."
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
-python3 -m pip show -q energytta >/dev/null 2>&1 ||
-  python3 -m pip install -q --no-deps --no-build-isolation -e .
-mkdir -p "$out"
-{ date -u; nvidia-smi -L 2>/dev/null || true; python3 -c "import torch; print(torch.__version__)"; } \
-  > "$out/env.txt"
+# shellcheck source=scripts/gpu_env.sh
+source scripts/gpu_env.sh "$out"  # offline wheels, the package's entry points, env.txt
 for k in ${KS:-64 16}; do
   for compile in ${COMPILE:-0 1}; do
     flag=""; [ "$compile" = "1" ] && flag="--compile"

@@ -23,17 +23,8 @@ minutes=${2:-8}
 config=${CONFIG:-shipped_teacher}
 recipe=${RECIPE:-"model.pos_embed=rope head.prediction=v head.sample_max_t=-1"}
 cd "$(dirname "$0")/.."
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
-# entry points (the diffusion head) need the package's metadata: an offline editable install
-python3 -m pip show -q energytta >/dev/null 2>&1 ||
-  python3 -m pip install -q --no-deps --no-build-isolation -e .
-mkdir -p "$out"
-{ date -u; nvidia-smi -L 2>/dev/null || true; python3 -c "import torch; print(torch.__version__)"; } \
-  > "$out/env.txt"
+# shellcheck source=scripts/gpu_env.sh
+source scripts/gpu_env.sh "$out"  # offline wheels, the package's entry points, env.txt
 # a rerun (the same OUT_DIR) keeps the corpus and the cache and resumes the run
 [ -f "$out/synth/val.jsonl" ] ||
   energytta-data synth --out "$out/synth" --num "${NUM:-10000}" --seconds 4 --no-progress

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from energytta.reports.captiononly import ARMS
 from energytta.reports.quality_report import COLUMNS, _cells, _table
 from energytta.reports.rows import accuracy
 
@@ -67,7 +68,7 @@ def _fd(row: dict) -> float:
     return row["metrics"]["synth-classifier"]["fd"]
 
 
-def _results(args: Any, arms: list[str], rows: dict, what: dict) -> list[str]:
+def _results(args: Any, arms: list[str], rows: dict) -> list[str]:
     body = [_cells(f"teacher (K = {args.iterations})", str(args.iterations), rows["teacher"],
                    rows["teacher"]["generation"]),
             _cells("paired-data student", str(args.iterations), rows["student"],
@@ -84,7 +85,7 @@ def _ablation(arms: list[str], rows: dict) -> list[str]:
     out = []
     for a in arms:
         r = rows[a]
-        out.append([f"`{a}`", ARM_TEXT.get(a, ""), f"{accuracy(r, 'all'):.3f}",
+        out.append([f"`{a}`", ARMS[a][0], f"{accuracy(r, 'all'):.3f}",
                     _delta(accuracy(r, "all"), base and accuracy(base, "all")),
                     f"{accuracy(r, 'all', 'type'):.3f}",
                     _delta(accuracy(r, "all", "type"), base and accuracy(base, "all", "type")),
@@ -183,14 +184,9 @@ per student step; teacher CFG scales other than 1 and 4.5; more than one seed pe
 Run folders are git-ignored; `--train` retrains any arm that is missing.
 """
 
-ARM_TEXT: dict[str, str] = {}
-
 
 def render(args: Any, arms: list[str], rows: dict, curves: dict, legs: dict,
            meta: dict) -> str:
-    from energytta.reports.captiononly import ARMS
-
-    ARM_TEXT.update({a: ARMS[a][0] for a in ARMS})
     lines = [
         "# Caption-only distillation (SwiftAudio / SwiftBrush on the MAR teacher)", "",
         "<!-- Written by tools/captiononly_report.py; edit that tool, not this page. -->",
@@ -205,7 +201,7 @@ def render(args: Any, arms: list[str], rows: dict, curves: dict, legs: dict,
         "arms at their one pass (K = 1, no CFG at sampling: the guidance is distilled in), "
         f"the shipped teacher and paired-data student at K = {args.iterations} with their "
         "defaults.", "",
-        *_results(args, arms, rows, ARM_TEXT), "",
+        *_results(args, arms, rows), "",
         "## Ablation (one change from `main` each, same budget)", "",
         *_ablation(arms, rows), "",
         "## Validation during training", "",
