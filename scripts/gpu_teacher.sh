@@ -16,7 +16,8 @@
 #
 # Knobs (environment): CONFIG (shipped_teacher), RECIPE (rotary + v-prediction), NUM
 # (10000 clips), BATCH (256), STEPS (the cosine's length, 20000), PRECISION (bf16), DEVICE
-# (cuda). A CPU smoke test: CONFIG=tiny NUM=24 BATCH=4 STEPS=4 PRECISION=no DEVICE=cpu.
+# (cuda), GENERATE (32 diagnostics generations). A CPU smoke test:
+#   CONFIG=tiny NUM=24 BATCH=4 STEPS=4 PRECISION=no DEVICE=cpu GENERATE=2
 set -euo pipefail
 out=${1:?usage: bash scripts/gpu_teacher.sh OUT_DIR [MINUTES]}
 minutes=${2:-8}
@@ -37,4 +38,5 @@ energytta-train --config "$config" $resume $recipe "data.train=$out/cache" \
   "train.mixed_precision=${PRECISION:-bf16}" train.ckpt_every=500 train.val_every=500 \
   train.keep_last=2 "train.sample_prompts=[]"
 python3 -m energytta.eval.diagnostics --ckpt "$out/run/model.safetensors" \
-  --data "$out/synth/val.jsonl" --device "${DEVICE:-cuda}" --json "$out/diagnostics.json"
+  --data "$out/synth/val.jsonl" --device "${DEVICE:-cuda}" --generate "${GENERATE:-32}" \
+  --json "$out/diagnostics.json"
