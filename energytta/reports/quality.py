@@ -1,5 +1,6 @@
-"""Student vs teacher on the synthetic test split, at several decoding-iteration counts:
-writes docs/reports/quality.md.
+"""The shipped models on the synthetic test split: teacher and student at several
+decoding-iteration counts, the caption-only student at its one pass; writes
+docs/reports/quality.md.
 
     python tools/quality.py --out docs/reports/quality.md      # every row, then the page
     python tools/quality.py --models teacher --threads 1 &     # rows in two processes,
@@ -34,7 +35,8 @@ from energytta.errors import UserError
 from energytta.reports.rows import (EMBEDDERS, MemoEmbedder, accuracy, generate_row, save,
                                     saved, score, sha256)
 
-MODELS = ("teacher", "student")
+MODELS = ("teacher", "student", "captiononly")
+ONE_PASS = (1,)  # the caption-only student's iterations, whatever --iterations says
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,8 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="teacher checkpoint (default: the shipped one)")
     p.add_argument("--student", default="student", metavar="CKPT",
                    help="student checkpoint (default: the shipped one)")
-    p.add_argument("--models", default="teacher,student", metavar="A,B",
-                   help="rows to compute/report (default: teacher,student)")
+    p.add_argument("--captiononly", default="captiononly", metavar="CKPT",
+                   help="caption-only student checkpoint (default: the shipped one); its "
+                        "rows are at K = 1")
+    p.add_argument("--models", default="teacher,student,captiononly", metavar="A,B",
+                   help="rows to compute/report (default: teacher,student,captiononly)")
     p.add_argument("--reference", default="data/synth10k/test.jsonl", metavar="MANIFEST",
                    help="test split with synthetic attributes (default: data/synth10k/test.jsonl)")
     p.add_argument("--real", default="data/synth10k/val.jsonl", metavar="MANIFEST",
@@ -209,13 +214,16 @@ def main(argv: list[str]) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     embedders = {n: MemoEmbedder(get_embedder(n, "cpu")) for n in EMBEDDERS}
-    rows = {(m, k): get_row(args, m, ckpts[m], k, embedders) for m in models for k in ks}
+    rows = {(m, k): get_row(args, m, ckpts[m], k, embedders) for m in models
+            for k in (ONE_PASS if m == "captiononly" else ks)}
     if args.out:
         from energytta.reports.quality_report import render
         from energytta.utils import atomic_write_text
 
         real = real_row(args, embedders)
-        vocoded = vocoded_row(args, ckpts[models[-1]], embedders)
+        # the paired models' codec and vocoder (the caption-only student shares them)
+        vocoded = vocoded_row(args, ckpts[([m for m in models if m != "captiononly"]
+                                           or models)[-1]], embedders)
         command = args.command or "python tools/quality.py " + " ".join(argv)
         meta = {"command": command, "machine": f"{platform.machine()}, {os.cpu_count()} "
                 f"CPU cores, torch {torch.__version__}",
