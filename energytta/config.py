@@ -108,6 +108,12 @@ class ModelConfig:
     # enters the decoder through a zero-initialised projection added to the mask tokens,
     # so tokens generated in one pass can be coordinated (per-token head noise cannot)
     noise_inputs: bool = False
+    # guidance-distilled students (issue 20, `train.objective=guidance`): a head on the
+    # backbone's output predicts the guidance slope, z + (w - 1)·Δ(z), so one conditional
+    # pass gives the two-pass guided features z_u + w(z_c - z_u); at w = 1 it is the
+    # plain conditional model (docs/guidance.md)
+    guidance_embed: bool = False
+    guidance_head: str = "mlp"  # "mlp": per token; "attention": one block over all tokens first
 
 
 @dataclass
@@ -173,6 +179,17 @@ class VSDConfig:
 
 
 @dataclass
+class GuideConfig:
+    """Single-pass guidance distillation (energytta/train/objectives/guidance.py): a student
+    learns to give, in one conditional pass at scale w, its reference's two-pass guided
+    features z_u + w·(z_c − z_u) (Meng et al. 2023, "On distillation of guided diffusion
+    models", stage one, applied to MAR's feature-space CFG)."""
+    init: str = "student"  # the reference student (and the initial weights): a checkpoint
+    max_scale: float = 5.0  # w ~ U[1, max_scale] per row (the shipped sample.cfg is 5)
+    unguided_frac: float = 0.2  # rows trained at w = 1 (target z_c): the anchor
+
+
+@dataclass
 class DataConfig:
     train: str = "data/synth/train.jsonl"  # manifest (jsonl/csv) or cached-latent folder
     val: str = "data/synth/val.jsonl"
@@ -185,8 +202,9 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    # what trains (energytta.train.objectives): "teacher" | "student" | "vae" | "vocoder" |
-    # "classifier"; "" = what the config implies: codec.train's part, else the head's role
+    # what trains (energytta.train.objectives): "teacher" | "student" | "captiononly" |
+    # "guidance" | "vae" | "vocoder" | "classifier"; "" = what the config implies:
+    # codec.train's part, else the head's role
     objective: str = ""
     out_dir: str = "runs/default"
     seed: int = 0
@@ -243,6 +261,9 @@ class SampleConfig:
     duration: float = 4.0
     seed: int = 0
     batch_size: int = 8
+    # on a guidance-distilled checkpoint (model.guidance_embed): guide with ONE conditional
+    # pass per step (its scale as an input); false runs the two-pass CFG (cond + uncond rows)
+    one_pass_cfg: bool = True
 
 
 @dataclass
@@ -255,6 +276,7 @@ class Config:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     vsd: VSDConfig = field(default_factory=VSDConfig)
+    guide: GuideConfig = field(default_factory=GuideConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)

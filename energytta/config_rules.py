@@ -46,6 +46,7 @@ RULES: dict[str, Rule] = {
     "vsd.real_cfg": _FINITE_NONNEG, "vsd.fake_cfg": _FINITE_NONNEG,
     "vsd.t_min": _NONNEG, "vsd.t_max": _POS, "vsd.lora_rank": _POS,
     "vsd.lora_alpha": _FINITE_POS, "vsd.lora_lr_mult": _FINITE_POS,
+    "guide.max_scale": _FINITE_POS, "guide.unguided_frac": _UNIT,
     "vsd.fake_text_dropout": _UNIT, "vsd.tv_weight": _FINITE_NONNEG,
     "data.batch_size": _POS, "data.num_workers": _NONNEG,
     "train.steps": (lambda v: v > 0, "must be > 0 (a run of no steps saves an untrained "

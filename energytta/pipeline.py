@@ -54,6 +54,9 @@ class SampleSettings:
     temperature: float
     negative_prompt: str | None
     batch_size: int
+    # guided with ONE conditional pass per step: only guidance-distilled checkpoints
+    # (model.guidance_embed) can; False = two-pass CFG (docs/guidance.md)
+    one_pass_cfg: bool = False
 
 
 @dataclass
@@ -158,9 +161,15 @@ class TextToAudio:
     def settings(self, seed: int | None = None, duration: float | None = None,
                  iterations: int | None = None, cfg: float | None = None,
                  temperature: float | None = None, negative_prompt: str | None = None,
-                 batch_size: int | None = None) -> SampleSettings:
-        """Fill unset knobs from the checkpoint's `cfg.sample` and validate them all."""
+                 batch_size: int | None = None, one_pass_cfg: bool | None = None
+                 ) -> SampleSettings:
+        """Fill unset knobs from the checkpoint's `cfg.sample` and validate them all.
+
+        `one_pass_cfg` (default `sample.one_pass_cfg`) holds only for a guidance-distilled
+        checkpoint without a negative prompt; otherwise guidance takes two passes."""
         s = self.cfg.sample
+        one_pass = s.one_pass_cfg if one_pass_cfg is None else bool(one_pass_cfg)
+        distilled = getattr(self.model.backbone, "guidance_proj", None) is not None
         out = SampleSettings(
             seed=s.seed if seed is None else int(seed),
             duration=s.duration if duration is None else float(duration),
@@ -169,7 +178,8 @@ class TextToAudio:
             cfg_schedule=s.cfg_schedule,
             temperature=s.temperature if temperature is None else float(temperature),
             negative_prompt=negative_prompt or None,
-            batch_size=s.batch_size if batch_size is None else int(batch_size))
+            batch_size=s.batch_size if batch_size is None else int(batch_size),
+            one_pass_cfg=one_pass and distilled and not negative_prompt)
         if math.isfinite(out.duration) and out.duration > 0:
             tokens = self._window_tokens(out.duration)
             if out.iterations > tokens:  # MAR decodes >= 1 token per iteration
@@ -316,7 +326,8 @@ class TextToAudio:
                               iterations=s.iterations, cfg=s.cfg,
                               cfg_schedule=s.cfg_schedule, temperature=s.temperature,
                               generator=g, uncond_text=uncond, uncond_mask=uncond_mask,
-                              known=known, known_mask=known_mask, progress=step)
+                              known=known, known_mask=known_mask, progress=step,
+                              one_pass=s.one_pass_cfg)
             if all(p.known is None for p in plans) and len(first.windows) == 1:  # plain
                 tokens = run(first.num_tokens, None, None, progress)  # (B, N, d)
             else:

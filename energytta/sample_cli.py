@@ -77,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", metavar="D", help="auto | cpu | cuda | cuda:1")
     p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"),
                    help="autocast precision of text encoding and decoding (bf16 on GPUs)")
+    p.add_argument("--two-pass-cfg", dest="one_pass_cfg", action="store_const", const=False,
+                   default=None,
+                   help="guide a guidance-distilled checkpoint with the two-pass CFG "
+                        "(cond + uncond rows) instead of its one conditional pass")
     p.add_argument("--negative-prompt", default=None, metavar="TEXT",
                    help="text for the unconditional CFG branch (default: learned null text)")
     p.add_argument("--no-spectrograms", dest="spectrograms", action="store_false",
@@ -278,7 +282,7 @@ def _sample(args: argparse.Namespace, prompts: list[str], out_dir: Path) -> int:
     plan = edit_plan(args, pipe)
     knobs = dict(seed=args.seed, iterations=args.iterations, cfg=args.cfg,
                  temperature=args.temperature, negative_prompt=args.negative_prompt,
-                 batch_size=args.batch_size)
+                 batch_size=args.batch_size, one_pass_cfg=args.one_pass_cfg)
     if plan is None:
         settings = pipe.settings(duration=args.duration, **knobs)
         plan = pipe.plan(settings, args.overlap)

@@ -9,6 +9,8 @@ exactly once and never re-masked; the last step reveals everything.
 Classifier-free guidance: conditional and unconditional rows share one backbone pass; the
 head combines them (ε for the diffusion teacher, z for the energy student). The guidance
 scale follows a schedule in decoding progress (Muse/MAR "linear": weak early, full late).
+A guidance-distilled backbone (`model.guidance_embed`, docs/guidance.md) takes the step's
+scale as an input instead and runs the conditional rows alone: half the backbone batch.
 
 Per-step counts are python ints from the schedule, so the loop makes no device->host
 syncs: the backbone is told how many tokens are visible (`max_visible`) instead of
@@ -154,7 +156,8 @@ def decode(backbone: torch.nn.Module, head: Head, text: torch.Tensor, text_mask:
            temperature: float = 1.0, generator: torch.Generator | None,
            uncond_text: torch.Tensor | None = None, uncond_mask: torch.Tensor | None = None,
            known: torch.Tensor | None = None, known_mask: torch.Tensor | None = None,
-           progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+           progress: Callable[[int, int], None] | None = None,
+           one_pass: bool | None = None) -> torch.Tensor:
     """Generate (B,N,d) tokens by K iterations of masked parallel decoding.
 
     The caller sets eval mode; this function never changes module state.
@@ -176,6 +179,9 @@ def decode(backbone: torch.nn.Module, head: Head, text: torch.Tensor, text_mask:
         known, known_mask: (B,N,d) tokens and (B,N) bool, True = given; given tokens are
             kept as they are, visible to the backbone from the start, never sampled.
         progress: called as progress(step + 1, iterations) after every step.
+        one_pass: guide a guidance-distilled backbone with one conditional pass (None or
+            True: whenever the backbone has `guidance_proj` and no negative prompt is
+            given; False: always two passes). Backbones without it ignore this.
     Returns: (B,N,d) tokens.
     """
     B, N, device = text.shape[0], num_tokens, text.device
@@ -192,7 +198,9 @@ def decode(backbone: torch.nn.Module, head: Head, text: torch.Tensor, text_mask:
     ranks = orders.argsort(dim=1)  # (B,N) position -> its rank in the order
     num_unknown = unknown.sum(dim=1).tolist()  # the one host sync, before the loop
     masked_now = list(num_unknown)
-    guided = cfg != 1.0
+    one_pass = (one_pass is not False and cfg != 1.0 and uncond_text is None
+                and getattr(backbone, "guidance_proj", None) is not None)
+    guided = cfg != 1.0 and not one_pass  # two-pass CFG: cond and uncond rows
     if guided:
         text_in, mask_in, drop = _guided_text(text, text_mask, uncond_text, uncond_mask)
     else:
@@ -203,14 +211,16 @@ def decode(backbone: torch.nn.Module, head: Head, text: torch.Tensor, text_mask:
             mask = ranks < torch.tensor(masked_now, device=device).unsqueeze(1)  # (B,N)
             tok_in = torch.cat([tokens, tokens]) if guided else tokens
             mask_both = torch.cat([mask, mask]) if guided else mask
+            scale = cfg_scale_at(step, iterations, cfg, cfg_schedule, sum(num_unknown),
+                                 sum(masked_next))
             extra = {} if noise is None else {
                 "noise": torch.cat([noise, noise]) if guided else noise}
+            if one_pass:  # the scale is an input: (B,) on the device, no sync
+                extra["guidance"] = torch.full((B,), scale, device=device, dtype=text.dtype)
             z = backbone(tok_in, mask_both, text_in, mask_in, drop_text=drop,
                          max_visible=N - min(masked_now), **extra)  # (B|2B,N,D); no sync
             rows, pos = _to_predict(orders, masked_now, masked_next)  # (M,), (M,)
             z_uncond = z[B:][rows, pos] if guided else None
-            scale = cfg_scale_at(step, iterations, cfg, cfg_schedule, sum(num_unknown),
-                                 sum(masked_next))
             sampled = head.sample(z[:B][rows, pos], temperature, generator,
                                   z_uncond=z_uncond, cfg_scale=scale)  # (M,d)
             tokens[rows, pos] = sampled.to(tokens.dtype)

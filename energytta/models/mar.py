@@ -31,6 +31,36 @@ from energytta.errors import UserError
 from energytta.models.blocks import Block, RopeTables, Rotary, init_weights
 
 POS_EMBEDS = ("learned", "rope")
+GUIDANCE_HEADS = ("mlp", "attention")
+
+
+class GuidanceHead(nn.Module):
+    """One-pass guidance: z_g(w) = z + (w − 1)·Δ(z), Δ predicted from the conditional pass.
+
+    The two-pass guided features z_u + w·(z_c − z_u) are exactly linear in w with slope
+    z_c − z_u, so the head predicts that slope from the conditional features alone and any
+    scale (or schedule of scales) is one multiply-add: nothing about w has to be learned.
+    Δ is an MLP per token ("mlp"), or the same MLP after one transformer block over all
+    tokens ("attention"), so each token's slope can read its context as z_u does. The last
+    layer starts at zero: a student built from its reference starts as it.
+
+    Args:
+        dim: D, the backbone width.
+        heads: attention heads of the "attention" form; None = the per-token MLP.
+    """
+
+    def __init__(self, dim: int, heads: int | None = None) -> None:
+        super().__init__()
+        self.block = None if heads is None else Block(dim, heads, mlp_ratio=2.0)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.hidden = nn.Linear(dim, 2 * dim)
+        self.out = nn.Linear(2 * dim, dim)
+
+    def forward(self, z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """z (B, N, D) conditional features, w (B,) -> guided features (B, N, D)."""
+        h = z if self.block is None else self.block(z, None)
+        delta = self.out(nn.functional.gelu(self.hidden(self.norm(h))))
+        return z + (w[:, None, None] - 1).to(z.dtype) * delta
 
 
 class MARBackbone(nn.Module):
@@ -88,11 +118,21 @@ class MARBackbone(nn.Module):
         # (after _init_weights) so a generator built from a teacher starts as that teacher
         self.noise_proj = (nn.Linear(token_dim, D)
                            if getattr(model_cfg, "noise_inputs", False) else None)
+        # guidance-distilled students: z + (w - 1)·Δ(z) on the output (GuidanceHead)
+        kind = getattr(model_cfg, "guidance_head", "mlp")
+        if kind not in GUIDANCE_HEADS:
+            raise UserError(f"config key 'model.guidance_head': unknown value {kind!r} "
+                            f"(use one of {', '.join(GUIDANCE_HEADS)})")
+        self.guidance_proj = (GuidanceHead(D, model_cfg.num_heads if kind == "attention"
+                                           else None)
+                              if getattr(model_cfg, "guidance_embed", False) else None)
         self.out_dim = D
         self._init_weights()
-        if self.noise_proj is not None:
-            nn.init.zeros_(self.noise_proj.weight)
-            nn.init.zeros_(self.noise_proj.bias)
+        for zero in (self.noise_proj, None if self.guidance_proj is None
+                     else self.guidance_proj.out):
+            if zero is not None:
+                nn.init.zeros_(zero.weight)
+                nn.init.zeros_(zero.bias)
 
     def _init_weights(self) -> None:
         self.apply(init_weights)
@@ -171,11 +211,16 @@ class MARBackbone(nn.Module):
         valid = torch.arange(V, device=mask.device)[None] < counts[:, None]
         return order[:, :V], valid
 
+    def _check_guidance(self, guidance: torch.Tensor | None) -> None:
+        if guidance is not None and self.guidance_proj is None:
+            raise UserError("this checkpoint was not guidance-distilled (model.guidance_embed"
+                            "=false): guide it with two passes (sample.one_pass_cfg=false)")
+
     # ------------------------------------------------------------------ forward
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor, text: torch.Tensor,
                 text_mask: torch.Tensor, drop_text: torch.Tensor | None = None,
                 return_hidden: bool = False, max_visible: int | None = None,
-                noise: torch.Tensor | None = None
+                noise: torch.Tensor | None = None, guidance: torch.Tensor | None = None
                 ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """Args:
             tokens: (B, N, d) audio tokens; values at masked positions are never read.
@@ -187,6 +232,9 @@ class MARBackbone(nn.Module):
                 it (the sampler does); it must be exact. None counts it (a host sync on GPU).
             noise: (B, N, d) Gaussian noise for backbones built with `model.noise_inputs`
                 (added, projected, to the mask tokens); None = zeros.
+            guidance: (B,) or scalar guidance scale w for backbones built with
+                `model.guidance_embed` (one-pass CFG: z + (w − 1)·Δ(z)); None = the
+                conditional model (w = 1).
         Returns z (B, N, D), or (z, [hidden (B, N, D)] * decoder_depth) (before the final norm).
         """
         B, N, d = tokens.shape
@@ -198,6 +246,7 @@ class MARBackbone(nn.Module):
             raise UserError(f"the prompt has {L} text tokens but the model holds at most "
                             f"{self.max_text_len}; lower text.max_length")
         mask = mask.bool()
+        self._check_guidance(guidance)
         txt, txt_mask = self._text_prefix(text, text_mask, drop_text)
         has_key = txt_mask.any(1).all()  # a row with no key at all would give NaN
         if txt_mask.is_cuda:  # checked on the device, without stalling the host
@@ -238,4 +287,7 @@ class MARBackbone(nn.Module):
         rope = self._rope(torch.arange(N, device=mask.device).expand(B, N), Lp)
         x = self._run(self.decoder_blocks, x, key_mask, hidden, skip=Lp, rope=rope)
         z = self.decoder_norm(x)[:, Lp:] + self.diffusion_pos[:, :N]
+        if guidance is not None:  # (B,) or a scalar scale: one-pass guided features
+            w = torch.as_tensor(guidance, device=z.device, dtype=z.dtype).expand(B)
+            z = self.guidance_proj(z, w)
         return (z, hidden) if return_hidden else z

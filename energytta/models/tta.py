@@ -78,8 +78,8 @@ class TTAModel(nn.Module):
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor, text: torch.Tensor,
                 text_mask: torch.Tensor, drop_text: torch.Tensor | None = None,
                 return_hidden: bool = False, max_visible: int | None = None,
-                noise: torch.Tensor | None = None
+                noise: torch.Tensor | None = None, guidance: torch.Tensor | None = None
                 ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """The backbone's forward (so wrappers such as accelerate/DDP see one module call)."""
         return self.backbone(tokens, mask, text, text_mask, drop_text, return_hidden,
-                             max_visible, noise)
+                             max_visible, noise, guidance)

@@ -5,6 +5,7 @@
 | teacher | `teacher.py` | TTAModel + diffusion head: masked denoising | model.safetensors |
 | student | `student.py` | TTAModel + energy head: energy score + distill | model.safetensors |
 | captiononly | `captiononly.py` | one-pass TTAModel, captions only: VSD | model.safetensors |
+| guidance | `guidance.py` | a student's backbone: one-pass CFG | model.safetensors |
 | vae | `codec.py` | the mel VAE (+ its discriminator) | codec.safetensors |
 | vocoder | `codec.py` | the mel vocoder | vocoder.safetensors |
 | classifier | `classifier.py` | the synth-classifier embedder | synth_classifier.safetensors |
@@ -29,6 +30,7 @@ OBJECTIVES: dict[str, Union[str, type[Objective]]] = {
     "teacher": f"{__name__}.teacher:TeacherObjective",
     "student": f"{__name__}.student:StudentObjective",
     "captiononly": f"{__name__}.captiononly:CaptionOnlyObjective",
+    "guidance": f"{__name__}.guidance:GuidanceObjective",
     "vae": f"{__name__}.codec:VAEObjective",
     "vocoder": f"{__name__}.codec:VocoderObjective",
     "classifier": f"{__name__}.classifier:ClassifierObjective",
