@@ -76,6 +76,9 @@ class CodecConfig:
     vocoder_width: int = 128
     vocoder_depth: int = 4
     vocoder_n_fft: int = 640  # iSTFT size of the head (hop = audio.hop_length)
+    # the head's log-magnitude is a residual on the mel's pseudo-inverse magnitude (zero at
+    # init), so loud frames are at the right level from step 0 and the net learns the phase
+    vocoder_mag_prior: bool = False
 
 
 @dataclass

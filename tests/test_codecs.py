@@ -210,6 +210,38 @@ def test_trained_vocoder_shapes_and_training_reduces_its_loss():
     assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3])
 
 
+def test_magnitude_prior_starts_at_the_pseudo_inverse_and_round_trips(tmp_path):
+    from energytta.audio.vocoder import load_part
+
+    cfg = load_config("tiny", [*TINY_VOC, "codec.vocoder_mag_prior=true"])
+    torch.manual_seed(0)
+    voc = trained_vocoder(cfg).eval()
+    fe = MelFrontend(cfg.audio)
+    wav = _wav(1, 0.5)
+    mel = fe(wav)
+    with torch.no_grad():  # the head's magnitude rows are zero: log|X| is the prior alone
+        K = voc.n_fft // 2 + 1
+        assert torch.count_nonzero(voc.head.weight[:K]) == 0
+        prior = voc.prior_log_magnitude(mel)
+    assert prior.shape == (1, K, mel.shape[-1]) and torch.isfinite(prior).all()
+    # a steady tone's prior magnitude peaks at its frequency bin, at the right level
+    t = torch.arange(16000) / 16000
+    tone = 0.5 * torch.sin(2 * torch.pi * 1000 * t)[None]
+    lin = voc.prior_log_magnitude(fe(tone)).exp()[0, :, 20:-20].mean(-1)  # (K,)
+    bin_hz = 16000 / voc.n_fft
+    assert abs(int(lin.argmax()) * bin_hz - 1000) <= 2 * bin_hz
+    stft = torch.stft(tone[0], voc.n_fft, 160, window=torch.hann_window(voc.n_fft),
+                      return_complex=True).abs()[:, 20:-20].mean(-1)
+    assert 0.1 < float(lin.sum() / stft.sum()) < 10  # the windows' gains are accounted for
+    path = save_part(tmp_path / "v.safetensors", voc.state_dict(), cfg, "vocoder",
+                     VOCODER_KEYS)
+    other = trained_vocoder(cfg)
+    load_part(path, other, cfg, "vocoder", "codec.vocoder_path")
+    with pytest.raises(UserError, match="vocoder_mag_prior"):  # the setting is checked
+        load_part(path, trained_vocoder(load_config("tiny", TINY_VOC)),
+                  load_config("tiny", TINY_VOC), "vocoder", "codec.vocoder_path")
+
+
 def test_mr_stft_distance_is_zero_for_identical_audio_and_grows_with_noise():
     wav = _wav(2)
     noise = torch.randn(wav.shape, generator=torch.Generator().manual_seed(1))

@@ -99,6 +99,33 @@ def load_part(path: str | Path, module: nn.Module, cfg: Config, kind: str, flag:
         raise UserError(f"{flag}={path}: weights do not fit ({str(e).splitlines()[0]})") from None
 
 
+def part_settings(path: str | Path, kind: str, flag: str) -> dict:
+    """The {"codec": {...}, "audio": {...}} settings a `save_part` file was trained with."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{flag}={path}: file not found")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = dict(f.metadata() or {})
+    except Exception as e:  # safetensors raises several types for damaged files
+        raise UserError(f"{flag}={path} is not a readable safetensors file "
+                        f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    if meta.get("format") != PART_FORMAT or meta.get("kind") != kind:
+        raise UserError(f"{flag}={path} is not a trained {kind} file")
+    return json.loads(meta["settings"])
+
+
+def with_trained_vocoder(cfg: Config, path: str | Path, flag: str = "--vocoder") -> Config:
+    """`cfg` with `codec.vocoder=trained` and the architecture the file at `path` was
+    trained with (its audio settings must match `cfg`'s: `load_part` checks them)."""
+    from energytta.config import from_dict
+
+    data = cfg.to_dict()
+    data["codec"].update(part_settings(path, "vocoder", flag)["codec"], vocoder="trained",
+                         vocoder_path=str(path), train="")
+    return from_dict(data)
+
+
 # ------------------------------------------------------------------ the trained vocoder
 class ConvNeXtBlock(nn.Module):
     """1-D ConvNeXt block (Liu et al. 2022; Vocos' backbone): depthwise conv k=7, LayerNorm,
@@ -130,13 +157,19 @@ class MelVocoder(nn.Module):
     and `torch.istft` turns them into audio. Phase is parametrised as (cos p, sin p) of one
     angle p, as in Vocos, so it wraps without a discontinuity.
 
+    With `mag_prior` the predicted log-magnitude is a residual on log(F⁺·e^M), the mel's
+    pseudo-inverse at the iSTFT's resolution (the magnitude Griffin-Lim starts from), its
+    head rows zero at init: the magnitude is right from the first step and training is
+    spent on the phase and on sharpening the smeared bands.
+
     Args:
-        audio_cfg: front-end settings (n_mels, hop_length).
+        audio_cfg: front-end settings (n_mels, hop_length, mel band edges, window).
         width: ConvNeXt channels; depth: number of blocks; n_fft: iSTFT size (even, > hop).
+        mag_prior: predict the log-magnitude as a residual on the pseudo-inverse.
     """
 
     def __init__(self, audio_cfg: AudioConfig, width: int = 128, depth: int = 4,
-                 n_fft: int = 640) -> None:
+                 n_fft: int = 640, mag_prior: bool = False) -> None:
         super().__init__()
         if n_fft % 2 or n_fft < audio_cfg.hop_length or width < 1 or depth < 1:
             raise UserError(f"codec.vocoder_n_fft={n_fft} must be even and >= the hop "
@@ -150,6 +183,29 @@ class MelVocoder(nn.Module):
         self.blocks = nn.ModuleList(ConvNeXtBlock(width, 1.0 / depth) for _ in range(depth))
         self.final_norm = nn.LayerNorm(width)
         self.head = nn.Linear(width, n_fft + 2)  # log-magnitude and phase, n_fft // 2 + 1 each
+        self.mag_prior = mag_prior
+        if mag_prior:
+            self._build_prior(audio_cfg, n_fft)
+            with torch.no_grad():  # the residual starts at zero: magnitude = the prior
+                self.head.weight[:n_fft // 2 + 1].zero_()
+                self.head.bias[:n_fft // 2 + 1].zero_()
+
+    def _build_prior(self, c: AudioConfig, n_fft: int) -> None:
+        """Non-persistent buffers: pseudo-inverse (K, n_mels) of the mel filterbank at the
+        iSTFT size, and the ratio of the two Hann windows' sums (a sinusoid's STFT peak is
+        amplitude · sum(window) / 2, so magnitudes scale with it)."""
+        from energytta.audio.mel import mel_filterbank, padded_window
+
+        fb = torch.from_numpy(mel_filterbank(c.sample_rate, n_fft, c.n_mels, c.f_min, c.f_max))
+        self.register_buffer("mel_pinv", torch.linalg.pinv(fb.double()).float(),
+                             persistent=False)
+        ratio = torch.hann_window(n_fft).sum() / padded_window(c.n_fft, c.win_length).sum()
+        self.register_buffer("window_ratio", ratio.reshape(()), persistent=False)
+
+    def prior_log_magnitude(self, mel: torch.Tensor) -> torch.Tensor:
+        """log-mel (B, n_mels, T) -> log of the pseudo-inverse magnitude (B, K, T)."""
+        lin = torch.matmul(self.mel_pinv, mel.float().exp()) * self.window_ratio
+        return lin.clamp(min=LOG_FLOOR).log()
 
     @torch.no_grad()
     def fit_stats(self, mels: list[torch.Tensor]) -> None:
@@ -171,19 +227,23 @@ class MelVocoder(nn.Module):
         # one extra frame: istft(center=True) of T + 1 frames is exactly T·hop samples long
         out = torch.cat([out, out[:, -1:]], dim=1).transpose(1, 2).float()  # (B, K2, T + 1)
         log_mag, phase = out.chunk(2, dim=1)  # (B, K, T + 1) each
+        if self.mag_prior:
+            prior = self.prior_log_magnitude(mel)  # (B, K, T)
+            log_mag = log_mag + torch.cat([prior, prior[..., -1:]], dim=-1)
         mag = log_mag.clamp(max=8.0).exp()  # clamp: exp overflow early in training
         spec = torch.polar(mag, phase)
         return torch.istft(spec, self.n_fft, self.hop_length, self.n_fft, self.window,
                            center=True, length=mel.shape[-1] * self.hop_length)
 
 
-VOCODER_KEYS = ("vocoder_width", "vocoder_depth", "vocoder_n_fft")
+VOCODER_KEYS = ("vocoder_width", "vocoder_depth", "vocoder_n_fft", "vocoder_mag_prior")
 
 
 def trained_vocoder(cfg: Config) -> MelVocoder:
     """A `MelVocoder` shaped by `cfg.codec` (weights untrained)."""
     c = cfg.codec
-    return MelVocoder(cfg.audio, c.vocoder_width, c.vocoder_depth, c.vocoder_n_fft)
+    return MelVocoder(cfg.audio, c.vocoder_width, c.vocoder_depth, c.vocoder_n_fft,
+                      c.vocoder_mag_prior)
 
 
 def build_vocoder(cfg: Config, load_parts: bool = True) -> nn.Module:
