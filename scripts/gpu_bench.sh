@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole GPU benchmark in one command (issue 20): IMPACT-base shapes, 10 s clips,
 # batch 1/8/64, K = 64 and 16, bf16, with and without torch.compile, for the student, the
-# teacher, the caption-only one-pass student and the backbone-only floor (random weights at
+# guidance-distilled student (one backbone row per clip), the teacher, the caption-only
+# one-pass student and the backbone-only floor (random weights at
 # the config's shape: latency does not depend on the weights), peak memory included.
 #
 #   bash scripts/gpu_bench.sh OUT_DIR

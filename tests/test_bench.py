@@ -13,7 +13,8 @@ def test_bench_tiny_writes_rows(tmp_path, tiny_text_dir, load_tool):
         "--warmup", "0", "--repeats", "1", "--json", str(out),
         "--markdown", str(tmp_path / "b.md"), f"text.model={tiny_text_dir}"])
     lines = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["generator"] for r in lines] == ["student", "teacher", "captiononly", "floor"]
+    assert [r["generator"] for r in lines] == ["student", "guided", "teacher", "captiononly",
+                                               "floor"]
     by = {r["generator"]: r for r in rows}
     for r in lines:
         assert r["batch_size"] == 2 and r["total_s"] > 0 and r["torch"] and r["device"] == "cpu"
@@ -28,6 +29,9 @@ def test_bench_tiny_writes_rows(tmp_path, tiny_text_dir, load_tool):
     # the caption-only student decodes in one pass, not --iterations, and has no floor ratio
     assert by["captiononly"]["decode_iterations"] == 1 and by["captiononly"]["x_floor"] is None
     assert by["captiononly"]["stages_s"]["backbone"] < by["student"]["stages_s"]["backbone"]
+    # the guided student runs one backbone row per clip; the floor (the student's) two
+    assert by["guided"]["one_pass_cfg"] and not by["student"]["one_pass_cfg"]
+    assert by["guided"]["x_floor"] is None and by["student"]["x_floor"] is not None
 
 
 def test_bench_bad_batch_sizes_is_one_line(capsys, load_tool):
@@ -51,5 +55,6 @@ def test_gpu_bench_script_runs_its_plan_on_cpu(tmp_path, tiny_text_dir):
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [json.loads(line) for line in (out / "bench.jsonl").read_text().splitlines()]
     assert sorted({(r["iterations"], r["generator"]) for r in rows}) == sorted(
-        (k, g) for k in (1, 2) for g in ("student", "teacher", "captiononly", "floor"))
+        (k, g) for k in (1, 2) for g in ("student", "guided", "teacher", "captiononly",
+                                         "floor"))
     assert (out / "bench-k2-compile0.md").is_file() and (out / "env.txt").is_file()

@@ -77,6 +77,30 @@ def test_per_check_table_names_columns_like_the_main_table():
     assert lines[2] == "| type | 0.500 (4) | – | 1.000 (4) | – | 0.750 (4) | – |"
 
 
+def test_a_trained_vocoder_gets_its_own_real_clips_row(tiny_ckpts, corpus, tmp_path,
+                                                       load_tool, capsys):
+    from energytta.audio.vocoder import VOCODER_KEYS, save_part, trained_vocoder
+    from energytta.config import load_config
+
+    cfg = load_config("tiny", ["codec.vocoder_width=16", "codec.vocoder_depth=1",
+                               "codec.vocoder_mag_prior=true"])
+    voc = save_part(tmp_path / "voc.safetensors", trained_vocoder(cfg).state_dict(), cfg,
+                    "vocoder", VOCODER_KEYS)
+    tool = load_tool("quality")
+    work, page = tmp_path / "work", tmp_path / "q.md"
+    assert tool.main(_args(tiny_ckpts, corpus, work, "--models", "student", "--iterations",
+                           "1", "--vocoder", str(voc), "--out", str(page))) == 0
+    text = page.read_text()
+    assert "| real → mel → GL | – |" in text and "| real → mel → trained vocoder | – |" in text
+    row = json.loads((work / "real-vocoded-trained.json").read_text())
+    assert row["key"]["vocoder"] and row["vocode_s_per_clip"] > 0
+    assert len(list((work / "real-vocoded-trained").glob("*.wav"))) == 10
+    assert tool.main(_args(tiny_ckpts, corpus, work, "--models", "student", "--iterations",
+                           "1", "--vocoder", str(tmp_path / "no.safetensors"), "--out",
+                           str(page))) == 2  # a missing file is one line
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: ")
+
+
 def test_errors(tiny_ckpts, corpus, tmp_path, load_tool, capsys):
     tool = load_tool("quality")
     assert tool.main(_args(tiny_ckpts, corpus, tmp_path, "--models", "teacher,oracle")) == 2

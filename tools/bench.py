@@ -7,12 +7,15 @@
 
 Three generators share one backbone shape and one decoding loop (energytta.sampling.decode):
 - student: the energy-score head, one pass per token;
+- guided: the guidance-distilled student (docs/guidance.md): the same head, CFG in ONE
+  conditional backbone row per clip instead of two;
 - teacher: the diffusion head, `head.sampling_steps` (default 100) steps, CFG on ε;
 - captiononly: the caption-only student (docs/captiononly.md): ONE backbone pass and one
   head pass per clip, whatever `--iterations` is (its rows record `decode_iterations`);
 - floor: the head replaced by nothing (it returns zeros): backbone passes + scheduling only.
 With `--config` all weights are random (any shape can be timed, e.g. impact_base);
-with `--ckpt`/`--teacher-ckpt`/`--captiononly-ckpt` the trained models are used.
+with `--ckpt`/`--guided-ckpt`/`--teacher-ckpt`/`--captiononly-ckpt` the trained models
+are used. The floor shares the first generator's backbone (and so its one or two rows).
 
 For every batch size and generator: warm-up runs, then `--repeats` timed runs (median,
 min, max) of the whole generation (text → decode → latents → mel → waveform), with device
@@ -35,7 +38,7 @@ import torch
 
 from energytta.errors import UserError, run_cli
 
-GENERATORS = ("student", "teacher", "captiononly", "floor")
+GENERATORS = ("student", "guided", "teacher", "captiononly", "floor")
 ONE_PASS = 1  # the caption-only student's decoding iterations
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -79,6 +82,8 @@ class _TimedBackbone:
         self.token_dim = getattr(backbone, "token_dim", None)
         # the sampler draws a one-pass generator's input noise when its backbone has this
         self.noise_proj = getattr(backbone, "noise_proj", None)
+        # and guides in one conditional pass when it has this (a guidance-distilled student)
+        self.guidance_proj = getattr(backbone, "guidance_proj", None)
 
     def __call__(self, *args, **kwargs):
         return self.clock.timed("backbone", self.backbone, *args, **kwargs)
@@ -118,7 +123,8 @@ class Generator:
     extra: dict = field(default_factory=dict)
 
 
-def _random_model(cfg, kind: str, text_dim: int, device: torch.device):
+def _random_model(cfg, kind: str, text_dim: int, device: torch.device,
+                  guided: bool = False):
     from energytta.audio.codec import build_codec
     from energytta.config import from_dict
     from energytta.models.tta import TTAModel
@@ -126,6 +132,7 @@ def _random_model(cfg, kind: str, text_dim: int, device: torch.device):
     data = cfg.to_dict()
     data["head"]["kind"] = kind
     data["model"]["noise_inputs"] = kind == "onestep"  # the caption-only student's input
+    data["model"]["guidance_embed"] = guided  # the guidance-distilled student's output head
     cfg_k = from_dict(data)
     torch.manual_seed(0)
     model = TTAModel(cfg_k, text_dim).to(device).eval()
@@ -143,27 +150,33 @@ def build_generators(args, overrides: list[str], device: torch.device
     from energytta.text import TextEncoder
 
     gens: dict[str, Generator] = {}
-    paths = (("student", args.ckpt), ("teacher", args.teacher_ckpt),
-             ("captiononly", args.captiononly_ckpt))
+    paths = (("student", args.ckpt), ("guided", args.guided_ckpt),
+             ("teacher", args.teacher_ckpt), ("captiononly", args.captiononly_ckpt))
     if any(path for _, path in paths):
         for name, path in paths:
             if path:
                 cfg, kind, model, codec = load_model(path, device)
-                gens[name] = Generator(name, model, model.head, codec, cfg, {"ckpt": str(path)})
+                gens[name] = Generator(name, model, model.head, codec, cfg,
+                                       {"ckpt": str(path)})
         text_cfg = next(iter(gens.values())).cfg.text
         text_encoder = TextEncoder(text_cfg.model, text_cfg.max_length).to(device)
     else:
         base = load_config(args.config, overrides)
         text_encoder = TextEncoder(base.text.model, base.text.max_length).to(device)
-        for name, kind in (("student", "energy"), ("teacher", "diffusion"),
-                           ("captiononly", "onestep")):
-            cfg, model, codec = _random_model(base, kind, text_encoder.dim, device)
+        for name, kind in (("student", "energy"), ("guided", "energy"),
+                           ("teacher", "diffusion"), ("captiononly", "onestep")):
+            cfg, model, codec = _random_model(base, kind, text_encoder.dim, device,
+                                              guided=name == "guided")
             gens[name] = Generator(name, model, model.head, codec, cfg)
     if "captiononly" in gens:
         gens["captiononly"].extra["decode_iterations"] = ONE_PASS
-    ref = gens.get("student") or gens.get("teacher") or gens["captiononly"]
+    chosen = [k for k in GENERATORS if k in gens and k in args.generators]
+    ref = gens[(chosen or [k for k in GENERATORS if k in gens])[0]]  # floor shares its backbone
     gens["floor"] = Generator("floor", ref.model, NullHead(ref.model.token_dim), ref.codec,
                               ref.cfg)
+    for gen in gens.values():  # decode's own rule (no negative prompt here)
+        gen.extra["one_pass_cfg"] = (getattr(gen.model.backbone, "guidance_proj", None)
+                                     is not None and gen.cfg.sample.cfg != 1.0)
     return {k: gens[k] for k in GENERATORS if k in gens and k in args.generators}, text_encoder
 
 
@@ -257,8 +270,9 @@ def add_ratios(rows: list[dict]) -> None:
     by = {(r["generator"], r["batch_size"]): r for r in rows}
     for r in rows:
         floor, teacher = by.get(("floor", r["batch_size"])), by.get(("teacher", r["batch_size"]))
-        if r.get("decode_iterations", r["iterations"]) != r["iterations"]:
-            floor = None  # a one-pass generator against a K-iteration floor would mislead
+        if (r.get("decode_iterations", r["iterations"]) != r["iterations"]
+                or (floor and floor.get("one_pass_cfg") != r.get("one_pass_cfg"))):
+            floor = None  # against a floor of other passes or rows the ratio would mislead
         r["x_floor"] = r["total_s"] / floor["total_s"] if floor else None
         r["cpu_x_floor"] = r["cpu_s"] / floor["cpu_s"] if floor and floor["cpu_s"] > 0 else None
         r["decode_x_floor"] = (r["decode_s"] / floor["decode_s"]
@@ -328,6 +342,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--config", default="default", help="config for random weights")
     src.add_argument("--ckpt", help="student (or any) checkpoint to time")
+    p.add_argument("--guided-ckpt", help="guidance-distilled student checkpoint to time "
+                   "(one conditional backbone row per clip; docs/guidance.md)")
     p.add_argument("--teacher-ckpt", help="teacher checkpoint to time beside --ckpt")
     p.add_argument("--captiononly-ckpt", help="caption-only student checkpoint to time (one "
                    "pass per clip)")
@@ -359,8 +375,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     unknown = set(args.generators) - set(GENERATORS)
     if unknown:
         raise UserError(f"--generators: unknown {sorted(unknown)} (use {', '.join(GENERATORS)})")
-    if args.ckpt or args.teacher_ckpt or args.captiononly_ckpt:  # time only what was given
-        given = {"student": args.ckpt, "teacher": args.teacher_ckpt,
+    if args.ckpt or args.guided_ckpt or args.teacher_ckpt or args.captiononly_ckpt:
+        given = {"student": args.ckpt, "guided": args.guided_ckpt, "teacher": args.teacher_ckpt,
                  "captiononly": args.captiononly_ckpt}
         args.generators = [g for g in args.generators if g == "floor" or given[g]]
     return args, rest

@@ -35,7 +35,9 @@ from energytta.errors import UserError
 from energytta.reports.rows import (EMBEDDERS, MemoEmbedder, accuracy, generate_row, save,
                                     saved, score, sha256)
 
-MODELS = ("teacher", "student", "captiononly")
+MODELS = ("teacher", "student", "guided", "captiononly")
+# what each row's checkpoint must hold: the guidance-distilled student is a student
+KIND_OF = {"guided": "student"}
 ONE_PASS = (1,)  # the caption-only student's iterations, whatever --iterations says
 
 
@@ -47,9 +49,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="teacher checkpoint (default: the shipped one)")
     p.add_argument("--student", default="student", metavar="CKPT",
                    help="student checkpoint (default: the shipped one)")
+    p.add_argument("--guided", default="runs/guidance/model.safetensors", metavar="CKPT",
+                   help="guidance-distilled student (energytta-train --config guidance; "
+                        "default: runs/guidance/model.safetensors), sampled with its one "
+                        "conditional pass per step")
     p.add_argument("--captiononly", default="captiononly", metavar="CKPT",
                    help="caption-only student checkpoint (default: the shipped one); its "
                         "rows are at K = 1")
+    p.add_argument("--vocoder", default="", metavar="FILE",
+                   help="a trained vocoder (.safetensors, energytta-train --config vocoder): "
+                        "with --out, the real clips through it join the page as a row")
     p.add_argument("--models", default="teacher,student,captiononly", metavar="A,B",
                    help="rows to compute/report (default: teacher,student,captiononly)")
     p.add_argument("--reference", default="data/synth10k/test.jsonl", metavar="MANIFEST",
@@ -95,7 +104,8 @@ def get_row(args: argparse.Namespace, model: str, ckpt: Path, k: int,
         return row
     print(f"{name} K={k}: generating {args.limit} clips ...", file=sys.stderr)
     folder, start = work / f"{name}-k{k}", time.time()
-    row = {"key": key, "generation": generate_row(args, model, ckpt, k, folder),
+    row = {"key": key, "generation": generate_row(args, KIND_OF.get(model, model), ckpt, k,
+                                                  folder),
            "threads": _threads(), **score(folder, args.reference, args.limit, embedders)}
     row["seconds"] = round(time.time() - start, 1)  # generation + scoring
     save(path, row)
@@ -110,31 +120,41 @@ def real_row(args: argparse.Namespace, embedders: dict) -> dict[str, Any] | None
     return score(args.real, args.reference, args.limit, embedders, attributes_of=args.real)
 
 
-def vocoded_row(args: argparse.Namespace, ckpt: Path, embedders: dict) -> dict[str, Any] | None:
-    """The --real clips through the shipped codec and vocoder (mel -> Griffin-Lim), scored
-    as if generated: the best any model that predicts mels can get here. Saved as
-    WORK/real-vocoded.json and reused like a model row."""
+def vocoded_row(args: argparse.Namespace, ckpt: Path, embedders: dict,
+                vocoder: str = "") -> dict[str, Any] | None:
+    """The --real clips through the shipped codec and vocoder (mel -> Griffin-Lim; or the
+    trained `vocoder` file), scored as if generated: the best any model that predicts mels
+    can get here with that vocoder. Saved as WORK/real-vocoded[-trained].json and reused
+    like a model row."""
     if not args.real:
         return None
-    work = Path(args.work)
-    path = work / "real-vocoded.json"
+    work, name = Path(args.work), "real-vocoded" + ("-trained" if vocoder else "")
+    path = work / f"{name}.json"
     key = {"real": str(args.real), "limit": args.limit, "seed": args.seed,
            "sha256": sha256(ckpt), "reference": str(args.reference)}
+    if vocoder:
+        key["vocoder"] = sha256(Path(vocoder))
     row = saved(path, key)
     if row is not None:
         return row
-    print(f"real clips -> mel -> Griffin-Lim: {args.limit} clips ...", file=sys.stderr)
-    manifest = vocode_clips(args, ckpt, work / "real-vocoded")
-    row = {"key": key, **score(manifest, args.reference, args.limit, embedders,
-                               attributes_of=manifest)}
+    print(f"real clips -> mel -> {vocoder or 'Griffin-Lim'}: {args.limit} clips ...",
+          file=sys.stderr)
+    start = time.time()
+    manifest, seconds = vocode_clips(args, ckpt, work / name, vocoder)
+    row = {"key": key, "vocode_s_per_clip": seconds,
+           **score(manifest, args.reference, args.limit, embedders, attributes_of=manifest)}
+    row["seconds"] = round(time.time() - start, 1)
     save(path, row)
     return row
 
 
-def vocode_clips(args: argparse.Namespace, ckpt: Path, folder: Path) -> Path:
+def vocode_clips(args: argparse.Namespace, ckpt: Path, folder: Path, vocoder: str = ""
+                 ) -> tuple[Path, float]:
     """Write the first --limit --real clips, analysed to log-mels and vocoded back with the
-    checkpoint's codec, to `folder` (same length and peak handling as generation), and a
-    manifest of them with the originals' captions and attributes; returns its path."""
+    checkpoint's codec (its vocoder replaced by the trained `vocoder` file if given) to
+    `folder` (same length and peak handling as generation), and a manifest of them with
+    the originals' captions and attributes; returns its path and the vocoder's seconds per
+    clip (one clip at a time)."""
     import torch
 
     from energytta.audio.io import crop_or_pad, load_audio, write_wav
@@ -144,19 +164,32 @@ def vocode_clips(args: argparse.Namespace, ckpt: Path, folder: Path) -> Path:
     from energytta.utils import atomic_write_text
 
     pipe = TextToAudio.from_pretrained(ckpt, "cpu")
+    if vocoder:
+        pipe.codec.vocoder = load_trained_vocoder(pipe.cfg, vocoder)
     sr, length = pipe.sample_rate, int(round(pipe.settings().duration * pipe.sample_rate))
     folder.mkdir(parents=True, exist_ok=True)
-    lines = []
+    lines, spent = [], 0.0
     for i, (stem, it) in enumerate(list(by_stem(read_manifest(args.real)).items())[:args.limit]):
         wav = torch.from_numpy(crop_or_pad(load_audio(it.audio, sr), length, offset=0))
         g = torch.Generator().manual_seed(batch_seed(args.seed, i))
-        out = pipe.codec.vocode(pipe.codec.mel(wav), generator=g)[0]  # (S,)
+        mel = pipe.codec.mel(wav)
+        start = time.perf_counter()
+        with torch.no_grad():
+            out = pipe.codec.vocode(mel, generator=g)[0]  # (S,)
+        spent += time.perf_counter() - start
         write_wav(folder / f"{stem}.wav", out / out.abs().max().clamp(min=1.0), sr)
         lines.append(json.dumps({"audio": f"{stem}.wav", "caption": it.caption,
                                  "attributes": it.attributes}))
     manifest = folder / "manifest.jsonl"
     atomic_write_text(manifest, "\n".join(lines) + "\n")
-    return manifest
+    return manifest, spent / max(1, len(lines))
+
+
+def load_trained_vocoder(cfg, path: str):
+    """The trained vocoder file at `path`, for a model trained with `cfg`'s audio settings."""
+    from energytta.audio.vocoder import build_vocoder, with_trained_vocoder
+
+    return build_vocoder(with_trained_vocoder(cfg, path)).eval()
 
 
 def _threads() -> int:
@@ -191,6 +224,9 @@ def _parse(argv: list[str]
         if not Path(path).is_file():
             raise UserError(f"manifest {path} not found; make the corpus with "
                             "`energytta-data synth --out data/synth10k --num 10000 --seconds 4`")
+    if args.vocoder and not Path(args.vocoder).is_file():
+        raise UserError(f"--vocoder {args.vocoder}: file not found (train one: "
+                        "energytta-train --config vocoder)")
     ckpts = {m: resolve_checkpoint(getattr(args, m)) for m in models}
     for m, c in ckpts.items():
         if not c.exists():
@@ -222,14 +258,15 @@ def main(argv: list[str]) -> int:
 
         real = real_row(args, embedders)
         # the paired models' codec and vocoder (the caption-only student shares them)
-        vocoded = vocoded_row(args, ckpts[([m for m in models if m != "captiononly"]
-                                           or models)[-1]], embedders)
+        paired = ckpts[([m for m in models if m != "captiononly"] or models)[-1]]
+        vocoded = vocoded_row(args, paired, embedders)
+        trained = vocoded_row(args, paired, embedders, args.vocoder) if args.vocoder else None
         command = args.command or "python tools/quality.py " + " ".join(argv)
         meta = {"command": command, "machine": f"{platform.machine()}, {os.cpu_count()} "
                 f"CPU cores, torch {torch.__version__}",
                 "date": time.strftime("%Y-%m-%d"),
                 "checkpoints": {m: str(c) for m, c in ckpts.items()},
                 "seconds": round(sum(r.get("seconds", 0) for r in rows.values()))}
-        atomic_write_text(args.out, render(args, rows, real, meta, vocoded))
+        atomic_write_text(args.out, render(args, rows, real, meta, vocoded, trained))
         print(f"wrote {args.out}", file=sys.stderr)
     return 0

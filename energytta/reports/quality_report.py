@@ -16,7 +16,8 @@ COLUMNS = ("model", "K", "FD clf ↓", "FD mel ↓", "KL ↓", "IS ↑", "attrib
 def _headline(rows: dict) -> list[tuple[str, dict]]:
     """(model, row) compared with real clips and per check: teacher and student at
     TARGET_K, the caption-only student at its one pass."""
-    keys = [("teacher", TARGET_K), ("student", TARGET_K), ("captiononly", 1)]
+    keys = [("teacher", TARGET_K), ("student", TARGET_K), ("guided", TARGET_K),
+            ("captiononly", 1)]
     return [(m, rows[(m, k)]) for m, k in keys if (m, k) in rows]
 
 
@@ -39,7 +40,8 @@ def _knobs(rows: dict) -> str:
     seen: dict[str, list[str]] = {}
     for (m, _), r in rows.items():
         g = r["generation"]
-        knob = f"CFG {g['cfg']:g}, temperature {g['temperature']:g}"
+        knob = f"CFG {g['cfg']:g}{' in one pass' if g.get('one_pass_cfg') else ''}, " \
+            f"temperature {g['temperature']:g}"
         if knob not in seen.setdefault(m, []):
             seen[m].append(knob)
     return "; ".join(f"{m} {' or '.join(k)}" for m, k in seen.items())
@@ -103,7 +105,7 @@ def _per_attribute(rows: dict, real: dict | None, vocoded: dict | None) -> list[
 
 
 def render(args: Any, rows: dict, real: dict | None, meta: dict,
-           vocoded: dict | None = None) -> str:
+           vocoded: dict | None = None, trained: dict | None = None) -> str:
     """The whole page. rows: {(model, K): saved row}; real: score() of the --real clips;
     vocoded: the same clips through the codec and Griffin-Lim (tools/quality.py)."""
     any_row = next(iter(rows.values()))
@@ -117,8 +119,12 @@ def render(args: Any, rows: dict, real: dict | None, meta: dict,
         table.append(_cells("real clips", "–", real, None))
     if vocoded:
         table.append(_cells("real → mel → GL", "–", vocoded, None))
+    if trained:
+        table.append(_cells("real → mel → trained vocoder", "–", trained, None))
     lines = [
-        "# Quality: the shipped models (teacher, student, caption-only student)",
+        "# Quality: the shipped models (teacher, student, caption-only student)"
+        + (" and the guidance-distilled student" if any(m == "guided" for m, _ in rows)
+           else ""),
         "",
         "<!-- Written by tools/quality.py; edit that tool, not this page. -->",
         f"Regenerate with `{meta['command']}` ({meta['date']}, {meta['machine']}). Rows are "
@@ -149,7 +155,12 @@ def render(args: Any, rows: dict, real: dict | None, meta: dict,
         "(FD between two finite samples is not 0; this is what a perfect generator gets). "
         "`real → mel → GL`: the same clips analysed to log-mels and turned back into audio by "
         "the models' codec and Griffin-Lim vocoder: what a perfect *mel* generator gets "
-        "here, so the gap between it and `real clips` is the vocoder's, not the models'.",
+        "here, so the gap between it and `real clips` is the vocoder's, not the models'."
+        + (" `real → mel → trained vocoder`: the same with the trained vocoder "
+           f"`{display_path(args.vocoder)}` in place of Griffin-Lim; vocoder time per 4-s "
+           f"clip, one at a time: Griffin-Lim {vocoded.get('vocode_s_per_clip', 0):.3f} s, "
+           f"trained {trained.get('vocode_s_per_clip', 0):.3f} s." if trained and vocoded
+           else ""),
         "",
         f"## Targets at K = {TARGET_K} (the caption-only student: its one pass)",
         "",

@@ -90,7 +90,8 @@ def generate_row(args: argparse.Namespace, model: str, ckpt: Path, k: int, folde
     for (stem, _), wav in zip(items, result.wavs):
         write_wav(folder / f"{stem}.wav", wav, result.sample_rate)
     return {"clips": len(items), "duration": s.duration, "cfg": s.cfg,
-            "temperature": s.temperature, "wall_s_per_clip": wall / len(items),
+            "temperature": s.temperature, "one_pass_cfg": s.one_pass_cfg,
+            "wall_s_per_clip": wall / len(items),
             "cpu_s_per_clip": cpu / len(items)}
 
 
