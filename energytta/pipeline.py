@@ -34,8 +34,13 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 # The models that ship with the package (docs/reports/quality.md); names usable as `path`.
 SHIPPED = {"student": ASSETS / "student.safetensors", "teacher": ASSETS / "teacher.safetensors",
            # the caption-only one-pass student (docs/captiononly.md)
-           "captiononly": ASSETS / "captiononly.safetensors"}
+           "captiononly": ASSETS / "captiononly.safetensors",
+           # the student with its guidance distilled into one pass (docs/guidance.md)
+           "guided": ASSETS / "guided.safetensors"}
 DEFAULT_CKPT = SHIPPED["student"]
+# the shipped trained vocoder (docs/reports/codecs.md); `vocoder="trained"` picks it
+SHIPPED_VOCODER = ASSETS / "vocoder.safetensors"
+VOCODER_CHOICES = ("checkpoint", "griffin-lim", "trained")
 KINDS = ("teacher", "student", "captiononly")
 Audio = str | Path | np.ndarray  # an input clip: a file, or (S,) samples at the model's rate
 # autocast precision of text encoding and decoding; the codec and vocoder stay in fp32
@@ -120,6 +125,7 @@ class TextToAudio:
         self.device, self.checkpoint, self.dtype = device, checkpoint, dtype
         self._text_encoder = text_encoder
         self.sample_rate = int(codec.sample_rate)
+        self.vocoder = cfg.codec.vocoder  # what renders the audio (`use_vocoder` changes it)
 
     @property
     def text_encoder(self) -> torch.nn.Module:
@@ -138,7 +144,7 @@ class TextToAudio:
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None,
                         device: str | torch.device = "auto",
-                        dtype: str = "fp32") -> "TextToAudio":
+                        dtype: str = "fp32", vocoder: str = "checkpoint") -> "TextToAudio":
         """Load a checkpoint (inference file, step folder or run folder); the text encoder
         named by its config loads on first use.
 
@@ -147,6 +153,9 @@ class TextToAudio:
                 (`energytta/assets/student.safetensors`), "teacher" = the shipped teacher.
             device: "auto" (cuda if available), "cpu", "cuda:1", ...
             dtype: "fp32" | "bf16" | "fp16" autocast for text encoding and decoding.
+            vocoder: "checkpoint" (the one it was trained with; Griffin-Lim for the shipped
+                models), "griffin-lim", "trained" (the shipped trained vocoder, ~16× faster
+                than Griffin-Lim on CPU; docs/reports/codecs.md) or a vocoder file.
         """
         from energytta.checkpoint import load_model
 
@@ -155,7 +164,26 @@ class TextToAudio:
         cfg, kind, model, codec = load_model(path, dev)
         if kind not in KINDS:
             raise UserError(f"{path}: checkpoint kind '{kind}' is not one of {', '.join(KINDS)}")
-        return cls(cfg, kind, model.eval(), codec.eval(), dev, Path(path), dtype=dtype)
+        pipe = cls(cfg, kind, model.eval(), codec.eval(), dev, Path(path), dtype=dtype)
+        pipe.use_vocoder(vocoder)
+        return pipe
+
+    def use_vocoder(self, vocoder: str) -> str:
+        """Switch the codec's vocoder (see `from_pretrained`); returns what it now uses."""
+        from energytta.audio.vocoder import replace_vocoder
+
+        if vocoder == "checkpoint":
+            self.vocoder = self.cfg.codec.vocoder
+        elif vocoder == "griffin-lim":
+            self.vocoder = replace_vocoder(self.codec, self.cfg, "griffin-lim")
+        else:
+            path = SHIPPED_VOCODER if vocoder == "trained" else Path(vocoder)
+            if not path.is_file():
+                what = "the shipped vocoder is missing" if vocoder == "trained" else "not found"
+                raise UserError(f"vocoder {vocoder}: {path} {what} (use "
+                                f"{', '.join(VOCODER_CHOICES)} or a vocoder .safetensors)")
+            self.vocoder = replace_vocoder(self.codec, self.cfg, "trained", path)
+        return self.vocoder
 
     # ------------------------------------------------------------------ settings
     def settings(self, seed: int | None = None, duration: float | None = None,

@@ -345,7 +345,10 @@ def test_energytta_train_vocoder_resumes_and_gan_terms_run(corpus, tmp_path):
     assert _train(corpus, out, "vocoder", "train.steps=3", *small, "--resume") == 0
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2, 3]
     assert build_vocoder(load_config("tiny", ["codec.vocoder=trained", *small,
+                                              "codec.vocoder_mag_prior=true",  # vocoder.yaml's
                                               f"codec.vocoder_path={out / 'vocoder.safetensors'}"]))
+    from energytta.audio.vocoder import with_trained_vocoder  # or read from the file itself
+    assert build_vocoder(with_trained_vocoder(load_config("tiny"), out / "vocoder.safetensors"))
     gan = tmp_path / "gan"
     assert _train(corpus, gan, "codec_vae", "train.steps=1", "codec.vae_width=4",
                   "codec.vae_adv_weight=0.1", "codec.vae_perceptual_weight=1.0") == 0

@@ -218,13 +218,57 @@ def test_missing_shipped_model_is_user_error(monkeypatch, tmp_path):
 def test_shipped_models_fit_the_budget_and_generate():
     sizes = sum(p.stat().st_size for p in pipeline.ASSETS.glob("*.safetensors"))
     assert sizes <= 60 * 1024 * 1024  # issue 7: every shipped weight together <= 60 MB
-    for name in ("student", "teacher", "captiononly"):
+    for name in ("student", "teacher", "captiononly", "guided"):
         pipe = TextToAudio.from_pretrained(None if name == "student" else name, "cpu")
-        assert pipe.kind == name and pipe.checkpoint == pipeline.SHIPPED[name]
+        kind = "student" if name == "guided" else name
+        assert pipe.kind == kind and pipe.checkpoint == pipeline.SHIPPED[name]
+        # the guidance-distilled student guides in one pass by default, the others in two
+        assert pipe.settings().one_pass_cfg == (name == "guided")
         k = 1 if name == "captiononly" else 2  # one pass: its whole point
         wavs, sr = pipe(["a bell rings twice"], seed=0, iterations=k, duration=1.0)
         assert sr == 16000 and wavs.shape == (1, 16000) and np.isfinite(wavs).all()
         assert 0.01 < np.abs(wavs).max() <= 1.0  # not silent; louder clips are scaled down
+
+
+def test_the_shipped_trained_vocoder_renders_every_shipped_model():
+    from energytta.audio.vocoder import MelVocoder
+
+    for name, k in (("student", 2), ("captiononly", 1)):
+        pipe = TextToAudio.from_pretrained(name, "cpu", vocoder="trained")
+        assert isinstance(pipe.codec.vocoder, MelVocoder) and pipe.codec.vocoder.mag_prior
+        assert pipe.vocoder == pipeline.SHIPPED_VOCODER.name
+        wavs, _ = pipe(["a bell rings twice"], seed=0, iterations=k, duration=1.0)
+        assert wavs.shape == (1, 16000) and np.isfinite(wavs).all()
+        gl = TextToAudio.from_pretrained(name, "cpu")
+        assert gl.vocoder == "griffin-lim"
+        ref, _ = gl(["a bell rings twice"], seed=0, iterations=k, duration=1.0)
+        # the same mel through either vocoder: the same loudness within a factor of 2
+        rms = [float(np.sqrt((w ** 2).mean())) for w in (wavs, ref)]
+        assert rms[1] > 0 and 0.5 < rms[0] / rms[1] < 2.0, rms
+
+
+def test_the_vocoder_can_be_chosen_per_run(student, prompts_file, tmp_path, capsys):
+    from energytta.audio.griffinlim import GriffinLim
+    from energytta.audio.vocoder import VOCODER_KEYS, save_part, trained_vocoder
+    from energytta.config import load_config
+
+    cfg = load_config("tiny", ["codec.vocoder_width=16", "codec.vocoder_depth=1"])
+    voc = save_part(tmp_path / "v.safetensors", trained_vocoder(cfg).state_dict(), cfg,
+                    "vocoder", VOCODER_KEYS)
+    pipe = TextToAudio.from_pretrained(student, "cpu", vocoder=str(voc))
+    assert pipe.vocoder == "v.safetensors" and not isinstance(pipe.codec.vocoder, GriffinLim)
+    assert pipe.use_vocoder("griffin-lim") == "griffin-lim"
+    assert isinstance(pipe.codec.vocoder, GriffinLim)
+    out = tmp_path / "out"
+    assert _sample(prompts_file, student, out, "--vocoder", str(voc), "--iterations", "2") == 0
+    record = json.loads(next(out.glob("*.json")).read_text())
+    assert record["vocoder"] == "v.safetensors"
+    with pytest.raises(UserError, match="not found"):
+        TextToAudio.from_pretrained(student, "cpu", vocoder=str(tmp_path / "none"))
+    capsys.readouterr()
+    assert _sample(prompts_file, student, tmp_path / "o2", "--vocoder", "nope.st") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
 
 
 def test_sample_cli_uses_the_shipped_student(tmp_path, capsys):

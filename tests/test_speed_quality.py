@@ -26,23 +26,43 @@ def guided(tmp_path_factory, tiny_text_dir):
     return save_inference(folder / "guided.safetensors", model, build_codec(cfg), cfg, "student")
 
 
-def _args(tiny_ckpts, guided, corpus, work, *extra):
+@pytest.fixture(scope="module")
+def vocoder(tmp_path_factory):
+    """A tiny trained-vocoder file (random weights, magnitude prior) for the tiny models."""
+    from energytta.audio.vocoder import VOCODER_KEYS, save_part, trained_vocoder
+    from energytta.config import load_config
+
+    cfg = load_config("tiny", ["codec.vocoder_width=16", "codec.vocoder_depth=1",
+                               "codec.vocoder_mag_prior=true"])
+    folder = tmp_path_factory.mktemp("voc")
+    return save_part(folder / "voc.safetensors", trained_vocoder(cfg).state_dict(), cfg,
+                     "vocoder", VOCODER_KEYS)
+
+
+def _args(tiny_ckpts, guided, corpus, work, *extra, vocoder=None):
+    settings = "teacher:2,student:2,guided:2" + (",guided:2:trained" if vocoder else "")
     return ["--teacher", str(tiny_ckpts["teacher"]), "--student", str(tiny_ckpts["student"]),
             "--guided", str(guided), "--reference", str(corpus / "test.jsonl"), "--limit", "10",
-            "--settings", "teacher:2,student:2,guided:2", "--batch-sizes", "1,6",
-            "--duration", "1", "--work", str(work), *extra]
+            "--settings", settings, "--batch-sizes", "1,6", "--duration", "1", "--work",
+            str(work), *(["--vocoder", str(vocoder)] if vocoder else []), *extra]
 
 
-def test_one_table_of_speed_and_quality_and_reuse(tiny_ckpts, guided, corpus, tmp_path,
-                                                  load_tool, capsys):
+def test_one_table_of_speed_and_quality_and_reuse(tiny_ckpts, guided, vocoder, corpus,
+                                                  tmp_path, load_tool, capsys):
     tool = load_tool("speed_quality")
     work, page = tmp_path / "work", tmp_path / "sq.md"
-    assert tool.main(_args(tiny_ckpts, guided, corpus, work, "--out", str(page))) == 0
+    assert tool.main(_args(tiny_ckpts, guided, corpus, work, "--out", str(page),
+                           vocoder=vocoder)) == 0
     text = page.read_text()
     for cells in ("| teacher (diffusion head, 100 steps) | 2 | 2×B |", "| student | 2 | 2×B |",
-                  "| guided student | 2 | 1×B |", "s / batch 6", "× teacher @6",
-                  "## Targets (CPU, batch 6, issue 20)", "its own floor at batch 6"):
+                  "| guided student | 2 | 1×B |", "| guided student + trained vocoder | 2 |",
+                  "s / batch 6", "× teacher @6", "## Targets (CPU, batch 6, issue 20)",
+                  "its own floor at batch 6", "- Trained vocoder vs Griffin-Lim (guided"):
         assert cells in text, cells
+    voc = json.loads((work / "bench-guided-k2-voc.json").read_text())["rows"]
+    assert {r["vocoder"] for r in voc} == {"voc.safetensors"}
+    assert json.loads((work / "guided-k2-voc.json").read_text())["generation"]["vocoder"] \
+        == "voc.safetensors"
     assert "python tools/speed_quality.py --teacher" in text and "--bench-script" not in text
     bench = json.loads((work / "bench-guided-k2.json").read_text())
     rows = bench["rows"]
@@ -53,13 +73,14 @@ def test_one_table_of_speed_and_quality_and_reuse(tiny_ckpts, guided, corpus, tm
     assert not any(r["one_pass_cfg"] for r in student if r["generator"] == "student")
     recs = json.loads((work / "speed_quality.json").read_text())
     assert recs[0]["model"] == "teacher" and recs[0]["x_teacher"]["6"] == pytest.approx(1.0)
+    assert all(r["vocoder"] == "griffin-lim" for r in rows)
     q = json.loads((work / "guided-k2.json").read_text())  # the quality row of the setting
     assert q["generation"]["one_pass_cfg"] and recs[2]["attributes"] == pytest.approx(
         q["attributes"]["all"]["overall"]["accuracy"])
     capsys.readouterr()
-    assert tool.main(_args(tiny_ckpts, guided, corpus, work)) == 0  # everything reused
+    assert tool.main(_args(tiny_ckpts, guided, corpus, work, vocoder=vocoder)) == 0  # reused
     err = capsys.readouterr().err
-    assert err.count("reusing") == 6 and "generating" not in err
+    assert err.count("reusing") == 8 and "generating" not in err
 
 
 def test_targets_read_the_rows():
@@ -78,6 +99,8 @@ def test_targets_read_the_rows():
 
 @pytest.mark.parametrize("bad", [["--settings", "teacher:0"], ["--settings", "vae:4"],
                                  ["--settings", "captiononly:8"], ["--batch-sizes", "a"],
+                                 ["--settings", "guided:8:hifigan"],
+                                 ["--settings", "guided:8:trained", "--vocoder", "no.st"],
                                  ["--reference", "nope.jsonl"]])
 def test_bad_input_is_one_line(bad, tiny_ckpts, guided, corpus, tmp_path, load_tool, capsys):
     tool = load_tool("speed_quality")

@@ -180,6 +180,26 @@ def build_generators(args, overrides: list[str], device: torch.device
     return {k: gens[k] for k in GENERATORS if k in gens and k in args.generators}, text_encoder
 
 
+def set_vocoder(gens: dict[str, Generator], vocoder: str) -> None:
+    """Give every generator's codec the vocoder `vocoder` names (see --vocoder); rows
+    record it as "vocoder"."""
+    from pathlib import Path
+
+    from energytta.audio.vocoder import replace_vocoder
+    from energytta.pipeline import SHIPPED_VOCODER
+
+    for gen in gens.values():
+        if vocoder == "checkpoint":
+            gen.extra["vocoder"] = gen.cfg.codec.vocoder
+        elif vocoder == "griffin-lim":
+            gen.extra["vocoder"] = replace_vocoder(gen.codec, gen.cfg, vocoder)
+        else:
+            path = SHIPPED_VOCODER if vocoder == "trained" else Path(vocoder)
+            if not path.is_file():
+                raise UserError(f"--vocoder {vocoder}: {path} not found")
+            gen.extra["vocoder"] = replace_vocoder(gen.codec, gen.cfg, "trained", path)
+
+
 # ------------------------------------------------------------------------------ running
 def generate(gen: Generator, text_encoder, prompts: list[str], args, clock: Clock | None,
              device: torch.device) -> None:
@@ -347,6 +367,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--teacher-ckpt", help="teacher checkpoint to time beside --ckpt")
     p.add_argument("--captiononly-ckpt", help="caption-only student checkpoint to time (one "
                    "pass per clip)")
+    p.add_argument("--vocoder", default="checkpoint", metavar="V",
+                   help="checkpoint (each model's own) | griffin-lim | trained (the shipped "
+                        "trained vocoder) | a vocoder .safetensors, for every generator")
     p.add_argument("--batch-sizes", default="1,8,32,64", help="comma-separated")
     p.add_argument("--iterations", type=int, default=64, help="decoding iterations K")
     p.add_argument("--duration", type=float, default=10.0, help="seconds of audio per prompt")
@@ -392,6 +415,7 @@ def run(argv: list[str]) -> list[dict]:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device here; use --device cpu")
     gens, text_encoder = build_generators(args, overrides, device)
+    set_vocoder(gens, args.vocoder)
     if args.compile:
         for gen in gens.values():
             gen.model.backbone = torch.compile(gen.model.backbone, dynamic=True)

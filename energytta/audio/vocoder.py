@@ -126,6 +126,30 @@ def with_trained_vocoder(cfg: Config, path: str | Path, flag: str = "--vocoder")
     return from_dict(data)
 
 
+def replace_vocoder(codec: nn.Module, cfg: Config, spec: str, path: str | Path | None = None
+                    ) -> str:
+    """Give a built codec another vocoder: "griffin-lim" (no weights, `codec.
+    griffin_lim_iters`) or "trained" (the file at `path`; UserError if it does not fit).
+
+    Args:
+        codec: a `MelCodec` / `VAECodec` (anything with a `vocoder` attribute).
+        cfg: the model's config (its audio settings must match the vocoder file's).
+        spec: "griffin-lim" | "trained"; path: the trained vocoder's file.
+    Returns:
+        a short label of what it now uses ("griffin-lim" or the file's name).
+    """
+    if spec == "griffin-lim":
+        from energytta.audio.griffinlim import GriffinLim
+
+        codec.vocoder = GriffinLim(cfg.audio, n_iter=cfg.codec.griffin_lim_iters)
+        return spec
+    if spec != "trained" or path is None:
+        raise UserError(f"vocoder {spec!r}: use griffin-lim, trained or a vocoder file")
+    device = next((b.device for b in codec.buffers()), torch.device("cpu"))
+    codec.vocoder = build_vocoder(with_trained_vocoder(cfg, path)).to(device).eval()
+    return Path(path).name
+
+
 # ------------------------------------------------------------------ the trained vocoder
 class ConvNeXtBlock(nn.Module):
     """1-D ConvNeXt block (Liu et al. 2022; Vocos' backbone): depthwise conv k=7, LayerNorm,

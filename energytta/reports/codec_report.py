@@ -30,28 +30,21 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from safetensors import safe_open
 
 from energytta.audio.codec import Codec, build_codec
 from energytta.audio.io import load_audio
 from energytta.audio.mel import MelFrontend
 from energytta.audio.vocoder import mr_stft_distance
 from energytta.config import Config, load_config
-from energytta.errors import UserError
 from energytta.reports.spectral import read_rows, spectral_convergence
 from energytta.utils import atomic_write_text
 
 
-def part_overrides(path: Path, flag: str) -> list[str]:
+def part_overrides(path: Path, flag: str, kind: str) -> list[str]:
     """`codec.*` overrides that rebuild the architecture stored in a trained part file."""
-    if not path.is_file():
-        raise UserError(f"{flag} {path}: file not found (train it with energytta-train)")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    if "settings" not in meta:
-        raise UserError(f"{flag} {path}: not a trained codec part (no settings metadata)")
-    settings = json.loads(meta["settings"])["codec"]
-    return [f"codec.{k}={v}" for k, v in settings.items()]
+    from energytta.audio.vocoder import part_settings
+
+    return [f"codec.{k}={v}" for k, v in part_settings(path, kind, flag)["codec"].items()]
 
 
 def pipelines(args: argparse.Namespace) -> dict[str, Codec]:
@@ -60,12 +53,13 @@ def pipelines(args: argparse.Namespace) -> dict[str, Codec]:
     voc = []
     if args.vocoder:
         voc = ["codec.vocoder=trained", f"codec.vocoder_path={args.vocoder}",
-               *part_overrides(args.vocoder, "--vocoder")]
+               *part_overrides(args.vocoder, "--vocoder", "vocoder")]
     out: dict[str, Codec] = {f"mel + Griffin-Lim ({args.gl_iters} it)": build_codec(
         load_config(None, gl))}
     vae = []
     if args.vae:
-        vae = ["codec.name=vae", f"codec.path={args.vae}", *part_overrides(args.vae, "--vae")]
+        vae = ["codec.name=vae", f"codec.path={args.vae}",
+               *part_overrides(args.vae, "--vae", "vae")]
     if voc:
         out["mel + trained vocoder"] = build_codec(load_config(None, voc))
     if vae and voc:

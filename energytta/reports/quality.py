@@ -49,9 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="teacher checkpoint (default: the shipped one)")
     p.add_argument("--student", default="student", metavar="CKPT",
                    help="student checkpoint (default: the shipped one)")
-    p.add_argument("--guided", default="runs/guidance/model.safetensors", metavar="CKPT",
-                   help="guidance-distilled student (energytta-train --config guidance; "
-                        "default: runs/guidance/model.safetensors), sampled with its one "
+    p.add_argument("--guided", default="guided", metavar="CKPT",
+                   help="guidance-distilled student (default: the shipped one; train one: "
+                        "energytta-train --config guidance), sampled with its one "
                         "conditional pass per step")
     p.add_argument("--captiononly", default="captiononly", metavar="CKPT",
                    help="caption-only student checkpoint (default: the shipped one); its "
@@ -91,21 +91,26 @@ def row_key(args: argparse.Namespace, model: str, ckpt: Path, k: int) -> dict[st
 
 
 def get_row(args: argparse.Namespace, model: str, ckpt: Path, k: int,
-            embedders: dict, name: str | None = None) -> dict[str, Any]:
+            embedders: dict, name: str | None = None, vocoder: str = "") -> dict[str, Any]:
     """The saved row for (model, k), or a freshly computed (and saved) one.
 
-    `model` is the checkpoint kind it must hold; `name` (default: `model`) names the row's
-    files, so several checkpoints of one kind (an ablation's arms) keep their own rows."""
+    `model` is the row's model (the checkpoint must hold its kind); `name` (default:
+    `model`) names the row's files, so several checkpoints of one kind (an ablation's arms)
+    keep their own rows; `vocoder` (a trained vocoder file) renders the clips instead of the
+    checkpoint's own vocoder (files `<name>-k<K>-voc`)."""
     work, name = Path(args.work), name or model
-    path, key = work / f"{name}-k{k}.json", row_key(args, model, ckpt, k)
+    stem = f"{name}-k{k}" + ("-voc" if vocoder else "")
+    path, key = work / f"{stem}.json", row_key(args, model, ckpt, k)
+    if vocoder:
+        key["vocoder"] = sha256(Path(vocoder))
     row = saved(path, key)
     if row is not None:
         print(f"{name} K={k}: reusing {path}", file=sys.stderr)
         return row
     print(f"{name} K={k}: generating {args.limit} clips ...", file=sys.stderr)
-    folder, start = work / f"{name}-k{k}", time.time()
+    folder, start = work / stem, time.time()
     row = {"key": key, "generation": generate_row(args, KIND_OF.get(model, model), ckpt, k,
-                                                  folder),
+                                                  folder, vocoder or "checkpoint"),
            "threads": _threads(), **score(folder, args.reference, args.limit, embedders)}
     row["seconds"] = round(time.time() - start, 1)  # generation + scoring
     save(path, row)

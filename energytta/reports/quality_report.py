@@ -86,9 +86,11 @@ def _against_real(rows: dict, real: dict | None) -> list[str]:
     return out
 
 
-def _per_attribute(rows: dict, real: dict | None, vocoded: dict | None) -> list[str]:
+def _per_attribute(rows: dict, real: dict | None, vocoded: dict | None,
+                   trained: dict | None = None) -> list[str]:
     cols = _headline(rows)
-    cols += [(name, r) for name, r in (("real clips", real), ("real → mel → GL", vocoded)) if r]
+    cols += [(name, r) for name, r in (("real clips", real), ("real → mel → GL", vocoded),
+                                       ("real → mel → trained vocoder", trained)) if r]
     names = []
     for _, r in cols:
         names += [n for n in (r.get("attributes") or {}).get("all", {}) if n not in names]
@@ -170,7 +172,7 @@ def render(args: Any, rows: dict, real: dict | None, meta: dict,
         f"## Per check at K = {TARGET_K} (the caption-only student: K = 1; accuracy, number "
         "of checks)",
         "",
-        *_per_attribute(rows, real, vocoded),
+        *_per_attribute(rows, real, vocoded, trained),
         "",
         "FAD proper needs VGGish weights, which cannot be fetched here; the synth-classifier "
         "FD above stands in for it (docs/evaluation.md has the VGGish path for when the file "

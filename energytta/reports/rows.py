@@ -61,13 +61,15 @@ def score(generated: Path | str, reference: str, limit: int, embedders: dict,
 
 
 def generate_row(args: argparse.Namespace, model: str, ckpt: Path, k: int, folder: Path,
-                 **knobs: float) -> dict[str, Any]:
+                 vocoder: str = "checkpoint", **knobs: float) -> dict[str, Any]:
     """Generate the first `args.limit` captions of `args.reference` into `folder`.
 
     Args:
         args: reference, limit, seed and batch_size of the report's command line.
         model: "teacher" or "student": what `ckpt` must hold (else UserError).
         ckpt: the checkpoint; k: decoding iterations; folder: where `<stem>.wav` go.
+        vocoder: `TextToAudio.from_pretrained`'s vocoder ("checkpoint", "griffin-lim",
+            "trained" or a vocoder file).
         knobs: cfg=, temperature= override the checkpoint's sampling defaults.
     Returns:
         settings and timings (wall and process-CPU seconds per clip).
@@ -78,7 +80,7 @@ def generate_row(args: argparse.Namespace, model: str, ckpt: Path, k: int, folde
     from energytta.pipeline import TextToAudio
 
     items = list(by_stem(read_manifest(args.reference)).items())[:args.limit]
-    pipe = TextToAudio.from_pretrained(ckpt, "cpu")
+    pipe = TextToAudio.from_pretrained(ckpt, "cpu", vocoder=vocoder)
     if pipe.kind != model:
         raise UserError(f"--{model} {ckpt} holds a {pipe.kind}, not a {model}")
     s = pipe.settings(seed=args.seed, iterations=k, batch_size=args.batch_size, **knobs)
@@ -91,6 +93,7 @@ def generate_row(args: argparse.Namespace, model: str, ckpt: Path, k: int, folde
         write_wav(folder / f"{stem}.wav", wav, result.sample_rate)
     return {"clips": len(items), "duration": s.duration, "cfg": s.cfg,
             "temperature": s.temperature, "one_pass_cfg": s.one_pass_cfg,
+            "vocoder": pipe.vocoder,
             "wall_s_per_clip": wall / len(items),
             "cpu_s_per_clip": cpu / len(items)}
 

@@ -4,9 +4,11 @@ writes docs/reports/speed_quality.md.
 
     python tools/speed_quality.py --threads 1 --out docs/reports/speed_quality.md
 
-A setting is MODEL:K (decoding iterations): teacher (diffusion head, its 100 steps,
-two-pass CFG), student (energy head, two-pass CFG), guided (the guidance-distilled student:
-one conditional pass per step, docs/guidance.md), captiononly (one pass in all). For each:
+A setting is MODEL:K (decoding iterations), or MODEL:K:trained to render with the trained
+vocoder (--vocoder; default the shipped one) instead of the checkpoint's Griffin-Lim:
+teacher (diffusion head, its 100 steps, two-pass CFG), student (energy head, two-pass CFG),
+guided (the guidance-distilled student: one conditional pass per step, docs/guidance.md),
+captiononly (one pass in all). For each:
 
 - quality: the row tools/quality.py computes for (MODEL, K) on the test split (attribute
   accuracy, type accuracy, FD), reused from --work while its key matches;
@@ -31,7 +33,8 @@ from typing import Any
 from energytta.errors import UserError
 from energytta.reports.rows import accuracy, save, saved, sha256
 
-DEFAULT_SETTINGS = "teacher:64,student:32,student:8,guided:32,guided:8,guided:4,captiononly:1"
+DEFAULT_SETTINGS = ("teacher:64,student:32,student:8,guided:32,guided:8,guided:4,"
+                    "captiononly:1,guided:4:trained,captiononly:1:trained")
 BENCH_FLAG = {"teacher": "--teacher-ckpt", "student": "--ckpt", "guided": "--guided-ckpt",
               "captiononly": "--captiononly-ckpt"}
 BENCH_NAME = {"teacher": "teacher", "student": "student", "guided": "guided",
@@ -61,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="quality rows' test split (default: tools/quality.py's)")
     p.add_argument("--limit", type=int, default=100, metavar="N",
                    help="quality rows' first N captions (default 100, as tools/quality.py)")
+    p.add_argument("--vocoder", default=None, metavar="FILE",
+                   help="the trained vocoder of the MODEL:K:trained settings (default: the "
+                        "shipped energytta/assets/vocoder.safetensors)")
     p.add_argument("--out", default=None, metavar="MD", help="write the markdown page here")
     for m in BENCH_FLAG:
         p.add_argument(f"--{m}", default=None, metavar="CKPT",
@@ -69,21 +75,38 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_settings(text: str) -> list[tuple[str, int]]:
-    """'teacher:64,guided:8' -> [("teacher", 64), ("guided", 8)] (UserError if malformed)."""
+def parse_settings(text: str) -> list[tuple[str, int, bool]]:
+    """'teacher:64,guided:8:trained' -> [("teacher", 64, False), ("guided", 8, True)] (the
+    flag: render with the trained vocoder); UserError if malformed."""
     out = []
     for part in (p.strip() for p in text.split(",")):
-        model, _, k = part.partition(":")
-        if model not in BENCH_FLAG or not k.isdigit() or int(k) < 1:
-            raise UserError(f"--settings: {part!r} is not MODEL:K with MODEL one of "
-                            f"{', '.join(BENCH_FLAG)} and K >= 1 (e.g. teacher:64)")
+        model, _, rest = part.partition(":")
+        k, _, voc = rest.partition(":")
+        if (model not in BENCH_FLAG or not k.isdigit() or int(k) < 1
+                or voc not in ("", "trained")):
+            raise UserError(f"--settings: {part!r} is not MODEL:K[:trained] with MODEL one of "
+                            f"{', '.join(BENCH_FLAG)} and K >= 1 (e.g. teacher:64, "
+                            "captiononly:1:trained)")
         if model == "captiononly" and int(k) != 1:
             raise UserError(f"--settings: {part!r}: the caption-only student has one pass "
                             "(captiononly:1)")
-        out.append((model, int(k)))
+        out.append((model, int(k), voc == "trained"))
     if not out:
         raise UserError("--settings: give at least one MODEL:K")
     return out
+
+
+def vocoder_file(args: argparse.Namespace, settings: list[tuple[str, int, bool]]) -> str:
+    """The trained vocoder file of the :trained settings ("" when none asks for it)."""
+    if not any(v for _, _, v in settings):
+        return ""
+    from energytta.pipeline import SHIPPED_VOCODER
+
+    path = Path(args.vocoder) if args.vocoder else SHIPPED_VOCODER
+    if not path.is_file():
+        raise UserError(f"--vocoder {path}: file not found (train one: energytta-train "
+                        "--config vocoder)")
+    return str(path)
 
 
 # ------------------------------------------------------------------ rows
@@ -99,8 +122,9 @@ def quality_args(args: argparse.Namespace) -> argparse.Namespace:
     return quality.build_parser().parse_args(qargv)
 
 
-def quality_rows(qargs: argparse.Namespace, settings: list[tuple[str, int]]) -> dict:
-    """{(model, K): tools/quality.py row}, computed where not saved."""
+def quality_rows(qargs: argparse.Namespace, settings: list[tuple[str, int, bool]],
+                 vocoder: str) -> dict:
+    """{(model, K, trained vocoder?): tools/quality.py row}, computed where not saved."""
     from energytta.eval.embedders import get_embedder
     from energytta.reports import quality
     from energytta.reports.rows import EMBEDDERS, MemoEmbedder
@@ -109,8 +133,9 @@ def quality_rows(qargs: argparse.Namespace, settings: list[tuple[str, int]]) -> 
         raise UserError(f"--reference {qargs.reference} not found; make the corpus with "
                         "`energytta-data synth --out data/synth10k --num 10000 --seconds 4`")
     embedders = {n: MemoEmbedder(get_embedder(n, "cpu")) for n in EMBEDDERS}
-    return {(m, k): quality.get_row(qargs, m, checkpoint(qargs, m), k, embedders)
-            for m, k in settings}
+    return {(m, k, v): quality.get_row(qargs, m, checkpoint(qargs, m), k, embedders,
+                                       vocoder=vocoder if v else "")
+            for m, k, v in settings}
 
 
 def checkpoint(qargs: argparse.Namespace, model: str) -> Path:
@@ -137,12 +162,15 @@ def load_bench(script: Path):
 
 
 def bench_rows(args: argparse.Namespace, bench, model: str, ckpt: Path, k: int,
-               batches: list[int]) -> list[dict]:
-    """bench.run's rows (generator and its floor) for one setting, saved and reused."""
+               batches: list[int], vocoder: str = "") -> list[dict]:
+    """bench.run's rows (generator and its floor) for one setting, saved and reused;
+    `vocoder`: a trained vocoder file rendering both (else the checkpoint's own)."""
     key = {"model": model, "sha256": sha256(ckpt), "iterations": k, "batches": batches,
            "threads": args.threads, "duration": args.duration,
            "bench": sha256(Path(bench.__file__))}
-    path = Path(args.work) / f"bench-{model}-k{k}.json"
+    if vocoder:
+        key["vocoder"] = sha256(Path(vocoder))
+    path = Path(args.work) / f"bench-{model}-k{k}{'-voc' if vocoder else ''}.json"
     row = saved(path, key)
     if row is not None:
         print(f"bench {model} K={k}: reusing {path}", file=sys.stderr)
@@ -150,7 +178,8 @@ def bench_rows(args: argparse.Namespace, bench, model: str, ckpt: Path, k: int,
     rows = []
     common = [BENCH_FLAG[model], str(ckpt), "--iterations", str(k), "--duration",
               str(args.duration), "--threads", str(args.threads),
-              "--generators", f"{BENCH_NAME[model]},floor"]
+              "--generators", f"{BENCH_NAME[model]},floor",
+              "--vocoder", vocoder or "checkpoint"]
     for group in ([b for b in batches if b <= SMALL_BATCH], [b for b in batches
                                                              if b > SMALL_BATCH]):
         if not group:
@@ -169,15 +198,15 @@ def _by_batch(rows: list[dict], name: str) -> dict[int, dict]:
     return {r["batch_size"]: r for r in rows if r["generator"] == name}
 
 
-def combine(settings: list[tuple[str, int]], quality: dict, bench: dict, batches: list[int]
-            ) -> list[dict[str, Any]]:
+def combine(settings: list[tuple[str, int, bool]], quality: dict, bench: dict,
+            batches: list[int]) -> list[dict[str, Any]]:
     """One record per setting: quality numbers, per-batch total/floor seconds, x teacher."""
-    ref = next(((m, k) for m, k in settings if m == "teacher"), None)
+    ref = next((s for s in settings if s[0] == "teacher"), None)
     out = []
-    for m, k in settings:
-        q, b = quality[(m, k)], bench[(m, k)]
+    for m, k, v in settings:
+        q, b = quality[(m, k, v)], bench[(m, k, v)]
         gen, floor = _by_batch(b, BENCH_NAME[m]), _by_batch(b, "floor")
-        rec = {"model": m, "k": k, "attributes": accuracy(q, "all"),
+        rec = {"model": m, "k": k, "trained_vocoder": v, "attributes": accuracy(q, "all"),
                "type": accuracy(q, "all", "type"),
                "fd": q["metrics"]["synth-classifier"]["fd"],
                "passes": 1 if m in ("guided", "captiononly") else 2,
@@ -201,7 +230,7 @@ def _f(x: float | None, digits: int = 2) -> str:
 def _label(rec: dict) -> str:
     names = {"teacher": "teacher (diffusion head, 100 steps)", "student": "student",
              "guided": "guided student", "captiononly": "caption-only student"}
-    return names[rec["model"]]
+    return names[rec["model"]] + (" + trained vocoder" if rec.get("trained_vocoder") else "")
 
 
 def headline_table(recs: list[dict], batches: list[int]) -> list[str]:
@@ -256,6 +285,19 @@ def targets(recs: list[dict], batches: list[int]) -> list[str]:
     else:
         lines.append(f"- No setting is within {TARGET_POINTS:g} points of the teacher's "
                      "attribute accuracy — **not met**.")
+    for r in recs:  # the trained vocoder against Griffin-Lim in the same setting
+        twin = next((t for t in recs if not t.get("trained_vocoder") and r.get(
+            "trained_vocoder") and (t["model"], t["k"]) == (r["model"], r["k"])), None)
+        if twin is None or big not in r["stages"] or big not in twin["stages"]:
+            continue
+        gl, tr = twin["stages"][big].get("vocoder", 0.0), r["stages"][big].get("vocoder", 0.0)
+        x = gl / tr if tr > 0 else float("inf")
+        same = r["attributes"] >= twin["attributes"]
+        lines.append(f"- Trained vocoder vs Griffin-Lim ({_label(twin)}, K = {r['k']}): "
+                     f"vocoder stage {tr:.2f} s vs {gl:.2f} s at batch {big} ({x:.1f}×, "
+                     f"target ≥ {TARGET_SPEEDUP:g}×), attribute accuracy "
+                     f"{r['attributes']:.3f} vs {twin['attributes']:.3f} (target: equal or "
+                     f"better) — {ok[x >= TARGET_SPEEDUP and same]}.")
     for r in recs:
         if r["model"] in ("student", "guided") and big in r["floor"]:
             x = r["total"][big] / r["floor"][big]
@@ -282,6 +324,8 @@ def render(recs: list[dict], batches: list[int], meta: dict) -> str:
         "",
         *headline_table(recs, batches),
         "",
+        "`+ trained vocoder`: rendered by the trained vocoder instead of Griffin-Lim (quality "
+        "row and timings both). "
         "`backbone rows / step`: two-pass CFG runs a conditional and an unconditional row per "
         "clip in every backbone batch; the guided student and the caption-only student run "
         "one. `× teacher`: the first teacher row's seconds over this row's, same batch. "
@@ -314,10 +358,12 @@ def main(argv: list[str]) -> int:
     torch.set_num_threads(args.threads)
     script = Path(args.bench_script or Path.cwd() / "tools" / "bench.py")
     bench = load_bench(script)
+    vocoder = vocoder_file(args, settings)
     qargs = quality_args(args)
-    quality = quality_rows(qargs, settings)
-    timings = {(m, k): bench_rows(args, bench, m, checkpoint(qargs, m), k, batches)
-               for m, k in settings}
+    quality = quality_rows(qargs, settings, vocoder)
+    timings = {(m, k, v): bench_rows(args, bench, m, checkpoint(qargs, m), k, batches,
+                                     vocoder if v else "")
+               for m, k, v in settings}
     recs = combine(settings, quality, timings, batches)
     if args.out:
         from energytta.utils import atomic_write_text
