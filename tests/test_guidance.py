@@ -226,7 +226,7 @@ def test_the_report_page_reads_the_arms_and_the_quality_rows(tmp_path, load_tool
     cfg = load_config("tiny", ["model.guidance_embed=true", "model.guidance_head=attention"])
     (run / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [
-        {"step": 10, "loss": 1.0},
+        {"step": 10, "loss": 1.0}, {"step": 200, "loss": 0.5, "time": 95.4},
         {"step": 200, "stage": "val", "val/guide_residual": 0.5, "val/gen_attributes": 0.3,
          "val/gen_type": 0.25}]))
     work = tmp_path / "work"
@@ -243,7 +243,7 @@ def test_the_report_page_reads_the_arms_and_the_quality_rows(tmp_path, load_tool
     assert tool.main(["--runs", str(run), "--work", str(work), "--iterations", "8,4",
                       "--out", str(out)]) == 0
     text = out.read_text()
-    assert f"| attention | `{run}` | 200 | 0.500 | 0.300 | 0.250 |" in text
+    assert f"| attention | `{run}` | 200 | 95 | 0.500 | 0.300 | 0.250 |" in text
     assert "| 8 | 0.400 | 0.380 |" in text and "2.0 points below" in text
     assert "2.00× faster" in text and "student K=4, guided K=4" in text
     assert tool.main(["--runs", str(tmp_path / "none"), "--out", str(out)]) == 2

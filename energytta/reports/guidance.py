@@ -29,12 +29,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work", default="runs/quality", metavar="DIR",
                    help="tools/quality.py's saved rows (default runs/quality)")
     p.add_argument("--iterations", default="64,32,16,8,4,2", metavar="K,K")
+    p.add_argument("--sweep", default="runs/sweep", metavar="DIR",
+                   help="tools/sampling_sweep.py's cells (--work) of the guided student on "
+                        "the validation split, one run per K (default runs/sweep)")
+    p.add_argument("--guided", default="guided", metavar="CKPT",
+                   help="the guided checkpoint whose sweep cells to read (default: shipped)")
     p.add_argument("--out", required=True, metavar="MD")
     return p
 
 
 def arm_rows(run: Path) -> tuple[str, list[dict]]:
-    """(guidance head kind, the run's validation records) of one arm."""
+    """(guidance head kind, the run's validation records) of one arm; each validation
+    record gets "wall_s", the training row's clock at that step (seconds since start)."""
     from energytta.config import load_config
     from energytta.train.logging import read_metrics
 
@@ -42,15 +48,19 @@ def arm_rows(run: Path) -> tuple[str, list[dict]]:
         raise UserError(f"--runs: {run} has no metrics.jsonl (train it: energytta-train "
                         "--config guidance train.out_dir=...)")
     cfg = load_config(str(run / "config.yaml"), [])
-    return cfg.model.guidance_head, read_metrics(run / "metrics.jsonl", "val")
+    clock = {r["step"]: r["time"] for r in read_metrics(run / "metrics.jsonl", "train")
+             if "time" in r}
+    rows = read_metrics(run / "metrics.jsonl", "val")
+    return cfg.model.guidance_head, [{**r, "wall_s": clock.get(r["step"])} for r in rows]
 
 
 def arm_table(arms: list[tuple[str, str, list[dict]]]) -> list[str]:
-    lines = ["| arm (`model.guidance_head`) | run | step | guide residual ↓ | "
-             "val attributes ↑ | val type ↑ |", "|---|---|---|---|---|---|"]
+    lines = ["| arm (`model.guidance_head`) | run | step | wall s | guide residual ↓ | "
+             "val attributes ↑ | val type ↑ |", "|---|---|---|---|---|---|---|"]
     for head, run, rows in arms:
         for r in rows:
-            lines.append(f"| {head} | `{run}` | {r['step']} | "
+            wall = "–" if r.get("wall_s") is None else f"{r['wall_s']:.0f}"
+            lines.append(f"| {head} | `{run}` | {r['step']} | {wall} | "
                          f"{r.get('val/guide_residual', float('nan')):.3f} | "
                          f"{r.get('val/gen_attributes', float('nan')):.3f} | "
                          f"{r.get('val/gen_type', float('nan')):.3f} |")
@@ -91,6 +101,31 @@ def quality_table(work: Path, ks: list[int]) -> tuple[list[str], list[str], list
     return lines, missing, recs
 
 
+def sweep_table(sweep: Path, ckpt: Path, cfg: float) -> tuple[list[str], list[dict]]:
+    """(table lines, records) of the guided student's validation cells at CFG `cfg`, one
+    per K found (`tools/sampling_sweep.py CKPT --cfg X --iterations K --work SWEEP`)."""
+    import json
+    import re
+
+    from energytta.reports.rows import sha256
+
+    folder = sweep / sha256(ckpt)[:12]
+    recs = []
+    for path in sorted(folder.glob(f"k*-cfg{cfg:g}-t1.json")):
+        m = re.match(r"k(\d+)-", path.name)
+        row = json.loads(path.read_text())
+        recs.append({"k": int(m.group(1)), "attributes": accuracy(row, "all"),
+                     "type": accuracy(row, "all", "type"),
+                     "fd": row["metrics"]["synth-classifier"]["fd"],
+                     "cpu": row["generation"]["cpu_s_per_clip"],
+                     "n": row["attributes"]["all"]["overall"]["n"]})
+    recs.sort(key=lambda r: -r["k"])
+    lines = ["| K | attributes ↑ | type ↑ | FD ↓ | CPU s/clip |", "|---|---|---|---|---|"]
+    lines += [f"| {r['k']} | {r['attributes']:.3f} | {r['type']:.3f} | {r['fd']:.1f} | "
+              f"{r['cpu']:.2f} |" for r in recs]
+    return lines, recs
+
+
 def main(argv: list[str]) -> int:
     """Write the page from the saved rows (see the module docstring)."""
     from energytta.utils import atomic_write_text
@@ -103,10 +138,13 @@ def main(argv: list[str]) -> int:
     arms = [(*arm_rows(Path(r)), r) for r in args.runs.split(",") if r.strip()]
     arms = [(head, run, rows) for head, rows, run in arms]
     table, missing, recs = quality_table(Path(args.work), ks)
+    from energytta.pipeline import resolve_checkpoint
     from energytta.reports.guidance_page import render
 
+    guided = resolve_checkpoint(args.guided)
+    sweep = sweep_table(Path(args.sweep), guided, 5.0) if guided.is_file() else ([], [])
     command = "python tools/guidance_report.py " + " ".join(argv)
     atomic_write_text(args.out, render(command, arms, arm_table(arms), table, missing, recs,
-                                       args.work))
+                                       args.work, sweep))
     print(f"wrote {args.out}", file=sys.stderr)
     return 0

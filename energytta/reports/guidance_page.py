@@ -59,7 +59,8 @@ def findings(recs: list[dict]) -> list[str]:
 
 
 def render(command: str, arms: list, arm_lines: list[str], table: list[str],
-           missing: list[str], recs: list[dict], work: str) -> str:
+           missing: list[str], recs: list[dict], work: str,
+           sweep: tuple[list[str], list[dict]] = ([], [])) -> str:
     runs = ", ".join(f"`{run}`" for _, run, _ in arms)
     lines = [
         "# Single-pass guidance: a student that guides with one backbone pass",
@@ -74,14 +75,20 @@ def render(command: str, arms: list, arm_lines: list[str], table: list[str],
         "## The A/B (same data, seed and steps)",
         "",
         "```bash",
-        "energytta-train --config guidance                                   # mlp",
+        "energytta-train --config guidance model.guidance_head=mlp              # runs/guidance",
         "energytta-train --config guidance model.guidance_head=attention \\",
-        "    train.out_dir=runs/guidance_attn                                # attention",
+        "    train.out_dir=runs/guidance_attn",
+        "energytta-export runs/guidance_attn --half --out energytta/assets/guided.safetensors \\",
+        "    sample.iterations=4   # the K chosen on the validation split (below)",
         "```",
+        "",
+        "(`guidance.yaml` now defaults to the winner, `attention`.) The attention arm, "
+        "exported in float16, is the shipped `guided` model (`--ckpt guided`).",
         "",
         "600 steps of batch 16 each on `data/synth10k` (audio encoded on the fly with the "
         "reference's codec), lr 2e-4 cosine to 2e-5, EMA 0.995; validation every 200 steps "
-        "(EMA weights; the generation check is 32 clips, so ±0.08 is noise):",
+        "(EMA weights; the generation check is 32 clips, so ±0.08 is noise); `wall s`: seconds "
+        "since the run started (one thread, on 2 cores shared with other jobs):",
         "",
         *arm_lines,
         "",
@@ -89,8 +96,9 @@ def render(command: str, arms: list, arm_lines: list[str], table: list[str],
         "",
         "`python tools/quality.py --models student,guided --iterations 64,32,16,8,4,2` "
         "computes these rows (the same 100 test captions, seed and batch as "
-        "[reports/quality.md](reports/quality.md)); the guided student is "
-        "`runs/guidance/model.safetensors` unless `--guided` names another arm.",
+        "[reports/quality.md](reports/quality.md)); the guided student is the shipped "
+        "`guided` (the attention arm), the student the shipped `student` it was distilled "
+        "from.",
         "",
         *table,
         "",
@@ -98,6 +106,21 @@ def render(command: str, arms: list, arm_lines: list[str], table: list[str],
     ]
     if missing:
         lines += ["", "Rows not computed yet: " + ", ".join(missing) + "."]
+    sweep_lines, sweep_recs = sweep
+    if sweep_recs:
+        best = max(sweep_recs, key=lambda r: (r["attributes"], -r["fd"]))
+        lines += ["", "## Iterations on the validation split (the shipped default)", "",
+                  "`for k in 2 4 8 16 32; do python tools/sampling_sweep.py guided --cfg 5 "
+                  "--iterations $k --work runs/sweep; done` (the first 100 captions of "
+                  "`data/synth10k/val.jsonl`, CFG 5 in one pass, temperature 1):", "",
+                  *sweep_lines, "",
+                  f"Highest attribute accuracy on the validation split (ties broken by the "
+                  f"lower FD): K = {best['k']} ({best['attributes']:.3f}), the shipped "
+                  "`guided` model's default (`sample.iterations`); each cell scores "
+                  f"{best['n']} checks, so its "
+                  f"standard error is about "
+                  f"{100 * (best['attributes'] * (1 - best['attributes']) / best['n']) ** 0.5:.1f}"
+                  " points."]
     lines += ["", "End-to-end batch timings of the same settings, next to their quality: "
               "[reports/speed_quality.md](reports/speed_quality.md).", ""]
     return "\n".join(lines)

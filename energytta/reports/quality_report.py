@@ -124,9 +124,9 @@ def render(args: Any, rows: dict, real: dict | None, meta: dict,
     if trained:
         table.append(_cells("real → mel → trained vocoder", "–", trained, None))
     lines = [
-        "# Quality: the shipped models (teacher, student, caption-only student)"
-        + (" and the guidance-distilled student" if any(m == "guided" for m, _ in rows)
-           else ""),
+        "# Quality: the shipped models (teacher, student, "
+        + ("guided student, " if any(m == "guided" for m, _ in rows) else "")
+        + "caption-only student)",
         "",
         "<!-- Written by tools/quality.py; edit that tool, not this page. -->",
         f"Regenerate with `{meta['command']}` ({meta['date']}, {meta['machine']}). Rows are "

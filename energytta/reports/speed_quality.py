@@ -213,6 +213,7 @@ def combine(settings: list[tuple[str, int, bool]], quality: dict, bench: dict,
                "total": {n: gen[n]["total_s"] for n in batches if n in gen},
                "floor": {n: floor[n]["total_s"] for n in batches if n in floor},
                "stages": {n: gen[n]["stages_s"] for n in batches if n in gen},
+               "floor_stages": {n: floor[n]["stages_s"] for n in batches if n in floor},
                "audio_s_per_s": {n: gen[n]["audio_s_per_s"] for n in batches if n in gen}}
         out.append(rec)
     if ref is not None:
@@ -301,9 +302,22 @@ def targets(recs: list[dict], batches: list[int]) -> list[str]:
     for r in recs:
         if r["model"] in ("student", "guided") and big in r["floor"]:
             x = r["total"][big] / r["floor"][big]
-            lines.append(f"- {_label(r)} at K = {r['k']}: {x:.2f}× its own floor at batch "
-                         f"{big} (target ≤ {TARGET_X_FLOOR:g}×) — {ok[x <= TARGET_X_FLOOR]}.")
+            lines.append(f"- {_label(r)} at K = {r['k']}: {x:.3f}× its own floor at batch "
+                         f"{big} (target ≤ {TARGET_X_FLOOR:g}×) — {ok[x <= TARGET_X_FLOOR]}"
+                         + _decode_ratio(r, big) + ".")
     return lines
+
+
+def _decode_ratio(rec: dict, batch: int) -> str:
+    """'; head X s, decoding loop alone Y× its floor's' — the part of the ratio the head
+    causes, free of the vocoder stage's run-to-run spread."""
+    st, fl = rec["stages"].get(batch, {}), rec.get("floor_stages", {}).get(batch, {})
+    dec = st.get("backbone", 0.0) + st.get("head", 0.0)
+    fdec = fl.get("backbone", 0.0) + fl.get("head", 0.0)
+    if not (st and fl and fdec > 0):
+        return ""
+    return (f" (head {st.get('head', 0.0):.2f} s of {rec['total'][batch]:.2f} s; the "
+            f"decoding loop alone {dec / fdec:.2f}× its floor's)")
 
 
 def render(recs: list[dict], batches: list[int], meta: dict) -> str:
@@ -318,9 +332,12 @@ def render(recs: list[dict], batches: list[int], meta: dict) -> str:
         "[quality.md](quality.md) explains the columns); timings from `tools/bench.py` on "
         f"the same checkpoints, {meta['duration']:g}-s clips, one prompt repeated. Batches "
         f"of up to {SMALL_BATCH} clips: median of 3 timed runs after a warm-up; larger: one "
-        "timed run. The two CPU cores were shared with other jobs, so times carry "
-        "contention noise (compare `× floor`, measured in the same process, more than "
-        "absolute seconds).",
+        "timed run. Two benchmark processes shared the machine's two cores (one torch "
+        "thread each), so a single run carries noise: identical work, the Griffin-Lim "
+        "stage of a batch of 32, took from "
+        f"{meta['gl_range'][0]:.1f} to {meta['gl_range'][1]:.1f} s across the rows below. "
+        "Compare rows within a few percent with care; the stage table shows where each "
+        "row's time went.",
         "",
         *headline_table(recs, batches),
         "",
@@ -369,7 +386,10 @@ def main(argv: list[str]) -> int:
         from energytta.utils import atomic_write_text
 
         shown = argv[:argv.index("--bench-script")] if "--bench-script" in argv else argv
+        gl = [r["stages"][batches[-1]].get("vocoder", 0.0) for r in recs
+              if not r["trained_vocoder"] and batches[-1] in r["stages"]]
         meta = {"command": " ".join(["python tools/speed_quality.py", *shown]),
+                "gl_range": (min(gl), max(gl)) if gl else (0.0, 0.0),
                 "date": time.strftime("%Y-%m-%d"), "threads": args.threads,
                 "duration": args.duration,
                 "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch "
