@@ -88,13 +88,16 @@ def test_targets_read_the_rows():
 
     def rec(model, acc, total, floor):
         return {"model": model, "k": 8, "attributes": acc, "total": {32: total},
-                "floor": {32: floor}, "x_teacher": {32: 100.0 / total}}
+                "floor": {32: floor}, "x_teacher": {32: 100.0 / total},
+                "stages": {32: {"backbone": 2.0, "head": total - floor}},
+                "floor_stages": {32: {"backbone": 2.0, "head": 0.0}}}
     lines = targets([rec("teacher", 0.5, 100.0, 90.0), rec("guided", 0.48, 8.0, 7.5),
                      rec("student", 0.40, 5.0, 4.0)], [1, 32])
     assert "guided student at K = 8 (0.480), 12.5× faster" in lines[0]
     assert lines[0].endswith("**met**.")  # the student is faster but 10 points behind
-    assert "1.07× its own floor" in lines[1] and "**met**" in lines[1]
-    assert "1.25× its own floor" in lines[2] and "**not met**" in lines[2]
+    assert "1.067× its own floor" in lines[1] and "**met**" in lines[1]
+    assert "head 0.50 s of 8.00 s; the decoding loop alone 1.25× its floor's" in lines[1]
+    assert "1.250× its own floor" in lines[2] and "**not met**" in lines[2]
 
 
 @pytest.mark.parametrize("bad", [["--settings", "teacher:0"], ["--settings", "vae:4"],

@@ -311,7 +311,8 @@ def targets(recs: list[dict], batches: list[int]) -> list[str]:
 def _decode_ratio(rec: dict, batch: int) -> str:
     """'; head X s, decoding loop alone Y× its floor's' — the part of the ratio the head
     causes, free of the vocoder stage's run-to-run spread."""
-    st, fl = rec["stages"].get(batch, {}), rec.get("floor_stages", {}).get(batch, {})
+    st = rec.get("stages", {}).get(batch, {})
+    fl = rec.get("floor_stages", {}).get(batch, {})
     dec = st.get("backbone", 0.0) + st.get("head", 0.0)
     fdec = fl.get("backbone", 0.0) + fl.get("head", 0.0)
     if not (st and fl and fdec > 0):

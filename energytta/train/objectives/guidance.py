@@ -5,8 +5,9 @@ MAR-family students guide in *feature* space: the energy head reads
 z_g = z_u + w·(z_c − z_u) (EAR's `ScoreLoss.sample`), which costs a second, unconditional
 backbone row per generated clip. Stage one of Meng et al. 2023 ("On distillation of guided
 diffusion models") distils that combination into one w-conditioned network; here the
-network is the student's backbone with a `GuidanceEmbed` of w added to its inputs, and the
-combination is a feature vector, so the target is exact (no sampling):
+combination is a feature vector, exactly linear in w, so the network is the student's
+backbone with a `GuidanceHead` on its output, z + (w − 1)·Δ(z), and the target is exact
+(no sampling):
 
     tokens, text ~ the training data;  mask ~ MAR's training mask (truncnorm ratio)
     w ~ U[1, guide.max_scale] per row (w = 1 for guide.unguided_frac of them)
@@ -14,13 +15,16 @@ combination is a feature vector, so the target is exact (no sampling):
     loss = ‖student(tokens, mask, text, w)[mask] − (z_u + w·(z_c − z_u))[mask]‖²
 
 The reference is the frozen student named by `guide.init`; the student starts as a copy of
-it, with the embedding's last layer at zero (so step 0 is the reference at w = 1). Only the
-backbone trains: the head keeps reading the feature space it was trained on. Caption-dropout
+it, with the guidance head's last layer at zero (so step 0 is the reference). The backbone
+and the guidance head train; the energy head is frozen, so it keeps reading the feature
+space it was trained on. Caption-dropout
 rows (model.text_dropout) learn the null-text features at w = 1, so the distilled checkpoint
 still guides with two passes (`sample.one_pass_cfg=false`) and takes negative prompts.
 Loss on the masked positions only: those are the features the head samples from.
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -34,10 +38,8 @@ from energytta.train.objectives.student import check_compatible
 from energytta.train.objectives.tokens import TokenObjective, TokenParts
 
 
-def reference_path(cfg: Config):
+def reference_path(cfg: Config) -> Path:
     """`guide.init` as a path; a bare "student" names the shipped student."""
-    from pathlib import Path
-
     from energytta.pipeline import KINDS, resolve_checkpoint
 
     name = cfg.guide.init.strip()
@@ -52,8 +54,8 @@ def reference_path(cfg: Config):
 
 
 def init_from_reference(model: nn.Module, reference: nn.Module, source: str) -> None:
-    """Copy the reference's weights into the new student; only the guidance embedding
-    (zero at its output) may be missing from the reference."""
+    """Copy the reference's weights into the new student; only the guidance head (zero at
+    its output) may be missing from the reference."""
     try:
         missing, unexpected = model.load_state_dict(reference.state_dict(), strict=False)
     except RuntimeError as e:  # a shape differs
@@ -168,11 +170,13 @@ class GuidanceObjective(nn.Module, TokenObjective):
 
     def validate(self, model: nn.Module, ctx: ValContext) -> dict[str, float]:
         """Held-out loss and time diagnostics (as every token objective), plus
-        `guide_residual`: the one-pass error left at w = sample.cfg, as a fraction of the
+        `guide_residual`: the one-pass error left at w = sample.cfg (guide.max_scale when
+        that is 1), as a fraction of the
         error of not guiding at all (‖z(w) − z_g‖² / ‖z_c − z_g‖² on masked tokens; 1 at
         step 0, 0 when the second pass is fully distilled)."""
         out = super().validate(model, ctx)
-        out["guide_residual"] = guide_residual(model, self.reference, ctx, self.cfg.sample.cfg)
+        scale = self.cfg.sample.cfg if self.cfg.sample.cfg > 1 else self.cfg.guide.max_scale
+        out["guide_residual"] = guide_residual(model, self.reference, ctx, scale)
         return out
 
     def extra_repr(self) -> str:
