@@ -168,9 +168,7 @@ def vocode_clips(args: argparse.Namespace, ckpt: Path, folder: Path, vocoder: st
     from energytta.pipeline import TextToAudio, batch_seed
     from energytta.utils import atomic_write_text
 
-    pipe = TextToAudio.from_pretrained(ckpt, "cpu")
-    if vocoder:
-        pipe.codec.vocoder = load_trained_vocoder(pipe.cfg, vocoder)
+    pipe = TextToAudio.from_pretrained(ckpt, "cpu", vocoder=vocoder or "checkpoint")
     sr, length = pipe.sample_rate, int(round(pipe.settings().duration * pipe.sample_rate))
     folder.mkdir(parents=True, exist_ok=True)
     lines, spent = [], 0.0
@@ -188,13 +186,6 @@ def vocode_clips(args: argparse.Namespace, ckpt: Path, folder: Path, vocoder: st
     manifest = folder / "manifest.jsonl"
     atomic_write_text(manifest, "\n".join(lines) + "\n")
     return manifest, spent / max(1, len(lines))
-
-
-def load_trained_vocoder(cfg, path: str):
-    """The trained vocoder file at `path`, for a model trained with `cfg`'s audio settings."""
-    from energytta.audio.vocoder import build_vocoder, with_trained_vocoder
-
-    return build_vocoder(with_trained_vocoder(cfg, path)).eval()
 
 
 def _threads() -> int:
