@@ -85,6 +85,21 @@ class Generation:
     edit: dict | list[dict | None] | None = None  # the edit / windows, as the JSON has it
 
 
+def apply_vocoder(codec: torch.nn.Module, cfg: Config, vocoder: str) -> str:
+    """Give a built codec the vocoder `vocoder` names: "griffin-lim", "trained" (the shipped
+    `assets/vocoder.safetensors`) or a vocoder file; returns the label samples record."""
+    from energytta.audio.vocoder import replace_vocoder
+
+    if vocoder == "griffin-lim":
+        return replace_vocoder(codec, cfg, "griffin-lim")
+    path = SHIPPED_VOCODER if vocoder == "trained" else Path(vocoder)
+    if not path.is_file():
+        what = "the shipped vocoder is missing" if vocoder == "trained" else "not found"
+        raise UserError(f"vocoder {vocoder}: {path} {what} (use "
+                        f"{', '.join(VOCODER_CHOICES)} or a vocoder .safetensors)")
+    return replace_vocoder(codec, cfg, "trained", path)
+
+
 def resolve_checkpoint(path: str | Path | None) -> Path:
     """`path` itself, or the shipped model it names (None = "student"). A bare "student" or
     "teacher" always means the shipped model, whatever the working folder holds (as bare
@@ -126,6 +141,7 @@ class TextToAudio:
         self._text_encoder = text_encoder
         self.sample_rate = int(codec.sample_rate)
         self.vocoder = cfg.codec.vocoder  # what renders the audio (`use_vocoder` changes it)
+        self._own_vocoder = getattr(codec, "vocoder", None)  # for use_vocoder("checkpoint")
 
     @property
     def text_encoder(self) -> torch.nn.Module:
@@ -154,8 +170,8 @@ class TextToAudio:
             device: "auto" (cuda if available), "cpu", "cuda:1", ...
             dtype: "fp32" | "bf16" | "fp16" autocast for text encoding and decoding.
             vocoder: "checkpoint" (the one it was trained with; Griffin-Lim for the shipped
-                models), "griffin-lim", "trained" (the shipped trained vocoder, ~16× faster
-                than Griffin-Lim on CPU; docs/reports/codecs.md) or a vocoder file.
+                models), "griffin-lim", "trained" (the shipped trained vocoder, far faster
+                than Griffin-Lim on CPU: docs/reports/speed_quality.md) or a vocoder file.
         """
         from energytta.checkpoint import load_model
 
@@ -170,19 +186,10 @@ class TextToAudio:
 
     def use_vocoder(self, vocoder: str) -> str:
         """Switch the codec's vocoder (see `from_pretrained`); returns what it now uses."""
-        from energytta.audio.vocoder import replace_vocoder
-
         if vocoder == "checkpoint":
-            self.vocoder = self.cfg.codec.vocoder
-        elif vocoder == "griffin-lim":
-            self.vocoder = replace_vocoder(self.codec, self.cfg, "griffin-lim")
+            self.codec.vocoder, self.vocoder = self._own_vocoder, self.cfg.codec.vocoder
         else:
-            path = SHIPPED_VOCODER if vocoder == "trained" else Path(vocoder)
-            if not path.is_file():
-                what = "the shipped vocoder is missing" if vocoder == "trained" else "not found"
-                raise UserError(f"vocoder {vocoder}: {path} {what} (use "
-                                f"{', '.join(VOCODER_CHOICES)} or a vocoder .safetensors)")
-            self.vocoder = replace_vocoder(self.codec, self.cfg, "trained", path)
+            self.vocoder = apply_vocoder(self.codec, self.cfg, vocoder)
         return self.vocoder
 
     # ------------------------------------------------------------------ settings
@@ -195,9 +202,10 @@ class TextToAudio:
 
         `one_pass_cfg` (default `sample.one_pass_cfg`) holds only for a guidance-distilled
         checkpoint without a negative prompt; otherwise guidance takes two passes."""
+        from energytta.sampling import one_pass_guidance
+
         s = self.cfg.sample
         one_pass = s.one_pass_cfg if one_pass_cfg is None else bool(one_pass_cfg)
-        distilled = getattr(self.model.backbone, "guidance_proj", None) is not None
         out = SampleSettings(
             seed=s.seed if seed is None else int(seed),
             duration=s.duration if duration is None else float(duration),
@@ -207,7 +215,8 @@ class TextToAudio:
             temperature=s.temperature if temperature is None else float(temperature),
             negative_prompt=negative_prompt or None,
             batch_size=s.batch_size if batch_size is None else int(batch_size),
-            one_pass_cfg=one_pass and distilled and not negative_prompt)
+            one_pass_cfg=one_pass_guidance(self.model.backbone, s.cfg if cfg is None else
+                                           float(cfg), one_pass, bool(negative_prompt)))
         if math.isfinite(out.duration) and out.duration > 0:
             tokens = self._window_tokens(out.duration)
             if out.iterations > tokens:  # MAR decodes >= 1 token per iteration

@@ -79,8 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="autocast precision of text encoding and decoding (bf16 on GPUs)")
     p.add_argument("--vocoder", default="checkpoint", metavar="V",
                    help="checkpoint (the model's own; Griffin-Lim for the shipped models) | "
-                        "griffin-lim | trained (the shipped trained vocoder: ~16x faster on "
-                        "CPU, docs/reports/codecs.md) | a vocoder .safetensors")
+                        "griffin-lim | trained (the shipped trained vocoder: far faster on "
+                        "CPU, docs/reports/speed_quality.md) | a vocoder .safetensors")
     p.add_argument("--two-pass-cfg", dest="one_pass_cfg", action="store_const", const=False,
                    default=None,
                    help="guide a guidance-distilled checkpoint with the two-pass CFG "

@@ -133,6 +133,15 @@ def _input_noise(backbone: torch.nn.Module, B: int, N: int, d: int, like: torch.
     return torch.randn((B, N, d), generator=generator, device=like.device, dtype=like.dtype)
 
 
+def one_pass_guidance(backbone: torch.nn.Module, cfg: float, one_pass: bool | None = None,
+                      negative: bool = False) -> bool:
+    """Whether `decode` guides with one conditional pass: the backbone is guidance-distilled
+    (has `guidance_proj`), there is guidance (cfg != 1), no negative prompt (its text needs
+    its own rows) and the caller did not ask for two passes (`one_pass=False`)."""
+    return (one_pass is not False and cfg != 1.0 and not negative
+            and getattr(backbone, "guidance_proj", None) is not None)
+
+
 def _check_args(iterations: int, num_tokens: int, cfg_schedule: str, known: torch.Tensor | None,
                 known_mask: torch.Tensor | None, batch: int) -> None:
     if iterations < 1:
@@ -198,8 +207,7 @@ def decode(backbone: torch.nn.Module, head: Head, text: torch.Tensor, text_mask:
     ranks = orders.argsort(dim=1)  # (B,N) position -> its rank in the order
     num_unknown = unknown.sum(dim=1).tolist()  # the one host sync, before the loop
     masked_now = list(num_unknown)
-    one_pass = (one_pass is not False and cfg != 1.0 and uncond_text is None
-                and getattr(backbone, "guidance_proj", None) is not None)
+    one_pass = one_pass_guidance(backbone, cfg, one_pass, uncond_text is not None)
     guided = cfg != 1.0 and not one_pass  # two-pass CFG: cond and uncond rows
     if guided:
         text_in, mask_in, drop = _guided_text(text, text_mask, uncond_text, uncond_mask)

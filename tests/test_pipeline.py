@@ -257,6 +257,10 @@ def test_the_vocoder_can_be_chosen_per_run(student, prompts_file, tmp_path, caps
                     "vocoder", VOCODER_KEYS)
     pipe = TextToAudio.from_pretrained(student, "cpu", vocoder=str(voc))
     assert pipe.vocoder == "v.safetensors" and not isinstance(pipe.codec.vocoder, GriffinLim)
+    own = pipe.codec.vocoder
+    assert pipe.use_vocoder("checkpoint") == "griffin-lim"  # the checkpoint's own is back
+    assert isinstance(pipe.codec.vocoder, GriffinLim)
+    assert pipe.use_vocoder(str(voc)) == "v.safetensors" and pipe.codec.vocoder is not own
     assert pipe.use_vocoder("griffin-lim") == "griffin-lim"
     assert isinstance(pipe.codec.vocoder, GriffinLim)
     out = tmp_path / "out"

@@ -147,6 +147,7 @@ def build_generators(args, overrides: list[str], device: torch.device
     """
     from energytta.checkpoint import load_model
     from energytta.config import load_config
+    from energytta.sampling import one_pass_guidance
     from energytta.text import TextEncoder
 
     gens: dict[str, Generator] = {}
@@ -175,29 +176,18 @@ def build_generators(args, overrides: list[str], device: torch.device
     gens["floor"] = Generator("floor", ref.model, NullHead(ref.model.token_dim), ref.codec,
                               ref.cfg)
     for gen in gens.values():  # decode's own rule (no negative prompt here)
-        gen.extra["one_pass_cfg"] = (getattr(gen.model.backbone, "guidance_proj", None)
-                                     is not None and gen.cfg.sample.cfg != 1.0)
+        gen.extra["one_pass_cfg"] = one_pass_guidance(gen.model.backbone, gen.cfg.sample.cfg)
     return {k: gens[k] for k in GENERATORS if k in gens and k in args.generators}, text_encoder
 
 
 def set_vocoder(gens: dict[str, Generator], vocoder: str) -> None:
     """Give every generator's codec the vocoder `vocoder` names (see --vocoder); rows
     record it as "vocoder"."""
-    from pathlib import Path
-
-    from energytta.audio.vocoder import replace_vocoder
-    from energytta.pipeline import SHIPPED_VOCODER
+    from energytta.pipeline import apply_vocoder
 
     for gen in gens.values():
-        if vocoder == "checkpoint":
-            gen.extra["vocoder"] = gen.cfg.codec.vocoder
-        elif vocoder == "griffin-lim":
-            gen.extra["vocoder"] = replace_vocoder(gen.codec, gen.cfg, vocoder)
-        else:
-            path = SHIPPED_VOCODER if vocoder == "trained" else Path(vocoder)
-            if not path.is_file():
-                raise UserError(f"--vocoder {vocoder}: {path} not found")
-            gen.extra["vocoder"] = replace_vocoder(gen.codec, gen.cfg, "trained", path)
+        gen.extra["vocoder"] = (gen.cfg.codec.vocoder if vocoder == "checkpoint"
+                                else apply_vocoder(gen.codec, gen.cfg, vocoder))
 
 
 # ------------------------------------------------------------------------------ running

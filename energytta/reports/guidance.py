@@ -135,8 +135,10 @@ def main(argv: list[str]) -> int:
         ks = [int(k) for k in args.iterations.split(",") if k.strip()]
     except ValueError:
         raise UserError(f"--iterations {args.iterations!r}: give integers like 64,8") from None
-    arms = [(*arm_rows(Path(r)), r) for r in args.runs.split(",") if r.strip()]
-    arms = [(head, run, rows) for head, rows, run in arms]
+    arms = []  # (guidance head kind, run folder, validation rows) per arm
+    for run in (r.strip() for r in args.runs.split(",") if r.strip()):
+        head, rows = arm_rows(Path(run))
+        arms.append((head, run, rows))
     table, missing, recs = quality_table(Path(args.work), ks)
     from energytta.pipeline import resolve_checkpoint
     from energytta.reports.guidance_page import render
