@@ -38,6 +38,7 @@ def export(src: str | Path, out: str | Path, overrides: list[str] | None = None,
     from energytta.checkpoint import load_model, save_inference
     from energytta.config import apply_overrides
     from energytta.models.heads import build_head
+    from energytta.utils import check_writable
 
     out = Path(out)
     if out.is_dir() or out.suffix != ".safetensors":
@@ -46,6 +47,7 @@ def export(src: str | Path, out: str | Path, overrides: list[str] | None = None,
     if any(p.exists() and not p.is_dir() for p in out.parents):
         raise UserError(f"--out {out}: a file is in the way of its folder; choose another "
                         "destination")
+    check_writable(out, "--out")  # read-only folder: refused before the model loads
     overrides = overrides or []
     bad = [o for o in overrides if not o.startswith(SAMPLING_KEYS)]
     if bad:

@@ -14,12 +14,14 @@ decoding orders and head noise of a batch are drawn together.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -42,7 +44,8 @@ DEFAULT_CKPT = SHIPPED["student"]
 SHIPPED_VOCODER = ASSETS / "vocoder.safetensors"
 VOCODER_CHOICES = ("checkpoint", "griffin-lim", "trained")
 KINDS = ("teacher", "student", "captiononly")
-Audio = str | Path | np.ndarray  # an input clip: a file, or (S,) samples at the model's rate
+Audio = str | Path | np.ndarray  # an input clip: a file, or samples at the model's rate
+# ((S,), or (channels, S) / (S, channels) mixed to mono; int16/int32/uint8 PCM scaled)
 # autocast precision of text encoding and decoding; the codec and vocoder stay in fp32
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -118,6 +121,43 @@ def batch_seed(seed: int, first_index: int) -> int:
     (seed, index) pairs, unlike seed + index)."""
     state = np.random.SeedSequence([int(seed) % 2**63, int(first_index)]).generate_state(2)
     return int((int(state[0]) << 31) ^ int(state[1])) & (2**63 - 1)
+
+
+# how torch and libc word an allocation that failed (CPU allocator, CUDA caching allocator)
+_OOM_WORDS = ("out of memory", "can't allocate memory", "cannot allocate memory")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether `exc` is a failed allocation (MemoryError, or torch's RuntimeError)."""
+    return isinstance(exc, MemoryError) or (
+        isinstance(exc, RuntimeError) and any(w in str(exc).lower() for w in _OOM_WORDS))
+
+
+@contextlib.contextmanager
+def out_of_memory_hint(rows: int, s: SampleSettings, device: torch.device) -> Iterator[None]:
+    """Turn running out of memory inside the block into one line: the device, the batch,
+    how much was asked for (when torch says) and the knobs that shrink it."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as e:
+        if not is_out_of_memory(e):
+            raise
+        asked = re.search(r"allocate (\d+ bytes|[\d.]+ [KMGT]i?B)", str(e))
+        size = f"; one allocation of {_human(asked.group(1))} failed" if asked else ""
+        raise UserError(f"out of memory on {device} generating {rows} clip(s) of "
+                        f"{s.duration:g} s at once{size}; lower --batch-size (now "
+                        f"{s.batch_size}) or --duration, or free memory") from None
+
+
+def _human(size: str) -> str:
+    """'1288490188 bytes' -> '1.2 GiB' (torch's own '20.00 MiB' is kept)."""
+    if not size.endswith(" bytes"):
+        return size
+    n = float(size.split()[0])
+    for unit, k in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 2 ** k:
+            return f"{n / 2 ** k:.1f} {unit}"
+    return f"{n:.0f} B"
 
 
 class TextToAudio:
@@ -318,11 +358,20 @@ class TextToAudio:
             return plan
         return [plan or self.plan(s)] * rows
 
-    @torch.no_grad()
     def generate_batch(self, prompts: list[str], s: SampleSettings, first_index: int,
                        progress: Callable[[int, int], None],
                        plan: EditPlan | list[EditPlan] | None = None
                        ) -> tuple[np.ndarray, np.ndarray]:
+        """`_generate_batch`, with running out of memory turned into one `UserError` that
+        names the memory and the knobs that shrink a batch (batch size, duration)."""
+        with out_of_memory_hint(len(prompts), s, self.device):
+            return self._generate_batch(prompts, s, first_index, progress, plan)
+
+    @torch.no_grad()
+    def _generate_batch(self, prompts: list[str], s: SampleSettings, first_index: int,
+                        progress: Callable[[int, int], None],
+                        plan: EditPlan | list[EditPlan] | None = None
+                        ) -> tuple[np.ndarray, np.ndarray]:
         """One batch through the numbered steps, seeded by (s.seed, `first_index`: the
         batch's first prompt's index in the whole list), so a caller that writes batch by
         batch gets what `generate` gives. `s` must come from `settings()` (validated);
@@ -404,8 +453,9 @@ class TextToAudio:
         `paste` the kept spans hold the input's own samples (cross-faded at their edges).
 
         Args:
-            audio: a file (any rate: resampled, with a warning) or a (S,) array at
-                `self.sample_rate`.
+            audio: a file (any rate: resampled, with a warning) or an array at
+                `self.sample_rate`: (S,), or (channels, S) / (S, channels) mixed to mono
+                as files are; int16 / int32 / uint8 PCM is scaled to [-1, 1].
         """
         def build(source: editing.Source) -> EditPlan:
             return editing.plan_inpaint(self.model.geometry, self.codec, source, self.device,

@@ -129,6 +129,37 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def check_writable(path: str | Path, flag: str, folder: bool = False) -> None:
+    """Refuse, in one line and before any work, an output that could not be written.
+
+    Args:
+        path: the file (or with `folder`, the folder) a command will write; the folders
+            above it that do not exist yet are made later, by the write itself.
+        flag: the option that named it (`--out`, `--json`), for the message.
+    Raises:
+        UserError: `path` is a folder where a file is wanted (or a file where a folder
+            is), a file stands where a folder above it should be, or the nearest existing
+            folder above it cannot be written in (read-only, no permission).
+    """
+    from energytta.errors import UserError
+
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {path} is a file, not a folder; pick another {flag}")
+    if not folder and path.is_dir():
+        raise UserError(f"{flag} {path} is a folder; name the file to write inside it")
+    base = path if folder else path.parent
+    existing = next(p for p in (base, *base.parents) if p.exists() or p == Path(p.anchor))
+    if not existing.is_dir():
+        raise UserError(f"{flag} {path}: {existing} is a file, not a folder; pick another "
+                        f"{flag}")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".write-test-", dir=existing))
+    except OSError as e:
+        raise UserError(f"{flag} {path}: cannot write in {existing} "
+                        f"({e.strerror or e}); pick a writable place") from None
+
+
 def seed_everything(seed: int) -> torch.Generator:
     """Seed python, numpy and torch; return a CPU generator seeded with `seed`."""
     random.seed(seed)
@@ -155,7 +186,10 @@ def pick_device(name: str = "auto") -> torch.device:
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise UserError(f"device '{name}': only {torch.cuda.device_count()} CUDA "
                             "device(s) visible")
-    elif device.type not in ("cpu", "mps", "meta"):
+    elif device.type == "meta":  # tensors without data: every sample would be a traceback
+        raise UserError(f"device '{name}' holds no data and cannot run a model; use --device "
+                        "cpu, cuda or auto")
+    elif device.type not in ("cpu", "mps"):
         raise UserError(f"device '{name}' is not supported; use auto, cpu, cuda or cuda:N")
     elif device.type == "mps" and not torch.backends.mps.is_available():
         raise UserError(f"device '{name}': MPS is not available here; use --device cpu")

@@ -29,6 +29,9 @@ from energytta.errors import UserError
 AUDIOCAPS_COLUMNS = ("audiocap_id", "youtube_id", "start_time", "caption")
 CLOTHO_COLUMNS = ("file_name",) + tuple(f"caption_{i}" for i in range(1, 6))
 AUDIO_EXTENSIONS = (".wav", ".flac")
+# shorter clips hold no whole token of the shipped models (0.1 s) and are shorter than
+# the mel front-end's window: `check` lists them as bad and `cache` skips them
+MIN_AUDIO_SECONDS = 0.1
 
 
 @dataclass
@@ -105,25 +108,35 @@ def _finder(path: Path, audio_dir: Path | None) -> _Finder:
 
 
 def _csv_rows(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
-    """Header and (line number, row) pairs; rows with a wrong field count are errors."""
-    reader = csv.reader(io.StringIO(_read_text(path)))
+    """Header and (line number, row) pairs; rows with a wrong field count, a repeated
+    column and malformed quoting are errors (strict: a quote left open would otherwise
+    swallow every later row into one caption)."""
+    reader = csv.reader(io.StringIO(_read_text(path)), strict=True)
     try:
         header = [h.strip() for h in next(reader)]
     except StopIteration:
         raise UserError(f"{path}: empty manifest (expected a CSV header line)") from None
     except csv.Error as e:
         raise UserError(f"{path}:1: malformed CSV header ({e})") from None
+    repeated = sorted({h for h in header if header.count(h) > 1})
+    if repeated:
+        raise UserError(f"{path}:1: column '{repeated[0]}' appears more than once in the "
+                        "header; keep one")
     rows = []
+    start = reader.line_num + 1  # where the row being read begins (a quoted field spans lines)
     try:
         for row in reader:
-            if not any(cell.strip() for cell in row):
-                continue
-            if len(row) != len(header):
-                raise UserError(f"{path}:{reader.line_num}: expected {len(header)} fields "
-                                f"({','.join(header)}), found {len(row)}")
-            rows.append((reader.line_num, dict(zip(header, row))))
+            if any(cell.strip() for cell in row):
+                if len(row) != len(header):
+                    raise UserError(f"{path}:{start}: expected {len(header)} fields "
+                                    f"({','.join(header)}), found {len(row)}")
+                rows.append((start, dict(zip(header, row))))
+            start = reader.line_num + 1
     except csv.Error as e:
-        raise UserError(f"{path}:{reader.line_num}: malformed CSV ({e})") from None
+        if "unexpected end of data" in str(e):
+            raise UserError(f"{path}:{start}: a quote opened here is never closed; close "
+                            "it (a quote inside a field is written \"\")") from None
+        raise UserError(f"{path}:{start}: malformed CSV ({e})") from None
     return header, rows
 
 
@@ -214,7 +227,8 @@ class AudioInfo:
 
 
 def probe_audio(path: Path) -> AudioInfo:
-    """Header-level check of one audio file: exists, readable, non-empty."""
+    """Header-level check of one audio file: exists, readable, at least
+    MIN_AUDIO_SECONDS long."""
     import soundfile as sf
 
     if not path.is_file():
@@ -226,6 +240,10 @@ def probe_audio(path: Path) -> AudioInfo:
         return AudioInfo(path, problem=f"unreadable: {reason}")
     if info.frames <= 0:
         return AudioInfo(path, info.frames, info.samplerate, problem="empty (0 samples)")
+    if info.frames < MIN_AUDIO_SECONDS * info.samplerate:
+        return AudioInfo(path, info.frames, info.samplerate,
+                         problem=f"too short ({info.frames} samples; under "
+                                 f"{MIN_AUDIO_SECONDS:g} s)")
     return AudioInfo(path, info.frames, info.samplerate)
 
 

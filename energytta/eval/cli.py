@@ -90,6 +90,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """The numbers, the device and the --json destination, before any work (an hour of
+    scoring must not end in an error about where to write it)."""
+    import math
+
+    from energytta.utils import check_writable, pick_device
+
+    if not (math.isfinite(args.max_seconds) and args.max_seconds >= 0):
+        raise UserError(f"--max-seconds {args.max_seconds} must be a finite number of "
+                        "seconds > 0 (or 0 for no cut)")
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit {args.limit} must be >= 1 (leave it out to use every "
+                        "reference item)")
+    pick_device(args.device)  # an unknown or data-less device ('meta') is one line
+    if args.json:
+        check_writable(args.json, "--json")
+
+
 class Bar:
     """A rich progress bar with one task per label (stderr)."""
 
@@ -137,6 +155,7 @@ def run(args: argparse.Namespace) -> dict:
     Returns the result written by --json: counts, metrics per embedder, attributes."""
     from energytta.eval import runner
     from energytta.eval.embedders import get_embedder
+    from energytta.utils import pick_device
 
     names = [n.strip() for n in args.embedders.split(",") if n.strip()]
     max_s = args.max_seconds or None
@@ -145,7 +164,8 @@ def run(args: argparse.Namespace) -> dict:
                     "embedders": names, "max_seconds": max_s}
     paths = dict(panns_ckpt=args.panns_ckpt, vggish_ckpt=args.vggish_ckpt,
                  clap_model=args.clap_model, classifier_ckpt=args.classifier_ckpt)
-    embedders = [get_embedder(n, args.device, **paths) for n in names]  # fail before work
+    device = pick_device(args.device)
+    embedders = [get_embedder(n, device, **paths) for n in names]  # fail before work
     with bar.progress:
         if args.ckpt:
             result["generation"] = generate(args, args.reference, args.limit, bar)
@@ -207,6 +227,7 @@ def main(argv: list[str]) -> int:
 
         return train_classifier(argv[1:])
     args = build_parser().parse_args(argv)
+    check_args(args)
     start = time.time()
     result = run(args)
     result["seconds"] = round(time.time() - start, 1)
