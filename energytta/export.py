@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from energytta.cli_help import DefaultsHelpFormatter
 from energytta.errors import UserError
 
 # what may change at export: sampling settings, never what the weights were trained with
@@ -65,7 +66,7 @@ def export(src: str | Path, out: str | Path, overrides: list[str] | None = None,
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="energytta-export",
+        prog="energytta-export", formatter_class=DefaultsHelpFormatter,
         description="Export an inference checkpoint (EMA weights + codec + config) from any "
                     "training state: a step folder, a run folder (its latest step) or a file.",
         epilog="Extra key=value arguments change sample.* defaults and "

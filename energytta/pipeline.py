@@ -4,13 +4,16 @@ Works for student (energy head, one pass per token) and teacher (diffusion head)
 checkpoints alike: the sampler only calls `head.sample`.
 
     pipe = TextToAudio.from_pretrained()  # the shipped student; or a path, or "teacher"
-    wavs, sr = pipe(["a high beep repeats three times"], seed=0)
+    wavs, sr = pipe(["a high beep repeats three times"], seed=0, num_samples=2)
+    audio_write("beep", wavs[0], sr)  # beep.wav (energytta.outputs.audio_write)
 
 Reproducibility: each batch draws from its own `torch.Generator`, seeded from
 (seed, index of the batch's first prompt). The same seed and settings give byte-identical
 audio; with `batch_size=1` prompt i depends only on (seed, i) and on nothing else in the
 list. With larger batches a prompt's audio also depends on its batch-mates, because the
-decoding orders and head noise of a batch are drawn together.
+decoding orders and head noise of a batch are drawn together. `num_samples=N` takes of
+each prompt are the prompt list run with seeds seed, seed+1, ..., seed+N-1: take j is
+exactly what seed+j alone gives.
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ from energytta import editing
 from energytta.config import Config
 from energytta.editing import EditPlan
 from energytta.errors import UserError
+from energytta.outputs import audio_write, checkpoint_sha256
 from energytta.utils import pick_device
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -87,6 +91,30 @@ class Generation:
     settings: SampleSettings
     edit: dict | list[dict | None] | None = None  # the edit / windows, as the JSON has it
 
+    def save(self, path: str | Path, prompts: list[str] | str | None = None) -> list[Path]:
+        """Write each row as a wav with a JSON of its settings (and prompt, edit record).
+
+        Args:
+            path: `out/dog` -> `out/dog.wav` + `out/dog.json` for one row; several rows
+                give `out/dog-0.wav`, `out/dog-1.wav`, ...
+            prompts: the rows' prompts (one for all rows, or one per row), recorded in the
+                JSON; None records none.
+        Returns:
+            the wav paths, one per row.
+        """
+        rows = len(self.wavs)
+        texts = [prompts] * rows if isinstance(prompts, str) or prompts is None else prompts
+        if len(texts) != rows:
+            raise UserError(f"{len(texts)} prompts for {rows} generated rows; give one each")
+        path, out = Path(path), []
+        for i, (wav, prompt) in enumerate(zip(self.wavs, texts)):
+            edit = self.edit[i] if isinstance(self.edit, list) else self.edit
+            record = {"prompt": prompt, **dataclasses.asdict(self.settings),
+                      "sample_rate": self.sample_rate, "edit": edit}
+            stem = path if rows == 1 else path.with_name(f"{path.name}-{i}")
+            out.append(audio_write(stem, wav, self.sample_rate, record))
+        return out
+
 
 def apply_vocoder(codec: torch.nn.Module, cfg: Config, vocoder: str) -> str:
     """Give a built codec the vocoder `vocoder` names: "griffin-lim", "trained" (the shipped
@@ -104,16 +132,31 @@ def apply_vocoder(codec: torch.nn.Module, cfg: Config, vocoder: str) -> str:
 
 
 def resolve_checkpoint(path: str | Path | None) -> Path:
-    """`path` itself, or the shipped model it names (None = "student"). A bare "student" or
-    "teacher" always means the shipped model, whatever the working folder holds (as bare
-    config names do, `config.resolve_config_path`): write `./student` for a local file."""
+    """`path` itself, or the shipped model it names (None = "student"; see SHIPPED). A bare
+    shipped name always means the shipped model, whatever the working folder holds (as
+    bare config names do, `config.resolve_config_path`): write `./student` for a local
+    file. A path that does not exist is refused with the shipped names listed."""
     name = "student" if path is None else str(path)
     if name in SHIPPED:
         if not SHIPPED[name].is_file():
             raise UserError(f"the shipped {name} model is missing ({SHIPPED[name]}); "
                             "reinstall energytta or pass --ckpt PATH")
         return SHIPPED[name]
+    if not Path(path).exists():
+        raise UserError(f"checkpoint not found: {path} (a shipped model: "
+                        f"{', '.join(SHIPPED)}; or a model.safetensors, a step-XXXXXXX "
+                        "folder or a run folder)")
     return Path(path)
+
+
+def sample_seeds(seed: int, num_samples: int) -> list[int]:
+    """The seeds of `num_samples` takes: seed, seed+1, ... (each within [0, 2**63))."""
+    if isinstance(num_samples, bool) or int(num_samples) != num_samples or num_samples < 1:
+        raise UserError(f"num_samples {num_samples} must be a whole number >= 1")
+    if seed + int(num_samples) > 2 ** 63:
+        raise UserError(f"seed {seed} with {num_samples} samples passes 2**63 - 1 (the "
+                        "takes use seed, seed+1, ...); pick a smaller seed")
+    return [seed + j for j in range(int(num_samples))]
 
 
 def batch_seed(seed: int, first_index: int) -> int:
@@ -182,6 +225,8 @@ class TextToAudio:
         self.sample_rate = int(codec.sample_rate)
         self.vocoder = cfg.codec.vocoder  # what renders the audio (`use_vocoder` changes it)
         self._own_vocoder = getattr(codec, "vocoder", None)  # for use_vocoder("checkpoint")
+        # sha256 of the checkpoint's weights (set by from_pretrained): what samples record
+        self.checkpoint_sha256: str | None = None
 
     @property
     def text_encoder(self) -> torch.nn.Module:
@@ -206,7 +251,9 @@ class TextToAudio:
 
         Args:
             path: checkpoint; None or "student" = the shipped student
-                (`energytta/assets/student.safetensors`), "teacher" = the shipped teacher.
+                (`energytta/assets/student.safetensors`), "teacher" = the shipped teacher,
+                "captiononly" = the shipped caption-only student, "guided" = the shipped
+                student with its guidance distilled into one pass (SHIPPED).
             device: "auto" (cuda if available), "cpu", "cuda:1", ...
             dtype: "fp32" | "bf16" | "fp16" autocast for text encoding and decoding.
             vocoder: "checkpoint" (the one it was trained with; Griffin-Lim for the shipped
@@ -217,10 +264,12 @@ class TextToAudio:
 
         path = resolve_checkpoint(path)
         dev = pick_device(str(device)) if isinstance(device, str) else device
+        sha = checkpoint_sha256(path)  # before loading: a newer file can only make it stale
         cfg, kind, model, codec = load_model(path, dev)
         if kind not in KINDS:
             raise UserError(f"{path}: checkpoint kind '{kind}' is not one of {', '.join(KINDS)}")
         pipe = cls(cfg, kind, model.eval(), codec.eval(), dev, Path(path), dtype=dtype)
+        pipe.checkpoint_sha256 = sha
         pipe.use_vocoder(vocoder)
         return pipe
 
@@ -302,8 +351,10 @@ class TextToAudio:
                  cfg: float | None = None, temperature: float | None = None,
                  negative_prompt: str | None = None, batch_size: int | None = None,
                  progress: Callable[[int, int], None] | None = None,
-                 overlap: float | None = None) -> tuple[np.ndarray, int]:
-        """prompts -> (wavs (B, S) float32, sample_rate). Unset knobs come from cfg.sample.
+                 overlap: float | None = None, num_samples: int = 1
+                 ) -> tuple[np.ndarray, int]:
+        """prompts -> (wavs (B·num_samples, S) float32, sample_rate). Unset knobs come from
+        cfg.sample.
 
         Args:
             prompts: one prompt or a list.
@@ -313,11 +364,21 @@ class TextToAudio:
             window by window, each window seeing the previous one's last `overlap` seconds
             (default 1) as known tokens (docs/editing.md).
             progress: called as progress(done, total) in decoding steps over all batches.
+            num_samples: takes per prompt, prompt-major (row i·N + j is take j of prompt
+                i); take j is the whole list generated with seed + j.
         """
         s = self.settings(seed, duration, iterations, cfg, temperature, negative_prompt,
                           batch_size)
-        out = self.generate(prompts, s, progress, self.plan(s, overlap))
-        return out.wavs, out.sample_rate
+        seeds = sample_seeds(s.seed, num_samples)
+        takes = []
+        for j, take_seed in enumerate(seeds):
+            def step(done: int, total: int, _j: int = j) -> None:
+                if progress is not None:
+                    progress(_j * total + done, len(seeds) * total)
+            takes.append(self.generate(prompts, dataclasses.replace(s, seed=take_seed),
+                                       step, self.plan(s, overlap)).wavs)
+        wavs = np.stack(takes, axis=1)  # (B, N, S): prompt-major rows
+        return wavs.reshape(-1, wavs.shape[-1]), self.sample_rate
 
     def generate(self, prompts: list[str] | str, settings: SampleSettings | None = None,
                  progress: Callable[[int, int], None] | None = None,
@@ -332,6 +393,8 @@ class TextToAudio:
         s = settings or self.settings()
         self._validate(s)
         plans = self._row_plans(plan, s, len(prompts))
+        # every prompt's '|' segments checked before the first batch costs anything
+        editing.segment_prompts(prompts, editing.same_grid(plans).windows)
         starts = range(0, len(prompts), s.batch_size)
         per_batch = len(editing.same_grid(plans).windows) * s.iterations
         total = len(starts) * per_batch

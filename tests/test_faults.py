@@ -240,7 +240,7 @@ def test_a_full_disk_during_sampling_is_one_line_and_finished_prompts_stay(
     assert code == 2 and err[-1].startswith("error: disk full"), err
     names = sorted(p.name for p in out.iterdir())
     assert [n for n in names if n.startswith("000-")] == [
-        "000-a-beep.json", "000-a-beep.png", "000-a-beep.wav"]  # the finished prompt
+        "000-a-beep-seed0.json", "000-a-beep-seed0.png", "000-a-beep-seed0.wav"]  # finished
     assert not any(n.startswith(("001-", "002-", ".")) for n in names), names
 
 
