@@ -38,7 +38,7 @@ from energytta.config_rules import validate
 from energytta.errors import UserError
 from energytta.locks import folder_lock
 from energytta.train.ema import EMA
-from energytta.train.interrupt import StopRequest
+from energytta.train.interrupt import StopRequest, Stopped
 from energytta.train.logging import MetricsLog, Window, format_stats, make_progress, read_metrics
 from energytta.train.objectives import TrainContext, build_objective, objective_name
 from energytta.train.optim import build_optimizer, keep_config_schedule
@@ -392,7 +392,7 @@ class Trainer:
                     self.save()
                     self.console.print(f"interrupted: saved {self.out}/step-{self.step:07d}; "
                                        "continue with --resume")
-                    raise KeyboardInterrupt
+                    raise Stopped(stop.signum)
                 if t.ckpt_every > 0 and self.step % t.ckpt_every == 0:
                     self.save()
                 if t.val_every > 0 and self.step % t.val_every == 0:
