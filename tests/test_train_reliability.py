@@ -20,7 +20,9 @@ import energytta.train.loop as loop
 from energytta.checkpoint import latest_checkpoint
 from energytta.cli import train_main
 from energytta.config import load_config
+from energytta.errors import UserError
 from energytta.train.logging import read_metrics
+from energytta.train.objectives.tokens import TokenObjective
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -75,3 +77,63 @@ def test_sigterm_saves_a_checkpoint_like_ctrl_c(tiny_text_dir, tones, tmp_path):
     assert saved is not None, "SIGTERM lost the work: no checkpoint"
     step = json.loads((saved / "state.json").read_text())["step"]
     assert step >= 2 and step == _train_rows(out)[-1]["step"]  # saved where it stopped
+
+
+def test_a_prompt_matplotlib_would_parse_is_a_plain_title(tmp_path):
+    from energytta.audio.plot import save_spectrogram_png
+
+    path = tmp_path / "x.png"
+    save_spectrogram_png(np.zeros((8, 20), np.float32), path, title=r"a $\foo$ x")  # mathtext
+    assert path.stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_the_model_is_written_before_any_sample(tiny_text_dir, tones, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    cfg = _cfg(tiny_text_dir, tones, out, "train.steps=2", r"train.sample_prompts=[a $\foo$ x]",
+               "sample.iterations=2", "head.sampling_steps=2")
+    loop.train(cfg)  # the prompt is drawn as plain text
+    assert (out / "model.safetensors").is_file() and (out / "samples" / "step-0000002"
+                                                      / "00.png").is_file()
+
+    def broken(self, model, folder):
+        raise RuntimeError("a sample that fails")
+
+    monkeypatch.setattr(TokenObjective, "generate", broken)
+    out2 = tmp_path / "run2"
+    with pytest.raises(RuntimeError, match="a sample that fails"):
+        loop.train(_cfg(tiny_text_dir, tones, out2, "train.steps=2"))
+    assert (out2 / "model.safetensors").is_file()  # a failing sample loses no model
+
+
+def test_a_diverging_run_is_one_line_naming_the_knobs(tiny_text_dir, tones, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["--config", "tiny", *_overrides(tiny_text_dir, tones, out, "train.steps=6",
+                                              "train.lr=1e30", "train.warmup_steps=0")]
+    assert train_main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: training diverged: the loss is nan")
+    assert "train.lr=1e+30" in err[0] and "train.grad_clip" in err[0]
+
+
+def test_a_failed_start_leaves_no_config_behind(tiny_text_dir, tones, tmp_path):
+    missing = f"data.val={tmp_path / 'missing.jsonl'}"
+    out = tmp_path / "new"
+    with pytest.raises(UserError, match="data.val"):
+        loop.train(_cfg(tiny_text_dir, tones, out, "train.val_every=2", missing))
+    assert not out.exists()  # the folder it made is gone again
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(UserError, match="data.val"):
+        loop.train(_cfg(tiny_text_dir, tones, mine, "train.val_every=2", missing))
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+
+
+def test_a_device_flag_for_training_is_one_usage_line(capsys):
+    # the device comes from accelerate (CUDA_VISIBLE_DEVICES, accelerate launch), not a flag
+    with pytest.raises(SystemExit) as e:
+        train_main(["--config", "tiny", "--device", "meta"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "unrecognized arguments: --device" in err
+    assert "Traceback" not in err

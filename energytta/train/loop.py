@@ -10,15 +10,16 @@ data order is a seeded permutation per epoch, so `--resume` continues bit-for-bi
 same batches, masks, dropout and noise as a run that was never interrupted.
 
 Numbered stages of `train()`:
-  1. accelerator, output folder, config.yaml
+  1. accelerator, output folder (config.yaml once set-up has succeeded)
   2. training set, objective (it builds the model), EMA, AdamW, validation set
   3. resume from the latest step folder, or let the objective fit its data statistics
   4. steps: forward/backward (accumulated), clip, optimizer, scheduler, EMA, logs
-  5. periodic checkpoints, validation and samples; at the end (or on Ctrl-C) a checkpoint,
-     and at the end validation, samples and the objective's export (EMA weights)
+  5. periodic checkpoints, validation and samples; at the end (or on Ctrl-C / SIGTERM) a
+     checkpoint, and at the end the objective's export (EMA weights), validation and samples
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import asdict
@@ -109,9 +110,6 @@ class Trainer:
         self.out = Path(t.out_dir)
         name = objective_name(cfg)
         ckpt, loaded = self._checkpoint_to_resume(resume)
-        if self.main:
-            atomic_write_text(self.out / "config.yaml",
-                              yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         self.dataset, self.collate = build_dataset(cfg, "train"), collate  # 2
         val_data = self._val_dataset()
         self.context = TrainContext(self.device, self.dataset, collate)
@@ -137,6 +135,9 @@ class Trainer:
         self.last_saved = self.step if ckpt is not None else -1
         self.last_sampled = -1
         self.last_validated = self._last_validated() if ckpt is not None else -1
+        if self.main:  # only once set-up succeeded: a failed start leaves no config behind
+            atomic_write_text(self.out / "config.yaml",
+                              yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         self.console.print(f"objective: {name}")
 
     # -------------------------------------------------------------- set-up
@@ -268,8 +269,7 @@ class Trainer:
             with self.acc.accumulate(self.loss_module):
                 loss, terms = self.loss_module(gen, **inputs)
                 if not torch.isfinite(loss):
-                    raise RuntimeError(f"loss is {float(loss)} at step {self.step}; lower "
-                                       "train.lr or check the data")
+                    raise UserError(self._diverged(float(loss.detach())))
                 self.acc.backward(loss)
                 if self.acc.sync_gradients:
                     clip = t.grad_clip if t.grad_clip > 0 else float("inf")
@@ -286,6 +286,16 @@ class Trainer:
             self.ema.update(self.model)
         self.step += 1
         return logs, grad_norm
+
+    def _diverged(self, loss: float) -> str:
+        """The one line for a non-finite loss: the knobs, and the checkpoint that is kept."""
+        t, found = self.cfg.train, list_checkpoints(self.out)
+        # the newest checkpoint may already hold the weights that diverged: say so
+        kept = (f"; the checkpoints so far are kept (newest {found[-1].name}, possibly "
+                "already diverged)") if found else ""
+        return (f"training diverged: the loss is {loss} at step {self.step + 1} "
+                f"(train.lr={t.lr:g}, train.grad_clip={t.grad_clip:g}); lower train.lr or "
+                f"train.grad_clip, or check the data{kept}")
 
     # -------------------------------------------------------------- outputs
     def lr(self) -> float:
@@ -406,12 +416,13 @@ class Trainer:
         return self.model
 
     def finish(self) -> None:
-        """Final checkpoint, validation, samples and export."""
+        """Final checkpoint and export, then validation and samples: the model is on disk
+        before anything that may still fail (a prompt, a plot) runs."""
         self.save()
+        path = self.export()
         if self.last_validated != self.step:
             self.validate()
         folder = self.sample() if self.last_sampled != self.step else None
-        path = self.export()
         if self.main:
             msg = f"done: {path}" + (f", samples in {folder}" if folder else "")
             self.console.print(msg)
@@ -429,6 +440,13 @@ def train(cfg: Config, resume: bool = False) -> nn.Module:
     """
     if os.environ.get("RANK", "0") != "0":  # DDP: the main process holds the folder
         return Trainer(cfg, resume).run()
-    with folder_lock(cfg.train.out_dir, "energytta-train",
-                     "set train.out_dir=NEW_FOLDER"):
-        return Trainer(cfg, resume).run()
+    out = Path(cfg.train.out_dir)
+    created, trainer = not out.exists(), None
+    try:
+        with folder_lock(out, "energytta-train", "set train.out_dir=NEW_FOLDER"):
+            trainer = Trainer(cfg, resume)
+            return trainer.run()
+    finally:
+        if created and trainer is None:  # a failed start: remove the folder it made, if empty
+            with contextlib.suppress(OSError):
+                out.rmdir()
