@@ -137,3 +137,50 @@ def test_a_device_flag_for_training_is_one_usage_line(capsys):
     err = capsys.readouterr().err
     assert e.value.code == 2 and "unrecognized arguments: --device" in err
     assert "Traceback" not in err
+
+
+ROW_SPAN = ("train.steps=6", "train.log_every=4", "train.ckpt_every=2", "model.dropout=0.1")
+
+
+@pytest.fixture(scope="module")
+def straight_rows(tiny_text_dir, tones, tmp_path_factory) -> list[dict]:
+    out = tmp_path_factory.mktemp("straight") / "run"
+    loop.train(_cfg(tiny_text_dir, tones, out, *ROW_SPAN))
+    return _train_rows(out)
+
+
+class _Killed(BaseException):
+    """Stands for `kill -9` right after a checkpoint: nothing after it runs."""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", ["killed-after-checkpoint", "ctrl-c"])
+def test_the_log_row_spanning_a_checkpoint_is_the_same_after_resume(
+        stop, tiny_text_dir, tones, straight_rows, tmp_path, monkeypatch):
+    """Rows at steps 4 and 6 (log_every 4, and the last step); checkpoints at 2 and 4, or
+    a Ctrl-C at 3: the resumed run must log the row at 4 over steps 1-4, as if never
+    stopped, not over the steps after the resume only."""
+    out = tmp_path / "run"
+    if stop == "ctrl-c":
+        real = loop.Trainer._stop_everywhere
+        monkeypatch.setattr(loop.Trainer, "_stop_everywhere",
+                            lambda self, s: self.step == 3 or real(self, s))
+        expected = KeyboardInterrupt
+    else:
+        real = loop.Trainer.save
+
+        def save_then_die(self):
+            real(self)
+            if self.step == 2:
+                raise _Killed
+        monkeypatch.setattr(loop.Trainer, "save", save_then_die)
+        expected = _Killed
+    with pytest.raises(expected):
+        loop.train(_cfg(tiny_text_dir, tones, out, *ROW_SPAN))
+    monkeypatch.undo()
+    assert _train_rows(out) == []  # nothing logged yet: the row in progress was in memory
+    loop.train(_cfg(tiny_text_dir, tones, out, *ROW_SPAN), resume=True)
+    rows = _train_rows(out)
+    assert [r["step"] for r in rows] == [r["step"] for r in straight_rows] == [4, 6]
+    for key in ("loss", "diffusion", "lr", "grad_norm"):
+        assert [r[key] for r in rows] == [r[key] for r in straight_rows], key

@@ -118,6 +118,7 @@ class Trainer:
         self.ema = EMA(self.model, t.ema_decay) if self.objective.ema else None
         self.opt, self.sched = build_optimizer(self.model, cfg, extra=self.objective)
         self.step, self.elapsed, self.last_lr, pos = 0, 0.0, 0.0, Position()
+        self.window = Window()  # the log row being summed; restored on resume
         if ckpt is not None:  # 3
             pos = self._load(ckpt, loaded)
         else:
@@ -178,6 +179,13 @@ class Trainer:
         """The validation set (eval crops) when validation is on; checked at start-up."""
         if self.cfg.train.val_every <= 0 or not self.main:
             return None
+        val = self.cfg.data.val
+        if self.cfg.data.kind == "captions" and not Path(val).expanduser().is_file():
+            # caption-only training needs nothing but its captions: a recipe's default
+            # validation manifest that is not there turns validation off, loudly
+            self.console.print(f"[yellow]validation off: data.val={val!r} is not a file; "
+                               "set data.val=CAPTIONS.jsonl (with attributes) for val rows")
+            return None
         from energytta.train.validation import val_dataset
         return val_dataset(self.cfg)
 
@@ -231,6 +239,7 @@ class Trainer:
                 f"saved run's ({saved['total_steps']}, {saved['warmup_steps']})[/yellow]")
         set_rng_state(st["rng"])
         self.step, self.elapsed = int(st["step"]), float(st.get("elapsed", 0.0))
+        self.window.load(st.get("log_window", {}))
         self.console.print(f"resumed from {folder} (step {self.step})")
         return Position(**st["data"])
 
@@ -323,11 +332,15 @@ class Trainer:
     def save(self) -> None:
         """Training state at the current step, written by the main process only (every
         process holds the same weights and optimizer state, so no gather is needed)."""
-        if self.main and self.last_saved != self.step:
+        if self.last_saved == self.step:
+            return
+        window = self._window_state()  # every process: a collective under DDP
+        if self.main:
             state = {"scheduler": encode_tree(self.sched.state_dict(), {}),
                      "rng": rng_state(), "data": asdict(self.stream.pos),
                      "ema_updates": self.ema.num_updates if self.ema is not None else 0,
-                     "elapsed": self.elapsed, "world_size": self.acc.num_processes}
+                     "elapsed": self.elapsed, "world_size": self.acc.num_processes,
+                     "log_window": window}
             save_training_state(self.out, self.step, model=self.model,
                                 ema=self.ema.module if self.ema is not None else None,
                                 optimizer=self.opt, codec=self.objective.codec, cfg=self.cfg,
@@ -336,6 +349,18 @@ class Trainer:
                                 extra={"objective": _module_state(self.objective)},
                                 kind=self.objective.kind)
         self.last_saved = self.step
+
+    def _window_state(self) -> dict[str, Any]:
+        """The log row in progress; under DDP its sums averaged over processes. A row's
+        value is the mean over processes of sums / count, which is linear in the sums, so
+        every process resuming from the averaged sums logs what the uninterrupted run does."""
+        state = self.window.state()
+        if self.acc.num_processes > 1 and state["sums"]:
+            keys = sorted(state["sums"])
+            vals = self.acc.reduce(torch.tensor([state["sums"][k] for k in keys],
+                                                device=self.device, dtype=torch.float64), "mean")
+            state["sums"] = dict(zip(keys, vals.tolist()))
+        return state
 
     def validate(self) -> None:
         """The validation stage (main process): one metrics row and one console line."""
@@ -382,8 +407,7 @@ class Trainer:
         return True
 
     def run(self) -> nn.Module:
-        t = self.cfg.train
-        window = Window()
+        t, window = self.cfg.train, self.window
         # a wall budget for this invocation (a lent GPU, a session's end): the run finishes
         # as at train.steps (checkpoint, validation, export) and --resume continues it
         deadline = time.monotonic() + 60 * t.max_minutes if t.max_minutes > 0 else None
