@@ -184,3 +184,39 @@ def test_the_log_row_spanning_a_checkpoint_is_the_same_after_resume(
     assert [r["step"] for r in rows] == [r["step"] for r in straight_rows] == [4, 6]
     for key in ("loss", "diffusion", "lr", "grad_norm"):
         assert [r[key] for r in rows] == [r[key] for r in straight_rows], key
+
+
+@pytest.fixture
+def two_threads():
+    """torch at 2 CPU threads for the test (conftest pins 1), restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.slow
+def test_the_same_thread_count_twice_trains_identical_weights_and_losses(
+        tiny_text_dir, tones, tmp_path, two_threads):
+    """What docs/training.md promises: same seed, settings, batch size and thread count ->
+    the same weights and logged losses (here at 2 threads, not the suite's 1)."""
+    runs = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        model = loop.train(_cfg(tiny_text_dir, tones, out, "train.steps=3",
+                                "model.dropout=0.1"))
+        runs.append((model.state_dict(), [r["loss"] for r in _train_rows(out)]))
+    (wa, la), (wb, lb) = runs
+    assert la == lb and len(la) == 3
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_the_same_thread_count_twice_samples_identical_audio(tiny_ckpts, two_threads):
+    from energytta.pipeline import TextToAudio
+
+    pipe = TextToAudio.from_pretrained(tiny_ckpts["teacher"], "cpu")
+    first, _ = pipe(["a bell rings", "rain"], seed=5, iterations=2, cfg=2.0)
+    again, _ = pipe(["a bell rings", "rain"], seed=5, iterations=2, cfg=2.0)
+    assert np.array_equal(first, again)
