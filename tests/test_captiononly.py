@@ -262,6 +262,6 @@ def test_a_jsonl_of_captions_alone_trains_with_the_recipes_validation_default(
     assert read_metrics(out / "metrics.jsonl", "val") == []
     assert (out / "model.safetensors").is_file()
     captions.write_text('{"caption": "a beep"}\n{"caption": ""}\n')
-    assert train_main(["--config", "tiny", *_overrides(tiny_text_dir, teacher, captions,
-                                                        tmp_path / "run2")]) == 2
+    args = _overrides(tiny_text_dir, teacher, captions, tmp_path / "run2")
+    assert train_main(["--config", "tiny", *args]) == 2
     assert 'captions.jsonl:2: missing or empty "caption"' in capsys.readouterr().err

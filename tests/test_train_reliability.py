@@ -56,8 +56,8 @@ def _train_rows(out: Path) -> list[dict]:
 @pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_like_ctrl_c(tiny_text_dir, tones, tmp_path):
     out = tmp_path / "run"
-    args = ["--config", "tiny", *_overrides(tiny_text_dir, tones, out, "train.steps=100000",
-                                              "train.ckpt_every=0")]
+    extra = ("train.steps=100000", "train.ckpt_every=0")
+    args = ["--config", "tiny", *_overrides(tiny_text_dir, tones, out, *extra)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-m", "energytta.train.cli", *args], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -108,8 +108,8 @@ def test_the_model_is_written_before_any_sample(tiny_text_dir, tones, tmp_path, 
 
 def test_a_diverging_run_is_one_line_naming_the_knobs(tiny_text_dir, tones, tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["--config", "tiny", *_overrides(tiny_text_dir, tones, out, "train.steps=6",
-                                              "train.lr=1e30", "train.warmup_steps=0")]
+    extra = ("train.steps=6", "train.lr=1e30", "train.warmup_steps=0")
+    args = ["--config", "tiny", *_overrides(tiny_text_dir, tones, out, *extra)]
     assert train_main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: training diverged: the loss is nan")
