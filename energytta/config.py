@@ -38,6 +38,36 @@ _Loader.yaml_implicit_resolvers = {
 _Loader.add_implicit_resolver("tag:yaml.org,2002:bool",
                               re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 BOOL_WORDS = {"yes": True, "on": True, "no": False, "off": False}
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class _DuplicateKey(yaml.constructor.ConstructorError):
+    """A key given twice in one YAML mapping."""
+
+
+def _refuse_duplicate_keys(loader: yaml.SafeLoader, node: yaml.MappingNode,
+                           deep: bool = False) -> dict[Any, Any]:
+    """A mapping in which a key appears twice is an error: PyYAML keeps the last value
+    silently, so `lr: 1e-3` above a forgotten `lr: 1.0` would train at 1.0 unnoticed."""
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        if key_node.tag == _MERGE_TAG:
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            duplicate = key in seen
+            seen.add(key)
+        except TypeError:  # an unhashable key: PyYAML's own check names it
+            continue
+        if duplicate:
+            raise _DuplicateKey(
+                None, None, f"duplicate key {key!r} at line {key_node.start_mark.line + 1} "
+                "(each key may appear once per section; keep one)", key_node.start_mark)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+                        lambda loader, node: _refuse_duplicate_keys(loader, node))
 
 
 def _yaml(text: str) -> Any:
@@ -409,6 +439,8 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, raw = text.split("=", 1)
     try:
         value = _yaml(raw) if raw.strip() else ""
+    except _DuplicateKey as e:
+        raise ConfigError(f"override {text!r}: {e.problem}") from None
     except yaml.YAMLError:
         value = raw
     if isinstance(value, str) or value is None:

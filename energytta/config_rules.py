@@ -90,12 +90,32 @@ def check_value(key: str, value: Any, name: str = "") -> None:
         raise ConfigError(f"{name or f'config key {key!r}'}={value!r} {why}{fix}")
 
 
+def _check_audio(a: Any) -> None:
+    """The mel front-end's band and window: outside them the filters above Nyquist are
+    empty (or the band is), and a run trains on a constant mel and exits 0."""
+    from energytta.config import ConfigError
+
+    nyquist = a.sample_rate / 2
+    if a.f_min >= a.f_max:
+        raise ConfigError(f"config key 'audio.f_min'={a.f_min} must be below audio.f_max="
+                          f"{a.f_max}; lower f_min or raise f_max")
+    if a.f_max > nyquist:
+        raise ConfigError(f"config key 'audio.f_max'={a.f_max} is above the Nyquist frequency "
+                          f"of audio.sample_rate={a.sample_rate} ({nyquist:g} Hz), where mel "
+                          f"filters are empty; set audio.f_max<={nyquist:g}")
+    if a.win_length > a.n_fft:
+        raise ConfigError(f"config key 'audio.win_length'={a.win_length} must be <= "
+                          f"audio.n_fft={a.n_fft} (the window is zero-padded to n_fft); "
+                          "lower win_length or raise n_fft")
+
+
 def validate(cfg: Any) -> Any:
     """Raise a one-line ConfigError naming the first out-of-range key; return `cfg`."""
     from energytta.config import ConfigError
 
     for key in RULES:
         check_value(key, _get(cfg, key))
+    _check_audio(cfg.audio)
     m, t = cfg.model, cfg.train
     if m.width % m.num_heads:
         raise ConfigError(f"config key 'model.width'={m.width} is not divisible by "

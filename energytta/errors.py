@@ -3,8 +3,9 @@
 Every installed command (`energytta/cli.py`) and every script in `tools/` runs its
 `main(argv)` through `run_cli`, the one place where failing is turned into exit codes:
 bad input (`UserError`) becomes `error: <message>` on stderr and exit code 2, Ctrl-C
-becomes `interrupted` and exit code 130 (the shell's code for SIGINT), and a full disk
-met outside an atomic write (a log append) is one line too, never a traceback.
+becomes `interrupted` and exit code 130 (the shell's code for SIGINT; a training run that
+saved and stopped on SIGTERM exits 143, as the shell reports it), and a full disk met
+outside an atomic write (a log append) is one line too, never a traceback.
 """
 from __future__ import annotations
 
@@ -35,9 +36,12 @@ def run_cli(main: Callable[[list[str]], int | None], argv: list[str] | None = No
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as e:
+        # a command that stopped cleanly on SIGTERM says so in its code (143), as the shell would
+        code = getattr(e, "exit_code", EXIT_INTERRUPTED)
+        print("interrupted" if code == EXIT_INTERRUPTED else f"stopped by signal {code - 128}",
+              file=sys.stderr)
+        return code
     except OSError as e:
         from energytta.utils import DISK_FULL_HINT, is_disk_full
 

@@ -244,3 +244,24 @@ def test_the_energy_head_student_trains_by_the_same_objective(tiny_text_dir, tea
     assert moved  # it trained ...
     cfg_out, kind, _, _ = load_model(tmp_path / "run" / "model.safetensors")
     assert kind == "captiononly" and cfg_out.head.kind == "energy"  # ... and records its route
+
+
+def test_a_jsonl_of_captions_alone_trains_with_the_recipes_validation_default(
+        tiny_text_dir, teacher, tmp_path, capsys):
+    """`{"caption": ...}` rows need no "audio"; a validation manifest that is not there
+    (the recipe's default path) turns validation off with a warning instead of failing."""
+    captions = tmp_path / "captions.jsonl"
+    captions.write_text("".join(json.dumps({"caption": c}) + "\n"
+                                for c in ["a beep", "rain", "a bell", "wind"]))
+    out = tmp_path / "run"
+    args = _overrides(tiny_text_dir, teacher, captions, out, "train.val_every=2",
+                      f"data.val={tmp_path / 'no_val.jsonl'}")
+    assert train_main(["--config", "tiny", *args]) == 0
+    assert "validation off" in capsys.readouterr().out
+    assert len(read_metrics(out / "metrics.jsonl", "train")) == 3
+    assert read_metrics(out / "metrics.jsonl", "val") == []
+    assert (out / "model.safetensors").is_file()
+    captions.write_text('{"caption": "a beep"}\n{"caption": ""}\n')
+    args = _overrides(tiny_text_dir, teacher, captions, tmp_path / "run2")
+    assert train_main(["--config", "tiny", *args]) == 2
+    assert 'captions.jsonl:2: missing or empty "caption"' in capsys.readouterr().err

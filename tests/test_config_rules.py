@@ -21,6 +21,9 @@ BAD = [
     ("sample.seed=-1", "sample.seed"), (f"sample.seed={2 ** 63}", "sample.seed"),
     ("head.num_samples=1", "head.num_samples"),
     ("train.betas=[0.9,1.5]", "train.betas"),
+    # an empty or inverted mel band trained on a constant mel and exited 0
+    ("audio.f_min=9000", "audio.f_min"), ("audio.f_min=8000", "audio.f_min"),
+    ("audio.f_max=12000", "audio.f_max"), ("audio.win_length=2048", "audio.win_length"),
 ]
 
 
@@ -55,3 +58,14 @@ def test_cli_exits_with_one_line_instead_of_hanging(tmp_path):
     assert out.returncode != 0
     assert "data.batch_size" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_a_key_given_twice_in_yaml_is_refused_naming_it(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("base: tiny\ntrain:\n  lr: 1.0e-3\n  steps: 3\n  lr: 1.0\n")
+    with pytest.raises(ConfigError, match=r"duplicate key 'lr' at line 5") as err:
+        load_config(str(path))
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="duplicate key 'width'"):  # an override's YAML
+        load_config("tiny", ["model={width: 64, width: 32}"])
+    assert load_config("tiny", ["model={width: 64}"]).model.width == 64

@@ -60,20 +60,22 @@ def _resolve(path: str, base: Path) -> Path:
 
 
 # ------------------------------------------------------------------------------ JSONL
-def _jsonl_item(obj: Any, where: str, base: Path) -> Item:
+def _jsonl_item(obj: Any, where: str, base: Path, need_audio: bool = True) -> Item:
     if not isinstance(obj, dict):
         raise UserError(f"{where}: expected a JSON object with \"audio\" and \"caption\"")
-    for key in ("audio", "caption"):
+    for key in ("audio", "caption") if need_audio else ("caption",):
         if not isinstance(obj.get(key), str) or not obj[key].strip():
             raise UserError(f"{where}: missing or empty \"{key}\" (a non-empty string)")
     attrs = obj.get("attributes", {})
     if not isinstance(attrs, dict):
         raise UserError(f"{where}: \"attributes\" must be a JSON object")
     extra = {k: v for k, v in obj.items() if k not in ("audio", "caption", "attributes")}
-    return Item(_resolve(obj["audio"], base), obj["caption"].strip(), {**attrs, **extra})
+    audio = obj.get("audio")  # captions only: a row may name no audio (an empty Path then)
+    audio = _resolve(audio, base) if isinstance(audio, str) and audio.strip() else Path()
+    return Item(audio, obj["caption"].strip(), {**attrs, **extra})
 
 
-def _read_jsonl(path: Path, audio_dir: Path | None) -> list[Item]:
+def _read_jsonl(path: Path, audio_dir: Path | None, need_audio: bool = True) -> list[Item]:
     base = audio_dir or path.parent
     items = []
     for n, line in enumerate(_read_text(path).splitlines(), 1):
@@ -83,7 +85,7 @@ def _read_jsonl(path: Path, audio_dir: Path | None) -> list[Item]:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             raise UserError(f"{path}:{n}: invalid JSON ({e.msg} at column {e.colno})") from None
-        items.append(_jsonl_item(obj, f"{path}:{n}", base))
+        items.append(_jsonl_item(obj, f"{path}:{n}", base, need_audio))
     return items
 
 
@@ -189,13 +191,15 @@ def _read_csv(path: Path, audio_dir: Path | None) -> list[Item]:
                     f"({','.join(AUDIOCAPS_COLUMNS)}) or Clotho ({','.join(CLOTHO_COLUMNS)})")
 
 
-def read_manifest(path: str | Path, audio_dir: str | Path | None = None) -> list[Item]:
+def read_manifest(path: str | Path, audio_dir: str | Path | None = None,
+                  need_audio: bool = True) -> list[Item]:
     """Read a JSONL, AudioCaps CSV or Clotho CSV manifest.
 
     Args:
         path: the manifest file.
         audio_dir: folder to resolve relative audio paths / look up CSV audio in
             (default: see the module docstring).
+        need_audio: False for caption-only data: JSONL rows may be `{"caption": ...}`.
     Returns:
         items: one Item per (audio, caption) pair, in file order.
     Raises:
@@ -207,7 +211,7 @@ def read_manifest(path: str | Path, audio_dir: str | Path | None = None) -> list
         raise UserError(f"audio folder not found: {audio_dir}")
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json"):
-        items = _read_jsonl(path, audio_dir)
+        items = _read_jsonl(path, audio_dir, need_audio)
     elif suffix == ".csv":
         items = _read_csv(path, audio_dir)
     else:

@@ -136,7 +136,7 @@ def save_figure(res: Results, path: Path, audio_cfg: AudioConfig) -> None:
         sub = fig.add_subplot(grid[row, 1])
         im = sub.imshow(img, origin="lower", aspect="auto", cmap="magma", vmin=vmin, vmax=vmax,
                         extent=(0.0, seconds, 0, img.shape[0]), interpolation="nearest")
-        sub.set_title(title[:80], fontsize=10)
+        sub.set_title(title[:80], fontsize=10, parse_math=False)  # a caption: plain text
         sub.set_ylabel("mel bin")
         fig.colorbar(im, ax=sub, label="log magnitude")
     sub.set_xlabel("time (s)")
