@@ -34,8 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train with the one loop: the diffusion-head teacher (head.kind=diffusion),\n"
                     "the energy-head student (head.kind=energy), a codec part\n"
                     "(codec.train=vae|vocoder) or the synth-classifier; train.objective names\n"
-                    "one explicitly. train.val_every adds validation rows (val/*). Ctrl-C saves\n"
-                    "a checkpoint; --resume continues exactly where it stopped.")
+                    "one explicitly. train.val_every adds validation rows (val/*). Ctrl-C or\n"
+                    "SIGTERM saves a checkpoint; --resume continues exactly where it stopped.")
     p.add_argument("--config", required=True, metavar="C", help=CONFIG_HELP)
     p.add_argument("--resume", action="store_true",
                    help="continue from the latest step folder in train.out_dir "
