@@ -136,6 +136,24 @@ def sweep_temporaries(folder: str | Path, depth: int = 2) -> list[Path]:
             removed += sweep_temporaries(entry, depth - 1)
     return removed
 
+def require_safetensors(folder: str | Path, key: str) -> None:
+    """Refuse in one line a model folder whose weights are pickle only (`pytorch_model.bin`).
+
+    Why: model parts are named by configs, and a checkpoint carries its own config, so a
+    downloaded file could point a loader at any folder; loading a pickle runs whatever
+    it holds. Parts load from safetensors only (`use_safetensors=True`).
+
+    Args:
+        folder: the model folder (transformers / diffusers `save_pretrained` output).
+        key: the config key that named it, for the message (e.g. "text.model").
+    """
+    from energytta.errors import UserError
+
+    if not any(Path(folder).glob("*.safetensors*")):
+        raise UserError(f"{key}={folder} has no safetensors weights (only pickle files such "
+                        "as pytorch_model.bin, which energytta never loads); convert it once "
+                        "with from_pretrained(folder).save_pretrained(folder) and retry")
+
 def _apply_umask(path: Path) -> None:
     """Give the files under `path` the mode a plain `open()` would have (0o666 & ~umask).
 
