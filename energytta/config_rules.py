@@ -100,6 +100,11 @@ def validate(cfg: Any) -> Any:
     if m.width % m.num_heads:
         raise ConfigError(f"config key 'model.width'={m.width} is not divisible by "
                           f"model.num_heads={m.num_heads}; change one of them")
+    h = cfg.head
+    if h.sample_max_t != -1 and not 0 <= h.sample_max_t < h.num_timesteps:
+        raise ConfigError(f"config key 'head.sample_max_t'={h.sample_max_t} must be -1 (the "
+                          f"chain starts at T-1) or in [0, head.num_timesteps - 1 = "
+                          f"{h.num_timesteps - 1}]")
     if not all(0 <= b < 1 for b in t.betas) or len(t.betas) != 2:
         raise ConfigError(f"config key 'train.betas'={t.betas} must be two numbers in [0, 1)")
     v = cfg.vsd

@@ -21,6 +21,8 @@ BAD = [
     ("sample.seed=-1", "sample.seed"), (f"sample.seed={2 ** 63}", "sample.seed"),
     ("head.num_samples=1", "head.num_samples"),
     ("train.betas=[0.9,1.5]", "train.betas"),
+    ("head.sample_max_t=-50", "head.sample_max_t"),  # was accepted: only -1 means T-1
+    ("head.sample_max_t=1000", "head.sample_max_t"),
 ]
 
 
@@ -36,6 +38,7 @@ def test_every_packaged_config_and_shipped_checkpoint_is_valid():
     for path in sorted((Path(__file__).resolve().parents[1] / "energytta" / "configs")
                        .glob("*.yaml")):
         load_config(path.stem)
+    load_config("tiny", ["head.sample_max_t=-1"]), load_config("tiny", ["head.sample_max_t=999"])
     for asset in ("student", "teacher"):
         validate(load_inference(ASSETS / f"{asset}.safetensors")[0])
 
