@@ -58,3 +58,15 @@ def test_cli_exits_with_one_line_instead_of_hanging(tmp_path):
     assert out.returncode != 0
     assert "data.batch_size" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("text", ["train: " + "[" * 100_000 + "]" * 100_000,
+                                  '{"train":' * 100_000 + "1" + "}" * 100_000])
+def test_a_config_nested_100k_deep_is_one_line(text, tmp_path, capsys):
+    from energytta.cli import train_main
+
+    path = tmp_path / "deep.yaml"
+    path.write_text(text)
+    assert train_main(["--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nested too deeply" in err[0], err[-3:]
