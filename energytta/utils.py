@@ -38,9 +38,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=path.parent))
-    except OSError as e:
+    except OSError as e:  # nothing written yet: whatever the error, this folder refuses
         raise_if_disk_full(e, path)
-        raise
+        raise _unwritable(path, e.strerror or str(e)) from None
     tmp = work / path.name
     try:
         (work / TEMP_MARKER).write_text(_MARKER_TEXT, encoding="utf-8")
@@ -56,6 +56,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.replace(work / _OLD, path)
         shutil.rmtree(work, ignore_errors=True)  # first: the check measures free space
         raise_if_disk_full(e, path)
+        if is_unwritable(e):
+            raise _unwritable(path, getattr(e, "strerror", None) or str(e)) from None
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)  # ... and leaves with it
@@ -70,18 +72,41 @@ _FULL_WORDS = ("no space left on device", "os error 28", "disk quota exceeded")
 _NEARLY_FULL = 1 << 20
 
 
+# a folder we may not write to (not a full disk, whatever space it reports: /proc has none)
+_UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+_UNWRITABLE_WORDS = ("permission denied", "os error 13)", "read-only file system",
+                     "os error 30)", "operation not permitted", "os error 1)")
+
+
+def is_unwritable(exc: BaseException) -> bool:
+    """Whether `exc` says permission was refused (EACCES, EPERM, EROFS), by errno or by the
+    words writers that wrap it use (safetensors: "Permission denied (os error 13)")."""
+    if isinstance(exc, OSError) and exc.errno in _UNWRITABLE:
+        return True
+    return any(w in str(exc).lower() for w in _UNWRITABLE_WORDS)
+
+
 def is_disk_full(exc: BaseException, folder: str | Path | None = None) -> bool:
     """Whether `exc` (raised while writing into `folder`) means the disk or quota is full."""
     if isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS:
         return True
     if any(w in str(exc).lower() for w in _FULL_WORDS):
         return True
-    if folder is None or not isinstance(exc, (OSError, RuntimeError)):
+    if folder is None or not isinstance(exc, (OSError, RuntimeError)) or is_unwritable(exc):
         return False
-    try:
-        return shutil.disk_usage(folder).free < _NEARLY_FULL
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return False  # the errno says what it is, and it is not ENOSPC
+    try:  # an opaque error (libsndfile) where a writable folder has no room left
+        return (shutil.disk_usage(folder).free < _NEARLY_FULL
+                and os.access(folder, os.W_OK))
     except OSError:
         return False
+
+
+def _unwritable(path: Path, reason: str) -> Exception:
+    from energytta.errors import UserError
+
+    return UserError(f"cannot write {path} ({reason}); choose a folder you can write to")
 
 
 def raise_if_disk_full(exc: BaseException, path: str | Path) -> None:
