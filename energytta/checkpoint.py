@@ -296,10 +296,20 @@ def save_training_state(run_dir: str | Path, step: int, *, model: nn.Module,
     return folder
 
 
-def load_training_state(folder: str | Path) -> dict[str, Any]:
+# what `--resume` reads from state.json beside the weights (the training loop's `state`)
+RESUME_KEYS = ("scheduler", "rng", "data")
+
+
+def load_training_state(folder: str | Path, require: tuple[str, ...] = ()) -> dict[str, Any]:
     """Read a step folder -> {"state": json dict, "config": Config, "model", "optimizer" (a
     torch optimizer state dict), and every other tensor group in it: "ema", "codec" (when
-    the run has them), "objective", ...} (CPU tensors)."""
+    the run has them), "objective", ...} (CPU tensors).
+
+    Args:
+        folder: the step folder.
+        require: state.json entries that must be present (e.g. RESUME_KEYS); a missing one
+            is a one-line UserError, as every malformed entry is.
+    """
     folder = Path(folder)
     path = folder / "state.json"
     if not path.is_file():
@@ -312,6 +322,9 @@ def load_training_state(folder: str | Path) -> dict[str, Any]:
         raise UserError(f"{path} is not valid JSON ({reason}); the checkpoint is damaged, "
                         "delete this step folder to fall back to an older one") from None
     _check_state_doc(doc, path)
+    missing = [k for k in require if k not in doc]
+    if missing:
+        raise _damaged(path, f"'{missing[0]}' is missing")
     out: dict[str, Any] = {"state": doc, "config": _config_from_json(json.dumps(doc["config"]),
                                                                      path)}
     out["model"], _ = _read_safetensors(folder / "model.safetensors", "checkpoint file")
