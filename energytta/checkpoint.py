@@ -501,6 +501,22 @@ def _read_source(src: Path) -> tuple[Path, Config, str, dict[str, torch.Tensor],
             _text_dim_of(loaded["state"]["text_dim"], src))
 
 
+def _check_counts(cfg: Config, text_dim: int, state: Mapping[str, torch.Tensor],
+                  src: Path) -> None:
+    """Refuse sizes no file of this many numbers can hold, before even a meta-device build
+    (whose cost grows with the number of layers): each of these sizes gives the model at
+    least that many weights."""
+    held = sum(t.numel() for t in state.values())
+    m, h = cfg.model, cfg.head
+    for key, value in (("text_dim", text_dim), ("model.width", m.width),
+                       ("model.encoder_depth", m.encoder_depth),
+                       ("model.decoder_depth", m.decoder_depth), ("head.width", h.width),
+                       ("head.depth", h.depth)):
+        if value > held:
+            raise UserError(f"{src}: {key}={value} asks for more weights than the file holds "
+                            f"({held} numbers); the checkpoint is damaged or edited")
+
+
 def load_codec_state(path: str | Path) -> dict[str, torch.Tensor]:
     """The codec buffers (e.g. the mel codec's latent statistics) stored at `path`.
 
@@ -523,6 +539,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"
     from energytta.models.tta import TTAModel
 
     src, cfg, kind, model_state, codec_state, text_dim = _read_source(_resolve(Path(path)))
+    _check_counts(cfg, text_dim, model_state, src)
     # build on the meta device first (no memory): a file whose config asks for absurd
     # sizes (model.width=2**20, text_dim=4e9) is refused by its tensors' shapes, not
     # by the allocator

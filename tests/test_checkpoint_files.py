@@ -69,13 +69,25 @@ def no_real_model_from_unchecked_sizes(monkeypatch):
 
 
 @pytest.mark.parametrize("meta, config, needle", [
-    ({"text_dim": "4000000000"}, None, "text_proj"),  # asked for terabytes
-    (None, {"model": {"width": 2 ** 20}}, "does not fit"),
+    ({"text_dim": "4000000000"}, None, "text_dim=4000000000"),  # asked for terabytes
+    (None, {"model": {"width": 2 ** 20}}, "model.width=1048576"),
+    (None, {"model": {"mlp_ratio": 1e6}}, "do not fit"),  # caught by the meta build
 ])
 def test_absurd_sizes_are_refused_from_the_tensors_before_building(
         meta, config, needle, good, tmp_path, no_real_model_from_unchecked_sizes):
     bad = _crafted(good, tmp_path / "bad.safetensors", meta=meta, config=config)
-    _one_line(lambda: ckpt.load_model(bad), str(bad))
+    _one_line(lambda: ckpt.load_model(bad), str(bad), needle)
+
+
+@pytest.mark.parametrize("section, key", [("model", "encoder_depth"), ("model", "width"),
+                                          ("head", "depth")])
+def test_counts_no_file_of_its_size_holds_are_refused_before_any_build(
+        section, key, good, tmp_path, monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("a model was built, even on the meta device")
+    monkeypatch.setattr(TTAModel, "__init__", never)  # a meta build of 10**7 layers crawls
+    bad = _crafted(good, tmp_path / "bad.safetensors", config={section: {key: 10 ** 7}})
+    _one_line(lambda: ckpt.load_model(bad), f"{section}.{key}=10000000", "more weights")
 
 
 def test_integer_weights_are_refused_not_cast(good, tmp_path):

@@ -23,6 +23,7 @@ BAD = [
     ("train.betas=[0.9,1.5]", "train.betas"),
     ("head.sample_max_t=-50", "head.sample_max_t"),  # was accepted: only -1 means T-1
     ("head.sample_max_t=1000", "head.sample_max_t"),
+    ("head.num_timesteps=1000000000", "head.num_timesteps"),  # tables of 10^9 numbers
 ]
 
 
