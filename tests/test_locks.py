@@ -102,15 +102,14 @@ def _killed_writer(run) -> list:
 
 def test_the_next_holder_sweeps_a_killed_writers_temporaries(tmp_path):
     run = tmp_path / "run"
-    (run / "step-0000005").mkdir(parents=True)
-    (run / "step-0000005" / "model.safetensors").write_text("old")
-    leftovers = _killed_writer(run)  # what the killed writes left
-    assert len(leftovers) == 3 and all(p.exists() for p in leftovers)
-    assert not (run / "step-0000005").exists()  # killed half-way through the swap
-    keep = [run / ".cache.abcdefgh" / "mine.txt", run / ".git" / "HEAD"]
+    keep = [run / ".cache.abcdefgh" / "mine.txt", run / ".git" / "HEAD",
+            run / "step-0000005" / "model.safetensors"]
     for p in keep:
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text("keep")
+    leftovers = _killed_writer(run)  # what the killed writes left
+    assert len(leftovers) == 3 and all(p.exists() for p in leftovers)
+    assert not (run / "step-0000005").exists()  # killed half-way through its swap
     with folder_lock(run, "energytta-train", "x"):
         pass
     assert not any(p.parent.exists() for p in leftovers)
