@@ -360,8 +360,8 @@ def _check_state_doc(doc: Any, path: Path) -> None:
         raise _damaged(path, f"'step' is {step!r}, not a whole number >= 0")
     for key, types in (("config", dict), ("optimizer", (dict, list)), ("data", dict),
                        ("rng", dict), ("ema_updates", int), ("elapsed", (int, float))):
-        if (key in doc or key in ("config", "optimizer")) and not isinstance(doc.get(key),
-                                                                            types):
+        required = key in ("config", "optimizer")
+        if (required or key in doc) and not isinstance(doc.get(key), types):
             raise _damaged(path, f"'{key}' is missing or of the wrong type")
     if doc.get("text_dim") is not None:
         _text_dim_of(doc["text_dim"], path)

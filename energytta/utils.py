@@ -62,6 +62,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         shutil.rmtree(work, ignore_errors=True)  # ... and leaves with it
 
+
 _FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 DISK_FULL_HINT = ("Free some space and rerun: energytta-train --resume continues from the "
                   "last checkpoint, energytta-sample skips the prompts it finished")
@@ -161,6 +162,7 @@ def sweep_temporaries(folder: str | Path, depth: int = 2) -> list[Path]:
             removed += sweep_temporaries(entry, depth - 1)
     return removed
 
+
 def require_safetensors(folder: str | Path, key: str) -> None:
     """Refuse in one line a model folder whose weights are pickle only (`pytorch_model.bin`).
 
@@ -178,6 +180,7 @@ def require_safetensors(folder: str | Path, key: str) -> None:
         raise UserError(f"{key}={folder} has no safetensors weights (only pickle files such "
                         "as pytorch_model.bin, which energytta never loads); convert it once "
                         "with from_pretrained(folder).save_pretrained(folder) and retry")
+
 
 def _apply_umask(path: Path) -> None:
     """Give the files under `path` the mode a plain `open()` would have (0o666 & ~umask).

@@ -185,8 +185,8 @@ def test_resume_skips_a_wrong_shaped_state_json(how, tiny_text_dir, corpus, tmp_
         "step-0000001", "step-0000002", "step-0000003"]
 
 
-def test_a_run_folder_read_while_its_run_prunes_takes_the_new_step(parts, tmp_path,
-                                                                  monkeypatch):
+def test_a_run_folder_read_while_its_run_prunes_takes_the_new_step(
+        parts, tmp_path, monkeypatch):
     _save_step(tmp_path, 2, parts)
     real_read, pruned = ckpt._read_safetensors, []
 

@@ -68,6 +68,7 @@ def test_a_row_nested_100k_deep_is_one_line(tmp_path):
     with pytest.raises(UserError, match=r"m\.jsonl:2: JSON nested too deeply"):
         read_manifest(m)
 
+
 def test_empty_missing_and_non_utf8_manifests(tmp_path):
     (tmp_path / "empty.jsonl").write_text("\n\n")
     with pytest.raises(UserError, match="empty manifest"):

@@ -216,6 +216,7 @@ def test_export_into_proc_is_not_a_full_disk(capsys):
     line = _export_error(Path("/proc/x.safetensors"), capsys)
     assert "cannot write" in line and "disk full" not in line, line
 
+
 def test_a_full_disk_outside_an_atomic_write_is_one_line_too(capsys):
     def append(_argv):  # e.g. a metrics.jsonl append
         raise OSError(errno.ENOSPC, "No space left on device", "run/metrics.jsonl")
