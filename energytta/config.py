@@ -401,6 +401,9 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> list[dict[str, Any]]:
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         line = str(e).splitlines()[0]
         raise ConfigError(f"cannot parse config file {path}: {line}") from None
+    except RecursionError:  # the YAML composer recurses once per nesting level
+        raise ConfigError(f"cannot parse config file {path}: nested too deeply (a config "
+                          "is sections of key: value)") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of sections")
     base = data.pop("base", None)

@@ -34,8 +34,10 @@ RULES: dict[str, Rule] = {
     "model.decoder_depth": _NONNEG, "model.mlp_ratio": _FINITE_POS,
     "model.dropout": _UNIT, "model.attn_dropout": _UNIT, "model.text_dropout": _UNIT,
     "model.mask_ratio_min": _UNIT_CLOSED, "model.mask_ratio_std": _FINITE_POS,
-    **{f"head.{k}": _POS for k in ("depth", "width", "num_timesteps", "sampling_steps",
-                                    "batch_mul", "noise_dim")},
+    **{f"head.{k}": _POS for k in ("depth", "width", "sampling_steps", "batch_mul",
+                                    "noise_dim")},
+    # the schedule's tables hold this many numbers each (IDDPM trains with at most 4000)
+    "head.num_timesteps": (lambda v: 0 < v <= 100_000, "must be in [1, 100000]"),
     "head.num_samples": (lambda v: v >= 2, "must be >= 2 (the energy score compares "
                          "samples with each other)"),
     "head.alpha": (lambda v: 0 < v < 2, "must be in (0, 2) (EAR: the energy score is "
@@ -120,6 +122,11 @@ def validate(cfg: Any) -> Any:
     if m.width % m.num_heads:
         raise ConfigError(f"config key 'model.width'={m.width} is not divisible by "
                           f"model.num_heads={m.num_heads}; change one of them")
+    h = cfg.head
+    if h.sample_max_t != -1 and not 0 <= h.sample_max_t < h.num_timesteps:
+        raise ConfigError(f"config key 'head.sample_max_t'={h.sample_max_t} must be -1 (the "
+                          f"chain starts at T-1) or in [0, head.num_timesteps - 1 = "
+                          f"{h.num_timesteps - 1}]")
     if not all(0 <= b < 1 for b in t.betas) or len(t.betas) != 2:
         raise ConfigError(f"config key 'train.betas'={t.betas} must be two numbers in [0, 1)")
     v = cfg.vsd

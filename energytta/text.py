@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from energytta.errors import UserError
+from energytta.utils import require_safetensors
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
                 "pytorch_model.bin.index.json")
@@ -46,6 +47,7 @@ def resolve_text_model(model: str) -> Path:
     if not any((folder / w).is_file() for w in WEIGHT_FILES):
         raise UserError(f"text encoder folder {folder} has no weights "
                         f"({' / '.join(WEIGHT_FILES[:2])})")
+    require_safetensors(folder, "text.model")
     return folder
 
 
@@ -55,6 +57,7 @@ def _load(folder: Path) -> tuple[Any, nn.Module]:
     import transformers as tf
 
     kw = {"local_files_only": True}
+    weights = {**kw, "use_safetensors": True}  # never a pickle, whatever else the folder has
     # transformers draws a "Loading weights" bar on every load; a frozen encoder loaded
     # from disk in a second needs none. Silence it for this load only, then restore.
     bar_was_on = tf.utils.logging.is_progress_bar_enabled()
@@ -63,11 +66,11 @@ def _load(folder: Path) -> tuple[Any, nn.Module]:
         config = tf.AutoConfig.from_pretrained(folder, **kw)
         tokenizer = tf.AutoTokenizer.from_pretrained(folder, **kw)
         if config.model_type in ("t5", "mt5", "umt5"):
-            model = tf.T5EncoderModel.from_pretrained(folder, **kw)
+            model = tf.T5EncoderModel.from_pretrained(folder, **weights)
         elif config.model_type == "clap":
-            model = tf.ClapTextModelWithProjection.from_pretrained(folder, **kw)
+            model = tf.ClapTextModelWithProjection.from_pretrained(folder, **weights)
         else:
-            model = tf.AutoModel.from_pretrained(folder, **kw)
+            model = tf.AutoModel.from_pretrained(folder, **weights)
             if getattr(model.config, "is_encoder_decoder", False):
                 model = model.get_encoder()
     except (OSError, ValueError, KeyError) as e:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import re
 import random
 import shutil
 import tempfile
@@ -15,6 +14,15 @@ import numpy as np
 import torch
 
 
+# Every temporary `atomic_path` makes is a hidden folder named with this prefix that holds
+# the marker file below: the only folders `sweep_temporaries` ever removes. A user's own
+# hidden folders (`.notes.old/`, `.cfg.abcd1234/`) look like nothing else we write.
+TEMP_PREFIX = ".energytta-tmp."
+TEMP_MARKER = ".energytta-temporary"
+_MARKER_TEXT = "energytta atomic-write temporary: safe to delete when no energytta runs\n"
+_OLD = ".replaced"  # inside the temporary: the folder a swap is replacing
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only on success.
@@ -22,32 +30,37 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     Works for files and folders: write whatever you like at the yielded path. A crash
     or exception leaves `path` untouched (old contents kept) and removes the temporary.
     A full disk (at any point: the temporary folder, the write, the rename) becomes a
-    one-line `UserError` saying so, after the partial temporary is removed.
+    one-line `UserError` saying so, after the partial temporary is removed. The yielded
+    path lies in a tagged folder (`TEMP_PREFIX`, `TEMP_MARKER`) that a process killed
+    mid-write leaves behind for `sweep_temporaries`.
     """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) / path.name
-    except OSError as e:
+        work = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=path.parent))
+    except OSError as e:  # nothing written yet: whatever the error, this folder refuses
         raise_if_disk_full(e, path)
-        raise
+        raise _unwritable(path, e.strerror or str(e)) from None
+    tmp = work / path.name
     try:
+        (work / TEMP_MARKER).write_text(_MARKER_TEXT, encoding="utf-8")
         yield tmp
         _apply_umask(tmp)
         if path.is_dir() and tmp.is_dir():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
+            os.replace(path, work / _OLD)  # the old folder goes into the temporary ...
             os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
     except Exception as e:
-        shutil.rmtree(tmp.parent, ignore_errors=True)  # first: the check measures free space
+        if (work / _OLD).exists() and not path.exists():  # the swap failed half-way
+            os.replace(work / _OLD, path)
+        shutil.rmtree(work, ignore_errors=True)  # first: the check measures free space
         raise_if_disk_full(e, path)
+        if is_unwritable(e):
+            raise _unwritable(path, getattr(e, "strerror", None) or str(e)) from None
         raise
     finally:
-        shutil.rmtree(tmp.parent, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)  # ... and leaves with it
 
 
 _FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
@@ -60,18 +73,41 @@ _FULL_WORDS = ("no space left on device", "os error 28", "disk quota exceeded")
 _NEARLY_FULL = 1 << 20
 
 
+# a folder we may not write to (not a full disk, whatever space it reports: /proc has none)
+_UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+_UNWRITABLE_WORDS = ("permission denied", "os error 13)", "read-only file system",
+                     "os error 30)", "operation not permitted", "os error 1)")
+
+
+def is_unwritable(exc: BaseException) -> bool:
+    """Whether `exc` says permission was refused (EACCES, EPERM, EROFS), by errno or by the
+    words writers that wrap it use (safetensors: "Permission denied (os error 13)")."""
+    if isinstance(exc, OSError) and exc.errno in _UNWRITABLE:
+        return True
+    return any(w in str(exc).lower() for w in _UNWRITABLE_WORDS)
+
+
 def is_disk_full(exc: BaseException, folder: str | Path | None = None) -> bool:
     """Whether `exc` (raised while writing into `folder`) means the disk or quota is full."""
     if isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS:
         return True
     if any(w in str(exc).lower() for w in _FULL_WORDS):
         return True
-    if folder is None or not isinstance(exc, (OSError, RuntimeError)):
+    if folder is None or not isinstance(exc, (OSError, RuntimeError)) or is_unwritable(exc):
         return False
-    try:
-        return shutil.disk_usage(folder).free < _NEARLY_FULL
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return False  # the errno says what it is, and it is not ENOSPC
+    try:  # an opaque error (libsndfile) where a writable folder has no room left
+        return (shutil.disk_usage(folder).free < _NEARLY_FULL
+                and os.access(folder, os.W_OK))
     except OSError:
         return False
+
+
+def _unwritable(path: Path, reason: str) -> Exception:
+    from energytta.errors import UserError
+
+    return UserError(f"cannot write {path} ({reason}); choose a folder you can write to")
 
 
 def raise_if_disk_full(exc: BaseException, path: str | Path) -> None:
@@ -86,29 +122,64 @@ def raise_if_disk_full(exc: BaseException, path: str | Path) -> None:
                     f"earlier files are intact. {DISK_FULL_HINT}") from None
 
 
-_TEMP = re.compile(r"^\.(?P<name>.+)\.(?:[a-z0-9_]{8}|old)$")
+def _is_temporary(entry: Path) -> bool:
+    """Whether `entry` is a folder `atomic_path` made: prefix, and the marker inside."""
+    if not entry.name.startswith(TEMP_PREFIX) or entry.is_symlink() or not entry.is_dir():
+        return False
+    marker = entry / TEMP_MARKER
+    try:
+        return not marker.is_symlink() and marker.read_text(encoding="utf-8") == _MARKER_TEXT
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def _finish_swap(work: Path) -> None:
+    """A writer killed between the two renames of a folder swap left the target missing,
+    the old folder in `work/_OLD` and the new, complete one beside it: put the new in."""
+    if not (work / _OLD).exists():
+        return
+    new = [p for p in work.iterdir() if p.name not in (TEMP_MARKER, _OLD)]
+    if len(new) == 1 and not (work.parent / new[0].name).exists():
+        os.replace(new[0], work.parent / new[0].name)
 
 
 def sweep_temporaries(folder: str | Path, depth: int = 2) -> list[Path]:
-    """Remove what `atomic_path` leaves when its process is killed (`kill -9`, power):
-    hidden `.NAME.xxxxxxxx/` folders holding at most `NAME`, and `.NAME.old/`. Call it
-    only while holding the folder's lock (`energytta.locks`), when no writer can be
+    """Remove the temporaries `atomic_path` leaves when its process is killed (`kill -9`,
+    power), in `folder` and up to `depth` levels of visible sub-folders: only folders it
+    tagged (`TEMP_PREFIX` and the `TEMP_MARKER` file), never another file or folder. Call
+    it only while holding the folder's lock (`energytta.locks`), when no writer can be
     mid-write. Returns the removed paths."""
     removed: list[Path] = []
     folder = Path(folder)
-    if depth < 0 or not folder.is_dir():
+    if depth < 0 or not folder.is_dir() or folder.is_symlink():
         return removed
     for entry in sorted(folder.iterdir()):
-        m = _TEMP.match(entry.name)
-        if entry.is_dir() and not entry.is_symlink() and m:
-            inside = [p.name for p in entry.iterdir()]
-            if inside in ([], [m["name"]]) or entry.name.endswith(".old"):
-                shutil.rmtree(entry, ignore_errors=True)
-                removed.append(entry)
-                continue
-        if entry.is_dir() and not entry.is_symlink() and not entry.name.startswith("."):
+        if _is_temporary(entry):
+            _finish_swap(entry)
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+        elif entry.is_dir() and not entry.is_symlink() and not entry.name.startswith("."):
             removed += sweep_temporaries(entry, depth - 1)
     return removed
+
+
+def require_safetensors(folder: str | Path, key: str) -> None:
+    """Refuse in one line a model folder whose weights are pickle only (`pytorch_model.bin`).
+
+    Why: model parts are named by configs, and a checkpoint carries its own config, so a
+    downloaded file could point a loader at any folder; loading a pickle runs whatever
+    it holds. Parts load from safetensors only (`use_safetensors=True`).
+
+    Args:
+        folder: the model folder (transformers / diffusers `save_pretrained` output).
+        key: the config key that named it, for the message (e.g. "text.model").
+    """
+    from energytta.errors import UserError
+
+    if not any(Path(folder).glob("*.safetensors*")):
+        raise UserError(f"{key}={folder} has no safetensors weights (only pickle files such "
+                        "as pytorch_model.bin, which energytta never loads); convert it once "
+                        "with from_pretrained(folder).save_pretrained(folder) and retry")
 
 
 def _apply_umask(path: Path) -> None:

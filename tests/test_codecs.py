@@ -315,6 +315,18 @@ def test_audioldm_folder_without_a_vae_is_a_user_error(tmp_path):
         build_codec(load_config("tiny", ["codec.name=audioldm", f"codec.path={tmp_path}"]))
 
 
+@pytest.mark.parametrize("sub, key", [("vae", "codec.path"), ("vocoder", "codec.vocoder_path")])
+def test_a_pickle_only_audioldm_part_is_refused_before_any_read(sub, key, tmp_path):
+    folder = tmp_path / sub
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "diffusion_pytorch_model.bin").write_bytes(b"not read: a pickle could run code")
+    overrides = {"vae": ["codec.name=audioldm", f"codec.path={tmp_path}"],
+                 "vocoder": ["codec.vocoder=hifigan", f"codec.vocoder_path={tmp_path}"]}[sub]
+    with pytest.raises(UserError, match=f"{key}=.*no safetensors weights"):
+        build_codec(load_config("tiny", overrides))
+
+
 # ------------------------------------------------------------------ energytta-train
 def _train(corpus: Path, out: Path, config: str, *extra: str) -> int:
     return train_main(["--config", config, f"data.train={corpus}", f"train.out_dir={out}",

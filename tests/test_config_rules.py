@@ -24,6 +24,9 @@ BAD = [
     # an empty or inverted mel band trained on a constant mel and exited 0
     ("audio.f_min=9000", "audio.f_min"), ("audio.f_min=8000", "audio.f_min"),
     ("audio.f_max=12000", "audio.f_max"), ("audio.win_length=2048", "audio.win_length"),
+    ("head.sample_max_t=-50", "head.sample_max_t"),  # was accepted: only -1 means T-1
+    ("head.sample_max_t=1000", "head.sample_max_t"),
+    ("head.num_timesteps=1000000000", "head.num_timesteps"),  # tables of 10^9 numbers
 ]
 
 
@@ -39,6 +42,7 @@ def test_every_packaged_config_and_shipped_checkpoint_is_valid():
     for path in sorted((Path(__file__).resolve().parents[1] / "energytta" / "configs")
                        .glob("*.yaml")):
         load_config(path.stem)
+    load_config("tiny", ["head.sample_max_t=-1"]), load_config("tiny", ["head.sample_max_t=999"])
     for asset in ("student", "teacher"):
         validate(load_inference(ASSETS / f"{asset}.safetensors")[0])
 
@@ -69,3 +73,15 @@ def test_a_key_given_twice_in_yaml_is_refused_naming_it(tmp_path):
     with pytest.raises(ConfigError, match="duplicate key 'width'"):  # an override's YAML
         load_config("tiny", ["model={width: 64, width: 32}"])
     assert load_config("tiny", ["model={width: 64}"]).model.width == 64
+
+
+@pytest.mark.parametrize("text", ["train: " + "[" * 100_000 + "]" * 100_000,
+                                  '{"train":' * 100_000 + "1" + "}" * 100_000])
+def test_a_config_nested_100k_deep_is_one_line(text, tmp_path, capsys):
+    from energytta.cli import train_main
+
+    path = tmp_path / "deep.yaml"
+    path.write_text(text)
+    assert train_main(["--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nested too deeply" in err[0], err[-3:]

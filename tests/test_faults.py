@@ -179,6 +179,44 @@ def test_a_full_disk_in_an_atomic_write_is_one_line_and_keeps_the_old_file(tmp_p
     assert target.read_text() == "old" and sorted(tmp_path.iterdir()) == [target]
 
 
+ASSET = REPO / "energytta" / "assets" / "student.safetensors"
+
+
+def _export_error(out, capsys) -> str:
+    from energytta.cli import export_main
+
+    code = export_main([str(ASSET), "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err[-3:]
+    return err[0]
+
+
+@pytest.mark.parametrize("code", [errno.EACCES, errno.EPERM, errno.EROFS])
+def test_a_refused_write_is_not_called_a_full_disk(code, tmp_path, monkeypatch, capsys):
+    # /proc and many read-only mounts report no free space: the guess must not fire
+    monkeypatch.setattr(utils.shutil, "disk_usage", lambda p: SimpleNamespace(free=0))
+
+    def refused(*_args, **_kwargs):
+        raise OSError(code, os.strerror(code))
+    monkeypatch.setattr(utils.tempfile, "mkdtemp", refused)  # making the temporary
+    line = _export_error(tmp_path / "m.safetensors", capsys)
+    assert "disk full" not in line and "cannot write" in line and os.strerror(code) in line
+    monkeypatch.undo()
+    monkeypatch.setattr(utils.shutil, "disk_usage", lambda p: SimpleNamespace(free=0))
+    with pytest.raises(UserError, match="cannot write .*Permission denied"):
+        with atomic_path(tmp_path / "a.bin"):  # a writer that wraps the errno in words
+            raise RuntimeError("Error while serializing: Permission denied (os error 13)")
+    with pytest.raises(UserError, match="disk full"):  # a full disk still says so
+        with atomic_path(tmp_path / "a.bin"):
+            _no_space()
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")
+def test_export_into_proc_is_not_a_full_disk(capsys):
+    line = _export_error(Path("/proc/x.safetensors"), capsys)
+    assert "cannot write" in line and "disk full" not in line, line
+
+
 def test_a_full_disk_outside_an_atomic_write_is_one_line_too(capsys):
     def append(_argv):  # e.g. a metrics.jsonl append
         raise OSError(errno.ENOSPC, "No space left on device", "run/metrics.jsonl")

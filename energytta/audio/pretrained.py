@@ -21,6 +21,7 @@ from energytta.audio.codec import Codec, LatentGrid
 from energytta.audio.mel import MelFrontend
 from energytta.config import AudioConfig, Config
 from energytta.errors import UserError
+from energytta.utils import require_safetensors
 
 
 def model_folder(path: str | Path, sub: str, flag: str) -> Path:
@@ -48,22 +49,24 @@ def _read_config(folder: Path) -> dict:
 def load_autoencoder(path: str | Path) -> nn.Module:
     """diffusers `AutoencoderKL` from `path` (or `path/vae`), offline, frozen, eval mode."""
     folder = model_folder(path, "vae", "codec.path")
+    require_safetensors(folder, "codec.path")
     try:
         from diffusers import AutoencoderKL
     except ImportError:
         raise UserError("codec.name=audioldm needs diffusers: pip install "
                         "'energytta[audioldm]' (or bash scripts/install.sh test)") from None
-    vae = AutoencoderKL.from_pretrained(str(folder), local_files_only=True)
+    vae = AutoencoderKL.from_pretrained(str(folder), local_files_only=True, use_safetensors=True)
     return vae.eval().requires_grad_(False)
 
 
 def load_hifigan(path: str | Path) -> nn.Module:
     """transformers `SpeechT5HifiGan` from `path` (or `path/vocoder`), offline, frozen, eval."""
+    folder = model_folder(path, "vocoder", "codec.vocoder_path")
+    require_safetensors(folder, "codec.vocoder_path")
     from transformers import SpeechT5HifiGan
 
-    folder = model_folder(path, "vocoder", "codec.vocoder_path")
-    return SpeechT5HifiGan.from_pretrained(str(folder), local_files_only=True
-                                           ).eval().requires_grad_(False)
+    return SpeechT5HifiGan.from_pretrained(str(folder), local_files_only=True,
+                                           use_safetensors=True).eval().requires_grad_(False)
 
 
 class HifiGanVocoder(nn.Module):

@@ -85,6 +85,9 @@ def _read_jsonl(path: Path, audio_dir: Path | None, need_audio: bool = True) -> 
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             raise UserError(f"{path}:{n}: invalid JSON ({e.msg} at column {e.colno})") from None
+        except RecursionError:  # json's parser recurses once per nesting level
+            raise UserError(f"{path}:{n}: JSON nested too deeply; a manifest row is one flat "
+                            "object with audio and caption") from None
         items.append(_jsonl_item(obj, f"{path}:{n}", base, need_audio))
     return items
 

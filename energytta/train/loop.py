@@ -31,7 +31,7 @@ import yaml
 from rich.console import Console
 from torch import nn
 
-from energytta.checkpoint import (decode_tree, encode_tree, list_checkpoints,
+from energytta.checkpoint import (RESUME_KEYS, decode_tree, encode_tree, list_checkpoints,
                                   load_training_state, load_weights, rng_state,
                                   save_training_state, set_rng_state)
 from energytta.config import Config
@@ -167,7 +167,7 @@ class Trainer:
         first_error: UserError | None = None
         for folder in reversed(found):
             try:
-                return folder, load_training_state(folder)
+                return folder, load_training_state(folder, require=RESUME_KEYS)
             except UserError as e:
                 first_error = first_error or e
                 self.console.print(f"[yellow]--resume: skipping damaged {folder.name} ({e})")
