@@ -33,7 +33,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 import energytta
-from energytta.config import Config, from_dict
+from energytta.config import Config, from_saved_dict
 from energytta.errors import UserError
 from energytta.utils import atomic_path, atomic_write_text
 
@@ -86,7 +86,7 @@ def _read_safetensors(path: Path, what: str) -> tuple[dict[str, torch.Tensor], d
 
 def _config_from_json(text: str, path: Path) -> Config:
     try:
-        return from_dict(json.loads(text))
+        return from_saved_dict(json.loads(text))
     except (json.JSONDecodeError, TypeError) as e:
         raise UserError(f"{path}: stored config is not valid JSON ({e}); "
                         "the checkpoint is damaged") from None

@@ -53,7 +53,7 @@ def _encode_wavs(codec: Any, wavs: list[torch.Tensor], device: torch.device,
     back to its own frame count (the padding never leaks into a clip's latents)."""
     out = []
     for i in range(0, len(wavs), batch_size):
-        chunk = wavs[i:i + batch_size]
+        chunk = [codec.prepare_clip(w) for w in wavs[i:i + batch_size]]  # before padding
         length = max(w.shape[0] for w in chunk)
         batch = torch.stack([torch.nn.functional.pad(w, (0, length - w.shape[0]))
                              for w in chunk]).to(device)
