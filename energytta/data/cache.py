@@ -158,7 +158,7 @@ def cache(cfg: Config, manifest: str, out: str, batch_size: int = 16, shard_size
     Returns:
         the path of the index.json written.
     """
-    from energytta.text import TextEncoder
+    from energytta.text import build_text_encoder
 
     if batch_size < 1 or shard_size < 1:
         raise UserError("--batch-size and --shard-size must be >= 1")
@@ -168,7 +168,7 @@ def cache(cfg: Config, manifest: str, out: str, batch_size: int = 16, shard_size
     with folder_lock(out_dir, "energytta-data cache", "pass another --out"):
         _check_plan(out_dir, _plan(cfg, Path(manifest), items, shard_size))
         codec = _prepare_codec(cfg, out_dir, items, dev, batch_size)
-        text_encoder = TextEncoder(cfg.text.model, cfg.text.max_length).to(dev)
+        text_encoder = build_text_encoder(cfg.text).to(dev)
         shards = _write_shards(out_dir, items, codec, text_encoder, dev, batch_size,
                                shard_size, progress)
         index = {"version": 1, "num_items": sum(s["count"] for s in shards),

@@ -220,9 +220,10 @@ def cache_settings(cfg: Config) -> dict[str, Any]:
     codec = {"name": cfg.codec.name, "path": cfg.codec.path}
     if cfg.codec.name == "audioldm":  # older caches of other codecs stay valid
         codec["preprocess"] = cfg.codec.preprocess
-    return {"audio": {k: getattr(cfg.audio, k) for k in keys},
-            "codec": codec,
-            "text": {"model": cfg.text.model, "max_length": cfg.text.max_length}}
+    text = {"model": cfg.text.model, "max_length": cfg.text.max_length}
+    if cfg.text.extra_model:
+        text["extra_model"] = cfg.text.extra_model
+    return {"audio": {k: getattr(cfg.audio, k) for k in keys}, "codec": codec, "text": text}
 
 
 def _check_cache(folder: Path, cfg: Config) -> dict[str, Any]:
