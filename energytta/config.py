@@ -230,6 +230,9 @@ class TrainConfig:
     grad_accum: int = 1
     ema_decay: float = 0.999
     mixed_precision: str = "no"  # "no" | "bf16" | "fp16" (GPU)
+    # several processes: DDP's find_unused_parameters (a graph walk every step). Off unless
+    # set here or the objective can leave a parameter without gradient (caption-only VSD)
+    find_unused_parameters: bool = False
     log_every: int = 10
     ckpt_every: int = 500
     keep_last: int = 3
