@@ -83,24 +83,41 @@ def _load(folder: Path) -> tuple[Any, nn.Module]:
     # from disk in a second needs none. Silence it for this load only, then restore.
     bar_was_on = tf.utils.logging.is_progress_bar_enabled()
     tf.utils.logging.disable_progress_bar()
+    # ... and a load report of the weights it skips: a whole CLAP model's audio tower, a
+    # whole T5's decoder. Weights the encoder needs and lacks are an error (_check_complete).
+    verbosity = tf.utils.logging.get_verbosity()
+    tf.utils.logging.set_verbosity_error()
     try:
         config = tf.AutoConfig.from_pretrained(folder, **kw)
         tokenizer = tf.AutoTokenizer.from_pretrained(tok_dir, **kw)
         if config.model_type in ("t5", "mt5", "umt5"):
-            model = tf.T5EncoderModel.from_pretrained(folder, **kw)
+            model = _encoder(tf.T5EncoderModel, folder, **kw)
         elif config.model_type in ("clap", "clap_text_model"):  # CLAP, or its text tower
-            model = tf.ClapTextModelWithProjection.from_pretrained(folder, **kw)
+            model = _encoder(tf.ClapTextModelWithProjection, folder, **kw)
         else:
-            model = tf.AutoModel.from_pretrained(folder, **kw)
+            model = _encoder(tf.AutoModel, folder, **kw)
             if getattr(model.config, "is_encoder_decoder", False):
                 model = model.get_encoder()
     except (OSError, ValueError, KeyError) as e:
         first = (str(e).splitlines() or [type(e).__name__])[0]
         raise UserError(f"cannot load text encoder from {folder}: {first}") from None
     finally:
+        tf.utils.logging.set_verbosity(verbosity)
         if bar_was_on:
             tf.utils.logging.enable_progress_bar()
     return tokenizer, model
+
+
+def _encoder(cls: Any, folder: Path, **kw: Any) -> nn.Module:
+    """`cls.from_pretrained(folder)`; weights missing from the folder's files (which
+    transformers would fill with random values) are a UserError."""
+    model, info = cls.from_pretrained(folder, output_loading_info=True, **kw)
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        raise UserError(f"text encoder folder {folder}: {len(missing)} weight(s) of its "
+                        f"{cls.__name__} are missing from its files (e.g. {missing[0]}); "
+                        "point text.model at a complete save_pretrained folder")
+    return model
 
 
 def _hidden_size(config: Any) -> int:
@@ -141,8 +158,12 @@ class TextEncoder(nn.Module):
     def device(self) -> torch.device:
         return next(self.encoder.parameters()).device
 
+    def token_lengths(self, prompts: list[str]) -> list[int]:
+        """Tokens of each prompt before truncation at `max_length`."""
+        return [len(ids) for ids in self.tokenizer(prompts, truncation=False)["input_ids"]]
+
     def _warn_truncated(self, prompts: list[str]) -> None:
-        lengths = [len(ids) for ids in self.tokenizer(prompts, truncation=False)["input_ids"]]
+        lengths = self.token_lengths(prompts)
         cut = sum(n > self.max_length for n in lengths)
         if cut:
             warnings.warn(f"{cut} of {len(prompts)} prompt(s) longer than "
@@ -209,6 +230,10 @@ class ConcatTextEncoder(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.encoders[0].device
+
+    def token_lengths(self, prompts: list[str]) -> list[int]:
+        """Per prompt, the most tokens any encoder makes of it (each cuts at max_length)."""
+        return [max(n) for n in zip(*(e.token_lengths(prompts) for e in self.encoders))]
 
     @torch.no_grad()
     def forward(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

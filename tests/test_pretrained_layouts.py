@@ -4,6 +4,7 @@ beside tokenizer/), Flan-T5 and CLAP folders, a folder without its tokenizer, an
 audio embeddings that do not change from call to call."""
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -46,11 +47,25 @@ def test_the_pipeline_folder_and_its_text_encoder_folder_load(pipeline_dir):
 
 
 @pytest.mark.parametrize("layout", ["flan_t5_dir", "clap_dir"])
-def test_flan_t5_and_clap_folders_load(layout, request):
+def test_flan_t5_and_clap_folders_load(layout, request, capfd):
     enc = TextEncoder(str(request.getfixturevalue(layout)))
     states, mask = enc(PROMPTS)
     assert states.shape[:2] == mask.shape and states.shape[-1] == enc.dim
     assert torch.isfinite(states[mask]).all()
+    # the weights a text tower skips (CLAP's audio tower) are no wall of log lines
+    assert "UNEXPECTED" not in capfd.readouterr().err
+
+
+def test_a_text_encoder_folder_missing_weights_is_one_line(pipeline_dir, tmp_path):
+    """transformers would fill the missing layer with random weights and go on."""
+    folder = tmp_path / "pipe"
+    shutil.copytree(pipeline_dir, folder)
+    config = json.loads((folder / "text_encoder" / "config.json").read_text())
+    config["num_hidden_layers"] = 2  # the files hold one layer
+    (folder / "text_encoder" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError) as e:
+        TextEncoder(str(folder))
+    assert "\n" not in str(e.value) and "missing" in str(e.value)
 
 
 def test_a_text_encoder_folder_without_its_tokenizer_is_one_line(pipeline_dir, tmp_path):
