@@ -176,3 +176,18 @@ def test_legacy_preprocess_is_the_old_path_and_old_checkpoints_keep_it(audioldm_
     assert from_saved_dict(saved).codec.preprocess == "legacy"
     saved["codec"]["name"] = "mel"
     assert from_saved_dict(saved).codec.preprocess == "audioldm"  # the mel codec ignores it
+
+
+def test_resuming_a_run_under_other_preprocessing_is_one_line(audioldm_dir, tmp_path):
+    from energytta.errors import UserError
+    from energytta.train.loop import Trainer, train
+
+    sf.write(tmp_path / "a.wav", _synth(1.0, 4), 16000)
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"audio": "a.wav", "caption": "a tone"}) + "\n")
+    over = [f"data.train={manifest}", f"train.out_dir={tmp_path / 'run'}", "data.batch_size=1",
+            "audio.crop_seconds=1.0", "model.patch_t=5", "train.sample_prompts=[]"]
+    train(_cfg(audioldm_dir, *over, "codec.preprocess=legacy", "train.steps=1"))
+    with pytest.raises(UserError) as e:  # the default preprocessing since the run started
+        Trainer(_cfg(audioldm_dir, *over, "train.steps=2"), resume=True)
+    assert "codec.preprocess=legacy" in str(e.value) and "\n" not in str(e.value)

@@ -209,6 +209,7 @@ class Trainer:
         """Restore weights, optimizer, schedule, RNG and data position from `ck`, the loaded
         `folder` -> the data stream's position."""
         st = ck["state"]
+        self._same_preprocessing(ck["config"], folder)
         try:
             load_weights(self.model, ck["model"], folder)
         except UserError:
@@ -250,6 +251,15 @@ class Trainer:
                 f"the run had {was[0]} process(es) × data.batch_size={was[1]}, this resume "
                 f"{world} × {batch}: epoch {pos.epoch} continues at sample {pos.start}")
         return pos
+
+    def _same_preprocessing(self, saved: Config, folder: Path) -> None:
+        """The audio a run trains on must not change on --resume: the weights would load and
+        the model would quietly see other inputs from then on (UserError)."""
+        was, now = saved.codec.preprocess, self.cfg.codec.preprocess
+        if self.cfg.codec.name == "audioldm" and was != now:
+            raise UserError(f"--resume {folder}: the run was trained with codec.preprocess="
+                            f"{was} but the config has {now}; add codec.preprocess={was} to "
+                            "resume it, or set train.out_dir=NEW_FOLDER")
 
     def _name_changed_keys(self, saved: Config, folder: Path) -> None:
         """A model that does not fit its checkpoint is usually an override on --resume:
