@@ -34,7 +34,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 import energytta
-from energytta.config import Config, from_dict
+from energytta.config import Config, from_saved_dict
 from energytta.config_rules import validate
 from energytta.errors import UserError
 from energytta.utils import atomic_path, atomic_write_text
@@ -89,7 +89,7 @@ def _read_safetensors(path: Path, what: str) -> tuple[dict[str, torch.Tensor], d
 def _config_from_json(text: str, path: Path) -> Config:
     """The stored config, type- and range-checked like a user's (`config_rules`)."""
     try:
-        return validate(from_dict(json.loads(text)))
+        return validate(from_saved_dict(json.loads(text)))
     except (json.JSONDecodeError, TypeError, RecursionError) as e:
         reason = "nested too deeply" if isinstance(e, RecursionError) else str(e)
         raise UserError(f"{path}: stored config is not valid JSON ({reason}); "

@@ -91,6 +91,11 @@ class AudioConfig:
 class CodecConfig:
     name: str = "mel"  # "mel" (normalised log-mel) | "vae" (trained here) | "audioldm"
     path: str = ""  # vae: codec .safetensors from energytta-train; audioldm: folder with vae/
+    # audioldm: how a waveform becomes the VAE's mel. "audioldm" = AudioLDM's own
+    # preprocessing (tools.py / stft.py: mean removed, peak 0.5, TacotronSTFT framing);
+    # "legacy" = the raw waveform on the built-in mel framing (checkpoints saved before
+    # this key existed load with it)
+    preprocess: str = "audioldm"
     griffin_lim_iters: int = 32
     vocoder: str = "griffin-lim"  # "griffin-lim" | "trained" | "hifigan" (SpeechT5HifiGan)
     vocoder_path: str = ""  # trained: vocoder .safetensors; hifigan: folder (or its vocoder/)
@@ -114,6 +119,9 @@ class CodecConfig:
 @dataclass
 class TextConfig:
     model: str = ""  # local folder of a transformers encoder; "" = packaged MiniLM
+    # a second encoder folder; its token states follow text.model's along the sequence,
+    # each in its own feature block (IMPACT: Flan-T5 and CLAP; energytta/text.py)
+    extra_model: str = ""
     max_length: int = 64  # longer prompts are truncated with a warning
 
 
@@ -252,6 +260,9 @@ class TrainConfig:
     grad_accum: int = 1
     ema_decay: float = 0.999
     mixed_precision: str = "no"  # "no" | "bf16" | "fp16" (GPU)
+    # several processes: DDP's find_unused_parameters (a graph walk every step). Off unless
+    # set here or the objective can leave a parameter without gradient (caption-only VSD)
+    find_unused_parameters: bool = False
     log_every: int = 10
     ckpt_every: int = 500
     keep_last: int = 3
@@ -465,6 +476,22 @@ def from_dict(data: dict[str, Any]) -> Config:
     cfg = Config()
     _merge(cfg, data)
     return cfg
+
+
+# keys added after checkpoints were shipped: (section, key, value a saved config that lacks
+# the key meant, when) -- a checkpoint must keep its old behaviour, not take the new default
+_SAVED_DEFAULTS = (("codec", "preprocess", "legacy",
+                    lambda d: d.get("codec", {}).get("name") == "audioldm"),)
+
+
+def from_saved_dict(data: dict[str, Any]) -> Config:
+    """`from_dict` for a config stored in a checkpoint: missing keys that changed a default
+    get the value the checkpoint was trained with."""
+    data = json.loads(json.dumps(data))  # a deep copy; the caller's dict stays as it was
+    for section, key, value, applies in _SAVED_DEFAULTS:
+        if isinstance(data.get(section), dict) and key not in data[section] and applies(data):
+            data[section][key] = value
+    return from_dict(data)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:

@@ -132,7 +132,9 @@ def validate(cfg: Any) -> Any:
     v = cfg.vsd
     for key, value, valid in (("vsd.tv_norm", v.tv_norm, ("l1", "l2")),
                               ("vsd.weighting", v.weighting, ("swiftbrush", "dmd")),
-                              ("data.kind", cfg.data.kind, ("audio", "captions"))):
+                              ("data.kind", cfg.data.kind, ("audio", "captions")),
+                              ("codec.preprocess", cfg.codec.preprocess,
+                               ("audioldm", "legacy"))):
         if value not in valid:
             raise ConfigError(f"config key {key!r}={value!r} must be one of {', '.join(valid)}")
     if not t.out_dir.strip():

@@ -232,9 +232,9 @@ class TextToAudio:
     def text_encoder(self) -> torch.nn.Module:
         """The checkpoint's TextEncoder, loaded on first use (so bad settings fail fast)."""
         if self._text_encoder is None:
-            from energytta.text import TextEncoder
+            from energytta.text import build_text_encoder
 
-            enc = TextEncoder(self.cfg.text.model, self.cfg.text.max_length)
+            enc = build_text_encoder(self.cfg.text)
             if enc.dim != self.model.text_dim:
                 raise UserError(f"{self.checkpoint}: the model expects {self.model.text_dim}-dim "
                                 f"text states but text.model={self.cfg.text.model!r} gives "

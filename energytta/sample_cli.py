@@ -199,7 +199,7 @@ def check_writable(folder: Path) -> None:
 def warn_truncated(pipe, prompts: list[str]) -> None:
     """Name every prompt the text encoder will cut at `text.max_length` tokens (stderr)."""
     limit = pipe.cfg.text.max_length
-    lengths = [len(ids) for ids in pipe.text_encoder.tokenizer(prompts)["input_ids"]]
+    lengths = pipe.text_encoder.token_lengths(prompts)
     for i, (prompt, n) in enumerate(zip(prompts, lengths)):
         if n > limit:
             print(f"warning: prompt {i} ({prompt[:40]!r}...) has {n} tokens; the text encoder "

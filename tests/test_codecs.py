@@ -71,30 +71,6 @@ def vocoder_file(tmp_path_factory) -> Path:
     return save_part(path, trained_vocoder(cfg).state_dict(), cfg, "vocoder", VOCODER_KEYS)
 
 
-@pytest.fixture(scope="module")
-def audioldm_dir(tmp_path_factory) -> Path:
-    """A diffusers-format AudioLDM folder with a tiny random `vae/` and `vocoder/`."""
-    try:  # part of the test install, so CI never skips these tests silently
-        import diffusers
-    except ImportError:
-        pytest.fail("diffusers is missing: bash scripts/install.sh test (the audioldm extra)")
-    from transformers import SpeechT5HifiGan, SpeechT5HifiGanConfig
-
-    root = tmp_path_factory.mktemp("audioldm")
-    torch.manual_seed(0)
-    vae = diffusers.AutoencoderKL(
-        in_channels=1, out_channels=1, latent_channels=8, block_out_channels=(8, 8, 16),
-        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-        layers_per_block=1, norm_num_groups=4, sample_size=64, scaling_factor=0.9)
-    vae.save_pretrained(root / "vae")
-    voc = SpeechT5HifiGan(SpeechT5HifiGanConfig(
-        model_in_dim=64, sampling_rate=16000, upsample_initial_channel=64,
-        upsample_rates=[5, 4, 2, 2, 2], upsample_kernel_sizes=[10, 8, 4, 4, 4],
-        resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1, 3]], normalize_before=False))
-    voc.save_pretrained(root / "vocoder")
-    return root
-
-
 # ------------------------------------------------------------------ VAE
 @pytest.mark.parametrize("samples", [16000, 15000])  # 100 frames, and 93 (padded to 96)
 def test_vae_codec_shapes_agree_with_latent_shape(vae_file, samples):

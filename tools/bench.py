@@ -148,7 +148,7 @@ def build_generators(args, overrides: list[str], device: torch.device
     from energytta.checkpoint import load_model
     from energytta.config import load_config
     from energytta.sampling import one_pass_guidance
-    from energytta.text import TextEncoder
+    from energytta.text import build_text_encoder
 
     gens: dict[str, Generator] = {}
     paths = (("student", args.ckpt), ("guided", args.guided_ckpt),
@@ -160,10 +160,10 @@ def build_generators(args, overrides: list[str], device: torch.device
                 gens[name] = Generator(name, model, model.head, codec, cfg,
                                        {"ckpt": str(path)})
         text_cfg = next(iter(gens.values())).cfg.text
-        text_encoder = TextEncoder(text_cfg.model, text_cfg.max_length).to(device)
+        text_encoder = build_text_encoder(text_cfg).to(device)
     else:
         base = load_config(args.config, overrides)
-        text_encoder = TextEncoder(base.text.model, base.text.max_length).to(device)
+        text_encoder = build_text_encoder(base.text).to(device)
         for name, kind in (("student", "energy"), ("guided", "energy"),
                            ("teacher", "diffusion"), ("captiononly", "onestep")):
             cfg, model, codec = _random_model(base, kind, text_encoder.dim, device,

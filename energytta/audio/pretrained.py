@@ -8,11 +8,20 @@ computes, as an image (B, 1, T, 64), with a KL autoencoder (diffusers `Autoencod
 `vocoder/` subfolders: set `codec.name=audioldm codec.path=FOLDER` (and
 `codec.vocoder=hifigan` to use its HiFi-GAN). `diffusers` is the optional extra
 `pip install energytta[audioldm]`.
+
+With `codec.preprocess=audioldm` (the default) a waveform becomes the VAE's input exactly as
+in AudioLDM's own code (`audioldm/audio/tools.py` `read_wav_file` + `wav_to_fbank`, and
+`stft.py` `TacotronSTFT`): the clip's mean is removed and it is scaled to peak 0.5, before
+it is padded or cropped and again after; the mel uses TacotronSTFT's framing
+(`MelFrontend(framing="audioldm")`). A 10.24 s clip (audio.crop_seconds=10.24) gives
+AudioLDM's 1,024 mel frames and 256 latent frames. `codec.preprocess=legacy` keeps the raw
+waveform and the built-in mel framing (what checkpoints saved before the key used).
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -44,6 +53,30 @@ def _read_config(folder: Path) -> dict:
         return json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{folder / 'config.json'} is not valid JSON ({e})") from None
+
+
+PEAK = 0.5  # AudioLDM scales every clip to this peak (tools.py normalize_wav)
+
+
+def normalize_wav(wav: torch.Tensor) -> torch.Tensor:
+    """AudioLDM's `normalize_wav` on the last axis: remove the mean, scale to peak 0.5.
+
+    Args:
+        wav: (..., S) float. Returns the same shape, float32 or wider.
+    """
+    wav = wav - wav.mean(dim=-1, keepdim=True)
+    return wav / (wav.abs().amax(dim=-1, keepdim=True) + 1e-8) * PEAK
+
+
+def audioldm_waveform(wav: torch.Tensor) -> torch.Tensor:
+    """wav (B, S) -> what AudioLDM's `read_wav_file` hands its STFT: `normalize_wav`, then
+    (after its pad / crop) peak 0.5 again. On a clip `normalize_wav` already saw before it
+    was zero-padded, both steps change nothing (its mean stays 0, its peak 0.5), so the
+    padding never shifts the clip. Digital silence stays silence (AudioLDM would divide
+    0 by 0)."""
+    wav = normalize_wav(wav)
+    peak = wav.abs().amax(dim=-1, keepdim=True)
+    return torch.where(peak > 0, wav / peak.clamp(min=1e-12) * PEAK, wav)
 
 
 def load_autoencoder(path: str | Path) -> nn.Module:
@@ -120,7 +153,8 @@ class AudioLDMCodec(Codec):
         a = cfg.audio
         if not cfg.codec.path:
             raise UserError("codec.name=audioldm needs codec.path=<local AudioLDM folder>")
-        self.frontend = MelFrontend(a)
+        self.exact = cfg.codec.preprocess == "audioldm"
+        self.frontend = MelFrontend(a, framing="audioldm" if self.exact else "legacy")
         self.vae = load_autoencoder(cfg.codec.path)
         vc = self.vae.config
         self.grid = self.latent_grid(cfg)  # from the folder's config.json, like the VAE
@@ -136,15 +170,34 @@ class AudioLDMCodec(Codec):
     def latent_grid(cls, cfg: Config) -> LatentGrid:
         """(latent_channels, ceil((S // hop) / f), n_mels / f), f = 2**(levels - 1), read
         from the VAE's config.json in `codec.path` (no weights are loaded)."""
+        if not cfg.codec.path:
+            raise UserError("codec.name=audioldm needs codec.path=<local AudioLDM folder>")
         vc = _read_config(model_folder(cfg.codec.path, "vae", "codec.path"))
         f = 2 ** (len(vc["block_out_channels"]) - 1)
         a = cfg.audio
         return LatentGrid(int(vc["latent_channels"]), a.n_mels // f, a.sample_rate,
                           a.hop_length, f)
 
+    @classmethod
+    def clip_transform(cls, cfg: Config) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """`normalize_wav` under codec.preprocess=audioldm: AudioLDM normalises the whole
+        clip before it pads or crops it, so the data pipeline must too."""
+        return normalize_wav if cfg.codec.preprocess == "audioldm" else None
+
+    def prepare_clip(self, wav: torch.Tensor) -> torch.Tensor:
+        """wav (S,) -> `normalize_wav`(wav) under codec.preprocess=audioldm."""
+        return normalize_wav(wav) if self.exact else wav
+
+    def mel(self, wav: torch.Tensor) -> torch.Tensor:
+        """wav (B, S) or (S,) -> the VAE's log-mel input (B, n_mels, S // hop)."""
+        wav = wav if wav.dim() == 2 else wav.reshape(1, -1)
+        if self.exact:  # AudioLDM also clips to [-1, 1]: a no-op at peak 0.5
+            wav = audioldm_waveform(wav.float())
+        return self.frontend(wav)
+
     def encode(self, wav: torch.Tensor) -> torch.Tensor:
         """wav (B, S) -> latents (B, C, ceil((S // hop) / f), n_mels / f)."""
-        mel = self.frontend(wav if wav.dim() == 2 else wav.reshape(1, -1))  # (B, M, T)
+        mel = self.mel(wav)  # (B, M, T)
         x = mel.transpose(1, 2)  # AudioLDM's image: (B, T, M) with time as height
         pad = -x.shape[1] % self.factor
         if pad:  # edge-pad to whole latent frames

@@ -61,7 +61,7 @@ def _encode_wavs(codec: Any, wavs: list[torch.Tensor], device: torch.device,
     back to its own frame count (the padding never leaks into a clip's latents)."""
     out = []
     for i in range(0, len(wavs), batch_size):
-        chunk = wavs[i:i + batch_size]
+        chunk = [codec.prepare_clip(w) for w in wavs[i:i + batch_size]]  # before padding
         length = max(w.shape[0] for w in chunk)
         batch = torch.stack([torch.nn.functional.pad(w, (0, length - w.shape[0]))
                              for w in chunk]).to(device)
@@ -168,7 +168,7 @@ def cache(cfg: Config, manifest: str, out: str, batch_size: int = 16, shard_size
     Returns:
         the path of the index.json written.
     """
-    from energytta.text import TextEncoder
+    from energytta.text import build_text_encoder
 
     if batch_size < 1 or shard_size < 1:
         raise UserError("--batch-size and --shard-size must be >= 1")
@@ -178,7 +178,7 @@ def cache(cfg: Config, manifest: str, out: str, batch_size: int = 16, shard_size
     with folder_lock(out_dir, "energytta-data cache", "pass another --out"):
         _check_plan(out_dir, _plan(cfg, Path(manifest), items, shard_size))
         codec = _prepare_codec(cfg, out_dir, items, dev, batch_size)
-        text_encoder = TextEncoder(cfg.text.model, cfg.text.max_length).to(dev)
+        text_encoder = build_text_encoder(cfg.text).to(dev)
         shards = _write_shards(out_dir, items, codec, text_encoder, dev, batch_size,
                                shard_size, progress)
         index = {"version": 1, "num_items": sum(s["count"] for s in shards),

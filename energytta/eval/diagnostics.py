@@ -295,7 +295,7 @@ def diagnose(ckpt: str, data: str = "", batches: int | None = None,
     from energytta.checkpoint import load_model
     from energytta.data.dataset import build_dataset, collate
     from energytta.pipeline import resolve_checkpoint
-    from energytta.text import TextEncoder
+    from energytta.text import build_text_encoder
     from energytta.train.objectives.base import ValContext
     from energytta.train.stream import first_batches
     from energytta.train.text_cache import TextCache
@@ -307,7 +307,7 @@ def diagnose(ckpt: str, data: str = "", batches: int | None = None,
         cfg.sample.cfg = cfg_scale
     if temperature is not None:
         cfg.sample.temperature = temperature
-    text = TextCache(TextEncoder(cfg.text.model, cfg.text.max_length).to(device).eval())
+    text = TextCache(build_text_encoder(cfg.text).to(device).eval())
     dataset = build_dataset(cfg, "val")
     items = getattr(dataset, "items", None)
     rows = []

@@ -41,10 +41,11 @@ from energytta.locks import folder_lock
 from energytta.train.ema import EMA
 from energytta.train.interrupt import StopRequest, Stopped
 from energytta.train.logging import MetricsLog, Window, format_stats, make_progress, read_metrics
-from energytta.train.objectives import TrainContext, build_objective, objective_name
+from energytta.train.objectives import (TrainContext, build_objective, objective_class,
+                                        objective_name)
 from energytta.train.optim import build_optimizer, keep_config_schedule
 from energytta.train.seeds import seed_step
-from energytta.train.stream import BatchStream, Position
+from energytta.train.stream import BatchStream, Position, resume_position
 from energytta.utils import atomic_write_text, seed_everything
 
 # codec runs before the one loop kept their state in this file; it cannot be resumed
@@ -72,12 +73,17 @@ def _module_state(obj: Any) -> dict[str, torch.Tensor]:
     return obj.state_dict() if isinstance(obj, nn.Module) else {}
 
 
+def find_unused_parameters(cfg: Config) -> bool:
+    """DDP's `find_unused_parameters`: `train.find_unused_parameters`, or on when the
+    objective can leave a trainable parameter without a gradient in a step."""
+    return cfg.train.find_unused_parameters or objective_class(cfg).unused_parameters
+
+
 def _build_accelerator(cfg: Config) -> Any:
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
-    # unused parameters happen legitimately (e.g. the null text when no caption is dropped)
-    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters(cfg))
     # accelerate picks gloo for several CPU processes (torchrun) only when told cpu=True
     cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
     try:
@@ -212,6 +218,7 @@ class Trainer:
         """Restore weights, optimizer, schedule, RNG and data position from `ck`, the loaded
         `folder` -> the data stream's position."""
         st = ck["state"]
+        self._same_preprocessing(ck["config"], folder)
         try:
             load_weights(self.model, ck["model"], folder)
         except UserError:
@@ -241,7 +248,28 @@ class Trainer:
         self.step, self.elapsed = int(st["step"]), float(st.get("elapsed", 0.0))
         self.window.load(st.get("log_window", {}))
         self.console.print(f"resumed from {folder} (step {self.step})")
-        return Position(**st["data"])
+        return self._resume_position(st, ck["config"])
+
+    def _resume_position(self, st: dict[str, Any], saved: Config) -> Position:
+        """The saved data position, regrouped when the process count or batch size changed
+        (`resume_position`: the global sample stream continues where it stopped)."""
+        world, batch = self.acc.num_processes, self.cfg.data.batch_size
+        was = int(st.get("world_size", world)), saved.data.batch_size
+        pos = resume_position(Position(**st["data"]), *was, world, batch)
+        if was != (world, batch):
+            self.console.print(
+                f"the run had {was[0]} process(es) × data.batch_size={was[1]}, this resume "
+                f"{world} × {batch}: epoch {pos.epoch} continues at sample {pos.start}")
+        return pos
+
+    def _same_preprocessing(self, saved: Config, folder: Path) -> None:
+        """The audio a run trains on must not change on --resume: the weights would load and
+        the model would quietly see other inputs from then on (UserError)."""
+        was, now = saved.codec.preprocess, self.cfg.codec.preprocess
+        if self.cfg.codec.name == "audioldm" and was != now:
+            raise UserError(f"--resume {folder}: the run was trained with codec.preprocess="
+                            f"{was} but the config has {now}; add codec.preprocess={was} to "
+                            "resume it, or set train.out_dir=NEW_FOLDER")
 
     def _name_changed_keys(self, saved: Config, folder: Path) -> None:
         """A model that does not fit its checkpoint is usually an override on --resume:

@@ -56,6 +56,11 @@ def objective_name(cfg: Config) -> str:
 
 def build_objective(cfg: Config, ctx: TrainContext) -> Objective:
     """The objective `cfg` asks for, built (with its model) on `ctx.device`."""
+    return objective_class(cfg).build(cfg, ctx)
+
+
+def objective_class(cfg: Config) -> type[Objective]:
+    """The class of the objective `cfg` asks for (imported, not built)."""
     name = objective_name(cfg)
     if name not in OBJECTIVES:
         raise UserError(f"unknown train.objective '{name}' (valid: {', '.join(OBJECTIVES)})")
@@ -63,8 +68,8 @@ def build_objective(cfg: Config, ctx: TrainContext) -> Objective:
     if isinstance(target, str):
         module, cls = target.split(":")
         target = getattr(importlib.import_module(module), cls)
-    return target.build(cfg, ctx)
+    return target
 
 
 __all__ = ["CODEC_PARTS", "OBJECTIVES", "Objective", "TrainContext", "ValContext",
-           "build_objective", "objective_name", "register_objective"]
+           "build_objective", "objective_class", "objective_name", "register_objective"]

@@ -120,6 +120,9 @@ class CaptionOnlyObjective(nn.Module, TokenObjective):
         teacher: the frozen teacher TTAModel; teacher_cfg: its config.
     """
 
+    # the generator never drops captions, so its learned null text gets no gradient
+    unused_parameters = True
+
     def __init__(self, cfg: Config, model: nn.Module, teacher: nn.Module) -> None:
         super().__init__()
         v = cfg.vsd
