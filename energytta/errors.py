@@ -1,6 +1,6 @@
 """User-facing errors: one line that names the problem and what to do.
 
-Every installed command (`energytta/cli.py`) and every script in `tools/` runs its
+Every installed command (`energytta/cli.py`), `tools/bench.py` and every report command runs its
 `main(argv)` through `run_cli`, the one place where failing is turned into exit codes:
 bad input (`UserError`) becomes `error: <message>` on stderr and exit code 2, Ctrl-C
 becomes `interrupted` and exit code 130 (the shell's code for SIGINT), and a full disk

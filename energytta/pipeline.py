@@ -31,14 +31,14 @@ from energytta.errors import UserError
 from energytta.utils import pick_device
 
 ASSETS = Path(__file__).resolve().parent / "assets"
-# The models that ship with the package (docs/reports/quality.md); names usable as `path`.
+# The models that ship with the package (research/reports/quality.md); names usable as `path`.
 SHIPPED = {"student": ASSETS / "student.safetensors", "teacher": ASSETS / "teacher.safetensors",
            # the caption-only one-pass student (docs/captiononly.md)
            "captiononly": ASSETS / "captiononly.safetensors",
            # the student with its guidance distilled into one pass (docs/guidance.md)
            "guided": ASSETS / "guided.safetensors"}
 DEFAULT_CKPT = SHIPPED["student"]
-# the shipped trained vocoder (docs/reports/codecs.md); `vocoder="trained"` picks it
+# the shipped trained vocoder (research/reports/codecs.md); `vocoder="trained"` picks it
 SHIPPED_VOCODER = ASSETS / "vocoder.safetensors"
 VOCODER_CHOICES = ("checkpoint", "griffin-lim", "trained")
 KINDS = ("teacher", "student", "captiononly")
@@ -171,7 +171,7 @@ class TextToAudio:
             dtype: "fp32" | "bf16" | "fp16" autocast for text encoding and decoding.
             vocoder: "checkpoint" (the one it was trained with; Griffin-Lim for the shipped
                 models), "griffin-lim", "trained" (the shipped trained vocoder, far faster
-                than Griffin-Lim on CPU: docs/reports/speed_quality.md) or a vocoder file.
+                than Griffin-Lim on CPU: research/reports/speed_quality.md) or a vocoder file.
         """
         from energytta.checkpoint import load_model
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One GPU leg in one command: the chosen teacher recipe (docs/reports/recipe_ablation.md)
+# One GPU leg in one command: the chosen teacher recipe (research/reports/recipe_ablation.md)
 # on CUDA in bf16 for a fixed wall budget, everything written under OUT_DIR.
 #
 #   bash scripts/gpu_teacher.sh OUT_DIR [MINUTES]      # default 8

@@ -1,14 +1,17 @@
-"""tools/bench.py keeps working: tiny config, one batch size, all four generators."""
+"""tools/bench.py (energytta.bench) keeps working: tiny config, one batch size, every
+generator."""
 from __future__ import annotations
 
 import json
 
 import pytest
 
+from energytta import bench
 
-def test_bench_tiny_writes_rows(tmp_path, tiny_text_dir, load_tool):
+
+def test_bench_tiny_writes_rows(tmp_path, tiny_text_dir):
     out = tmp_path / "bench.json"
-    rows = load_tool("bench").run([
+    rows = bench.run([
         "--config", "tiny", "--batch-sizes", "2", "--iterations", "3", "--duration", "1",
         "--warmup", "0", "--repeats", "1", "--json", str(out),
         "--markdown", str(tmp_path / "b.md"), f"text.model={tiny_text_dir}"])
@@ -34,8 +37,8 @@ def test_bench_tiny_writes_rows(tmp_path, tiny_text_dir, load_tool):
     assert by["guided"]["x_floor"] is None and by["student"]["x_floor"] is not None
 
 
-def test_bench_bad_batch_sizes_is_one_line(capsys, load_tool):
-    assert load_tool("bench").main(["--batch-sizes", "one,two"]) == 2
+def test_bench_bad_batch_sizes_is_one_line(capsys):
+    assert bench.main(["--batch-sizes", "one,two"]) == 2
     assert capsys.readouterr().err.startswith("error: --batch-sizes")
 
 

@@ -1,5 +1,6 @@
 """What a user installs: the wheel's contents, named configs resolved inside the package,
-the installed commands' help and their one way to fail, and the thin scripts in tools/."""
+the installed commands' help and their one way to fail, tools/bench.py, and the report
+commands of research/ (not installed)."""
 from __future__ import annotations
 
 import shutil
@@ -17,7 +18,8 @@ from energytta.errors import run_cli
 ROOT = Path(__file__).resolve().parent.parent
 COMMANDS = ("energytta-train", "energytta-sample", "energytta-data", "energytta-eval",
             "energytta-export")
-TOOLS = sorted(p.stem for p in (ROOT / "tools").glob("*.py"))
+RESEARCH = sorted(p.stem for p in (ROOT / "research").glob("*.py")
+                  if "\ndef main(" in p.read_text(encoding="utf-8"))
 
 
 def _error_lines(capsys) -> list[str]:
@@ -117,13 +119,23 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
     assert run_cli(lambda argv: None, []) == 0  # None from main means success
 
 
-# ---------------------------------------------------------------------------------- tools/
-@pytest.mark.parametrize("name", TOOLS)
-def test_tool_scripts_are_thin_and_answer_help(name, load_tool, capsys):
-    assert "sys.path" not in (ROOT / "tools" / f"{name}.py").read_text()
+# ------------------------------------------------------------------------ tools/, research/
+@pytest.mark.parametrize("name", RESEARCH)
+def test_research_commands_answer_help_and_run_as_modules(name, research_command, capsys):
+    assert 'if __name__ == "__main__":' in (ROOT / "research" / f"{name}.py").read_text()
     with pytest.raises(SystemExit) as e:
-        load_tool(name).main(["--help"])
+        research_command(name).main(["--help"])
     assert e.value.code == 0 and capsys.readouterr().out.startswith("usage:")
+
+
+def test_bench_script_is_a_thin_entry_over_the_installed_module():
+    text = (ROOT / "tools" / "bench.py").read_text()
+    assert "sys.path" not in text and "from energytta.bench import main" in text
+    assert sorted(p.name for p in (ROOT / "tools").glob("*.py")) == ["bench.py"]
+    for argv in (["tools/bench.py", "--help"], ["-m", "research.quality", "--help"]):
+        proc = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 0 and proc.stdout.startswith("usage:"), proc.stderr[-500:]
 
 
 # ----------------------------------------------------------------------------------- wheel
@@ -131,7 +143,7 @@ def _build_wheel(tmp_path: Path) -> Path:
     """`pip wheel` on a copy of what the build reads (the checkout is left untouched)."""
     src = tmp_path / "src"
     junk = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
-    for name in ("energytta", "teachers"):
+    for name in ("energytta", "teachers", "research"):
         shutil.copytree(ROOT / name, src / name, ignore=junk)
     for name in ("setup.cfg", "pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
@@ -154,7 +166,8 @@ def test_wheel_ships_assets_configs_and_commands(tmp_path):
     for config in CONFIG_DIR.glob("*.yaml"):
         assert f"energytta/configs/{config.name}" in names
     assert "energytta/configs/tiny.yaml" in names
-    assert {"energytta/reports/quality.py", "energytta/export.py", "energytta/eval/cli.py",
+    assert not [n for n in names if n.startswith("research/")]  # the lab is not installed
+    assert {"energytta/bench.py", "energytta/export.py", "energytta/eval/cli.py",
             "energytta/data/cache.py", "teachers/diffusion_head.py"} <= names
     for command in COMMANDS:
         assert f"{command} = energytta.cli:" in scripts

@@ -14,7 +14,7 @@ stripes. These numbers tell within minutes of training whether a recipe fixes th
   embedding removed), next to how much they vary between clips.
 - **generation check**: sound type, every named caption attribute and counts of clips
   generated at K iterations, scored by the shipped synth-classifier on the decoded mel
-  (no vocoder), as docs/reports/quality.md scores full runs.
+  (no vocoder), as research/reports/quality.md scores full runs.
 
 `validate_tta` is the training loop's validation hook for teacher and student;
 `python -m energytta.eval.diagnostics --ckpt PATH` gives the same numbers for any
