@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import statistics
 import sys
@@ -378,10 +379,12 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     bad = [a for a in rest if "=" not in a]
     if bad:
         p.error(f"unrecognised arguments: {' '.join(bad)}")
-    try:
-        args.batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
-    except ValueError:
-        raise UserError(f"--batch-sizes {args.batch_sizes!r}: give integers like 1,8,32")
+    args.batch_sizes = _batch_sizes(args.batch_sizes)
+    if not math.isfinite(args.duration) or args.duration <= 0:
+        raise UserError(f"--duration {args.duration}: give a positive number of seconds, "
+                        "like 4")
+    if args.iterations < 1:
+        raise UserError(f"--iterations {args.iterations}: give at least 1")
     if args.repeats < 1 or args.warmup < 0:
         raise UserError("--repeats must be >= 1 and --warmup >= 0")
     args.generators = [g for g in args.generators.split(",") if g]
@@ -393,6 +396,18 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
                  "captiononly": args.captiononly_ckpt}
         args.generators = [g for g in args.generators if g == "floor" or given[g]]
     return args, rest
+
+
+def _batch_sizes(text: str) -> list[int]:
+    """"1,8,32" -> [1, 8, 32]; anything else (empty, not integers, < 1) is a UserError."""
+    fix = "give positive integers like 1,8,32"
+    try:
+        sizes = [int(b) for b in text.split(",") if b.strip()]
+    except ValueError:
+        raise UserError(f"--batch-sizes {text!r}: {fix}") from None
+    if not sizes or min(sizes) < 1:
+        raise UserError(f"--batch-sizes {text!r}: {fix}")
+    return sizes
 
 
 def run(argv: list[str]) -> list[dict]:

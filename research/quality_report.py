@@ -25,7 +25,7 @@ def _f(x: float | None, digits: int = 2) -> str:
     return "–" if x is None else f"{x:.{digits}f}"
 
 
-def _cells(name: str, k: str, result: dict, gen: dict | None) -> list[str]:
+def cells(name: str, k: str, result: dict, gen: dict | None) -> list[str]:
     clf, mel = result["metrics"]["synth-classifier"], result["metrics"]["mel-stats"]
     is_ = f"{clf['is_mean']:.2f} ± {clf['is_std']:.2f}" if "is_mean" in clf else "–"
     return [name, k, _f(clf["fd"]), _f(mel["fd"]), _f(clf.get("kl_softmax"), 3), is_,
@@ -47,7 +47,7 @@ def _knobs(rows: dict) -> str:
     return "; ".join(f"{m} {' or '.join(k)}" for m, k in seen.items())
 
 
-def _table(header: tuple[str, ...], rows: list[list[str]]) -> list[str]:
+def markdown_table(header: tuple[str, ...], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
             *("| " + " | ".join(r) + " |" for r in rows)]
 
@@ -103,7 +103,7 @@ def _per_attribute(rows: dict, real: dict | None, vocoded: dict | None,
                 cells.append("–" if a is None else f"{a['accuracy']:.3f} ({a['n']})")
         out.append(cells)
     header = ("check", *(f"{name} {split}" for name, _ in cols for split in ("seen", "held-out")))
-    return _table(header, out)
+    return markdown_table(header, out)
 
 
 def render(args: Any, rows: dict, real: dict | None, meta: dict,
@@ -116,13 +116,13 @@ def render(args: Any, rows: dict, real: dict | None, meta: dict,
     held = (any_row.get("attributes") or {}).get("heldout", {}).get("clips_all_correct", {})
     ckpts = {m: (display_path(meta["checkpoints"][m]), r["key"]["sha256"][:12])
              for (m, _), r in rows.items()}
-    table = [_cells(m, str(k), r, r["generation"]) for (m, k), r in rows.items()]
+    table = [cells(m, str(k), r, r["generation"]) for (m, k), r in rows.items()]
     if real:
-        table.append(_cells("real clips", "–", real, None))
+        table.append(cells("real clips", "–", real, None))
     if vocoded:
-        table.append(_cells("real → mel → GL", "–", vocoded, None))
+        table.append(cells("real → mel → GL", "–", vocoded, None))
     if trained:
-        table.append(_cells("real → mel → trained vocoder", "–", trained, None))
+        table.append(cells("real → mel → trained vocoder", "–", trained, None))
     lines = [
         "# Quality: the shipped models (teacher, student, "
         + ("guided student, " if any(m == "guided" for m, _ in rows) else "")
@@ -140,7 +140,7 @@ def render(args: Any, rows: dict, real: dict | None, meta: dict,
         f"defaults ({_knobs(rows)}; linear CFG schedule). Checkpoints: "
         + ", ".join(f"{m} `{p}` (sha256 {h}…)" for m, (p, h) in ckpts.items()) + ".",
         "",
-        *_table(COLUMNS, table),
+        *markdown_table(COLUMNS, table),
         "",
         "Columns: FD on the synth-classifier's 128-d features (clf) and on log-mel statistics "
         "(mel) against the test clips; KL of the classifier's type probabilities between each "

@@ -42,6 +42,18 @@ def test_bench_bad_batch_sizes_is_one_line(capsys):
     assert capsys.readouterr().err.startswith("error: --batch-sizes")
 
 
+@pytest.mark.parametrize("argv", [["--batch-sizes", ""], ["--batch-sizes", ","],
+                                  ["--batch-sizes", "0"], ["--batch-sizes", "1,-1"],
+                                  ["--duration", "nan"], ["--duration", "inf"],
+                                  ["--duration", "0"], ["--iterations", "0"]])
+def test_bench_bad_sizes_and_durations_are_one_line_before_any_work(argv, capsys, tmp_path):
+    out = tmp_path / "b.json"
+    assert bench.main(["--config", "tiny", "--json", str(out), *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {argv[0]}"), err
+    assert not out.exists()  # no empty table written with exit 0
+
+
 def test_gpu_bench_script_runs_its_plan_on_cpu(tmp_path, tiny_text_dir):
     """scripts/gpu_bench.sh, prepared for a lent GPU, in its CPU smoke-test settings."""
     import os
