@@ -19,11 +19,7 @@ from typing import Any
 
 import yaml
 
-from energytta.errors import UserError
-
-
-class ConfigError(UserError, ValueError):
-    """A bad config file, key or value; the message is one line meant for the user."""
+from energytta.errors import ConfigError, UserError  # noqa: F401 (ConfigError: re-exported)
 
 
 class _Loader(yaml.SafeLoader):

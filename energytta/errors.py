@@ -8,7 +8,10 @@ met outside an atomic write (a log append) is one line too, never a traceback.
 """
 from __future__ import annotations
 
+import errno
+import shutil
 import sys
+from pathlib import Path
 from typing import Callable
 
 EXIT_USER_ERROR = 2
@@ -17,6 +20,10 @@ EXIT_INTERRUPTED = 130
 
 class UserError(Exception):
     """Bad input from the user (file, flag, config); the message is shown as is."""
+
+
+class ConfigError(UserError, ValueError):
+    """A bad config file, key or value; the message is one line meant for the user."""
 
 
 def run_cli(main: Callable[[list[str]], int | None], argv: list[str] | None = None) -> int:
@@ -39,10 +46,32 @@ def run_cli(main: Callable[[list[str]], int | None], argv: list[str] | None = No
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except OSError as e:
-        from energytta.utils import DISK_FULL_HINT, is_disk_full
-
         if not is_disk_full(e):
             raise
         where = f" writing {e.filename}" if e.filename else ""
         print(f"error: disk full{where}. {DISK_FULL_HINT}", file=sys.stderr)
         return EXIT_USER_ERROR
+
+
+_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+DISK_FULL_HINT = ("Free some space and rerun: energytta-train --resume continues from the "
+                  "last checkpoint, energytta-sample skips the prompts it finished")
+# how writers that do not raise OSError word it: safetensors ("... (os error 28)"), libc
+_FULL_WORDS = ("no space left on device", "os error 28", "disk quota exceeded")
+# a write that failed while less than this is free is taken to be a full disk (libsndfile
+# reports ENOSPC as an opaque "LibsndfileError(2, '')")
+_NEARLY_FULL = 1 << 20
+
+
+def is_disk_full(exc: BaseException, folder: str | Path | None = None) -> bool:
+    """Whether `exc` (raised while writing into `folder`) means the disk or quota is full."""
+    if isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS:
+        return True
+    if any(w in str(exc).lower() for w in _FULL_WORDS):
+        return True
+    if folder is None or not isinstance(exc, (OSError, RuntimeError)):
+        return False
+    try:
+        return shutil.disk_usage(folder).free < _NEARLY_FULL
+    except OSError:
+        return False

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import re
 import random
@@ -13,6 +12,9 @@ from typing import Iterator
 
 import numpy as np
 import torch
+
+# the disk-full test lives with the errors it becomes (re-exported for writers here)
+from energytta.errors import DISK_FULL_HINT, is_disk_full
 
 
 @contextlib.contextmanager
@@ -48,30 +50,6 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
     finally:
         shutil.rmtree(tmp.parent, ignore_errors=True)
-
-
-_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
-DISK_FULL_HINT = ("Free some space and rerun: energytta-train --resume continues from the "
-                  "last checkpoint, energytta-sample skips the prompts it finished")
-# how writers that do not raise OSError word it: safetensors ("... (os error 28)"), libc
-_FULL_WORDS = ("no space left on device", "os error 28", "disk quota exceeded")
-# a write that failed while less than this is free is taken to be a full disk (libsndfile
-# reports ENOSPC as an opaque "LibsndfileError(2, '')")
-_NEARLY_FULL = 1 << 20
-
-
-def is_disk_full(exc: BaseException, folder: str | Path | None = None) -> bool:
-    """Whether `exc` (raised while writing into `folder`) means the disk or quota is full."""
-    if isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS:
-        return True
-    if any(w in str(exc).lower() for w in _FULL_WORDS):
-        return True
-    if folder is None or not isinstance(exc, (OSError, RuntimeError)):
-        return False
-    try:
-        return shutil.disk_usage(folder).free < _NEARLY_FULL
-    except OSError:
-        return False
 
 
 def raise_if_disk_full(exc: BaseException, path: str | Path) -> None:

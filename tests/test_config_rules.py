@@ -21,6 +21,11 @@ BAD = [
     ("sample.seed=-1", "sample.seed"), (f"sample.seed={2 ** 63}", "sample.seed"),
     ("head.num_samples=1", "head.num_samples"),
     ("train.betas=[0.9,1.5]", "train.betas"),
+    # choices and ranges that parts used to check on their own, after loading
+    ("head.noise_type=laplace", "head.noise_type"), ("distill.loss=l1", "distill.loss"),
+    ("sample.cfg_schedule=square", "sample.cfg_schedule"),
+    ("model.mask_ratio_min=0", "model.mask_ratio_min"), ("head.alpha=2", "head.alpha"),
+    ("vsd.tv_norm=l3", "vsd.tv_norm"), ("data.kind=video", "data.kind"),
 ]
 
 
@@ -36,7 +41,7 @@ def test_every_packaged_config_and_shipped_checkpoint_is_valid():
     for path in sorted((Path(__file__).resolve().parents[1] / "energytta" / "configs")
                        .glob("*.yaml")):
         load_config(path.stem)
-    for asset in ("student", "teacher"):
+    for asset in ("student", "teacher", "guided", "captiononly"):
         validate(load_inference(ASSETS / f"{asset}.safetensors")[0])
 
 
