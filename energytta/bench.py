@@ -38,10 +38,10 @@ from dataclasses import dataclass, field
 import torch
 
 from energytta.errors import UserError, run_cli
+from energytta.pipeline import DTYPES  # the pipeline's autocast choices, timed as it runs them
 
 GENERATORS = ("student", "guided", "teacher", "captiononly", "floor")
 ONE_PASS = 1  # the caption-only student's decoding iterations
-DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 # ------------------------------------------------------------------------------ timing

@@ -25,23 +25,15 @@ import numpy as np
 import torch
 
 from energytta import editing
+# the shipped models live with the checkpoint code; re-exported for the Python API
+from energytta.checkpoint import (ASSETS, DEFAULT_CKPT, MODEL_KINDS, SHIPPED,  # noqa: F401
+                                  SHIPPED_VOCODER, resolve_checkpoint)
 from energytta.config import Config
 from energytta.editing import EditPlan
 from energytta.errors import UserError
 from energytta.utils import pick_device
 
-ASSETS = Path(__file__).resolve().parent / "assets"
-# The models that ship with the package (research/reports/quality.md); names usable as `path`.
-SHIPPED = {"student": ASSETS / "student.safetensors", "teacher": ASSETS / "teacher.safetensors",
-           # the caption-only one-pass student (docs/captiononly.md)
-           "captiononly": ASSETS / "captiononly.safetensors",
-           # the student with its guidance distilled into one pass (docs/guidance.md)
-           "guided": ASSETS / "guided.safetensors"}
-DEFAULT_CKPT = SHIPPED["student"]
-# the shipped trained vocoder (research/reports/codecs.md); `vocoder="trained"` picks it
-SHIPPED_VOCODER = ASSETS / "vocoder.safetensors"
 VOCODER_CHOICES = ("checkpoint", "griffin-lim", "trained")
-KINDS = ("teacher", "student", "captiononly")
 Audio = str | Path | np.ndarray  # an input clip: a file, or (S,) samples at the model's rate
 # autocast precision of text encoding and decoding; the codec and vocoder stay in fp32
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -98,19 +90,6 @@ def apply_vocoder(codec: torch.nn.Module, cfg: Config, vocoder: str) -> str:
         raise UserError(f"vocoder {vocoder}: {path} {what} (use "
                         f"{', '.join(VOCODER_CHOICES)} or a vocoder .safetensors)")
     return replace_vocoder(codec, cfg, "trained", path)
-
-
-def resolve_checkpoint(path: str | Path | None) -> Path:
-    """`path` itself, or the shipped model it names (None = "student"). A bare "student" or
-    "teacher" always means the shipped model, whatever the working folder holds (as bare
-    config names do, `config.resolve_config_path`): write `./student` for a local file."""
-    name = "student" if path is None else str(path)
-    if name in SHIPPED:
-        if not SHIPPED[name].is_file():
-            raise UserError(f"the shipped {name} model is missing ({SHIPPED[name]}); "
-                            "reinstall energytta or pass --ckpt PATH")
-        return SHIPPED[name]
-    return Path(path)
 
 
 def batch_seed(seed: int, first_index: int) -> int:
@@ -178,8 +157,9 @@ class TextToAudio:
         path = resolve_checkpoint(path)
         dev = pick_device(str(device)) if isinstance(device, str) else device
         cfg, kind, model, codec = load_model(path, dev)
-        if kind not in KINDS:
-            raise UserError(f"{path}: checkpoint kind '{kind}' is not one of {', '.join(KINDS)}")
+        if kind not in MODEL_KINDS:
+            raise UserError(f"{path}: checkpoint kind '{kind}' is not one of "
+                            f"{', '.join(MODEL_KINDS)}")
         pipe = cls(cfg, kind, model.eval(), codec.eval(), dev, Path(path), dtype=dtype)
         pipe.use_vocoder(vocoder)
         return pipe

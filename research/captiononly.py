@@ -115,7 +115,7 @@ def train_arm(args: argparse.Namespace, arm: str) -> Path:
 def rows(args: argparse.Namespace, arms: list[str]) -> dict[str, dict[str, Any]]:
     """Scored rows: each arm at K = 1, the shipped teacher and student at --iterations."""
     from energytta.eval.embedders import get_embedder
-    from energytta.pipeline import resolve_checkpoint
+    from energytta.checkpoint import resolve_checkpoint
     from research.quality import get_row
     from research.rows import EMBEDDERS, MemoEmbedder
 

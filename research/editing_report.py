@@ -330,7 +330,8 @@ def main(argv: list[str]) -> int:
     import torch
 
     from energytta.eval.embedders import get_embedder
-    from energytta.pipeline import TextToAudio, resolve_checkpoint
+    from energytta.checkpoint import resolve_checkpoint
+    from energytta.pipeline import TextToAudio
     from research.rows import MemoEmbedder
 
     args = build_parser().parse_args(argv)

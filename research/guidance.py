@@ -140,7 +140,7 @@ def main(argv: list[str]) -> int:
         head, rows = arm_rows(Path(run))
         arms.append((head, run, rows))
     table, missing, recs = quality_table(Path(args.work), ks)
-    from energytta.pipeline import resolve_checkpoint
+    from energytta.checkpoint import resolve_checkpoint
     from research.guidance_page import render
 
     guided = resolve_checkpoint(args.guided)

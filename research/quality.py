@@ -201,7 +201,7 @@ def _summary(row: dict) -> str:
 
 def _parse(argv: list[str]
            ) -> tuple[argparse.Namespace, list[str], list[int], dict[str, Path]]:
-    from energytta.pipeline import resolve_checkpoint
+    from energytta.checkpoint import resolve_checkpoint
 
     args = build_parser().parse_args(argv)
     models = [m.strip() for m in args.models.split(",") if m.strip()]

@@ -137,7 +137,7 @@ def main(argv: list[str]) -> int:
     """
     from energytta.checkpoint import load_model
     from energytta.eval.embedders import get_embedder
-    from energytta.pipeline import resolve_checkpoint
+    from energytta.checkpoint import resolve_checkpoint
 
     args = build_parser().parse_args(argv)
     cfgs, temps = _floats(args.cfg, "--cfg"), _floats(args.temperature, "--temperature")

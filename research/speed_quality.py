@@ -98,7 +98,7 @@ def vocoder_file(args: argparse.Namespace, settings: list[tuple[str, int, bool]]
     """The trained vocoder file of the :trained settings ("" when none asks for it)."""
     if not any(v for _, _, v in settings):
         return ""
-    from energytta.pipeline import SHIPPED_VOCODER
+    from energytta.checkpoint import SHIPPED_VOCODER
 
     path = Path(args.vocoder) if args.vocoder else SHIPPED_VOCODER
     if not path.is_file():
@@ -138,7 +138,7 @@ def quality_rows(qargs: argparse.Namespace, settings: list[tuple[str, int, bool]
 
 def checkpoint(qargs: argparse.Namespace, model: str) -> Path:
     """The checkpoint path of `model` as research/quality.py resolves it."""
-    from energytta.pipeline import resolve_checkpoint
+    from energytta.checkpoint import resolve_checkpoint
 
     path = resolve_checkpoint(getattr(qargs, model))
     if not path.exists():

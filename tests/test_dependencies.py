@@ -146,3 +146,20 @@ def test_the_teacher_loader_is_the_teachers_entry_point():
 
     assert load_plugin("energytta.teachers", "load_teacher") is teachers.load_teacher
     assert load_plugin("energytta.teachers", "no-such-loader") is None
+
+
+def test_training_and_diagnostics_never_reach_the_inference_pipeline():
+    """The shipped-model names live beside the checkpoint code, so training objectives and
+    the diagnostics resolve "teacher" / "student" without importing `energytta.pipeline`."""
+    paths = [*sorted((PACKAGE / "train").rglob("*.py")), PACKAGE / "eval" / "diagnostics.py"]
+    offenders = [f"{path.relative_to(ROOT)}:{line}" for path in paths
+                 for line, module in _imported(ast.parse(path.read_text(encoding="utf-8")))
+                 if module == "energytta.pipeline"]
+    assert not offenders, "imports energytta.pipeline: " + ", ".join(offenders)
+
+
+def test_module_attribute_names_load_through_one_helper():
+    from energytta.audio.codec import MelCodec, codec_class
+    from energytta.plugins import load_object
+
+    assert load_object("energytta.audio.codec:MelCodec") is MelCodec is codec_class("mel")

@@ -292,9 +292,8 @@ def diagnose(ckpt: str, data: str = "", batches: int | None = None,
         cfg_scale, temperature: None = the checkpoint's sampling settings.
         device: where to run.
     """
-    from energytta.checkpoint import load_model
+    from energytta.checkpoint import load_model, resolve_checkpoint
     from energytta.data.dataset import build_dataset, collate
-    from energytta.pipeline import resolve_checkpoint
     from energytta.text import TextEncoder
     from energytta.train.objectives.base import ValContext
     from energytta.train.stream import first_batches

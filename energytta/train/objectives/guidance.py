@@ -40,13 +40,13 @@ from energytta.train.objectives.tokens import TokenObjective, TokenParts
 
 def reference_path(cfg: Config) -> Path:
     """`guide.init` as a path; a bare "student" names the shipped student."""
-    from energytta.pipeline import KINDS, resolve_checkpoint
+    from energytta.checkpoint import MODEL_KINDS, resolve_checkpoint
 
     name = cfg.guide.init.strip()
     if not name:
         raise UserError("guide.init is empty: set guide.init=PATH (a trained student) or "
                         "'student' (the shipped one)")
-    path = resolve_checkpoint(name) if name in KINDS else Path(name)
+    path = resolve_checkpoint(name) if name in MODEL_KINDS else Path(name)
     if not path.exists():
         raise UserError(f"guide.init={name} does not exist: set guide.init=PATH to a trained "
                         "student checkpoint (or 'student', the shipped one)")

@@ -63,7 +63,7 @@ def load_frozen_teacher(cfg: Config, device: torch.device | str) -> tuple[Config
 
 def teacher_path(cfg: Config) -> Path:
     """`teacher.ckpt` as a path; "teacher" names the shipped one (energytta/assets/)."""
-    from energytta.pipeline import resolve_checkpoint
+    from energytta.checkpoint import resolve_checkpoint
 
     ckpt = cfg.teacher.ckpt.strip()
     if not ckpt:
