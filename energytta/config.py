@@ -107,7 +107,7 @@ class ModelConfig:
     # enters the decoder through a zero-initialised projection added to the mask tokens,
     # so tokens generated in one pass can be coordinated (per-token head noise cannot)
     noise_inputs: bool = False
-    # guidance-distilled students (issue 20, `train.objective=guidance`): a head on the
+    # guidance-distilled students (`train.objective=guidance`): a head on the
     # backbone's output predicts the guidance slope, z + (w - 1)·Δ(z), so one conditional
     # pass gives the two-pass guided features z_u + w(z_c - z_u); at w = 1 it is the
     # plain conditional model (docs/guidance.md)

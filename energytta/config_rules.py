@@ -3,7 +3,7 @@
 
 Why at load: a bad number otherwise surfaces far from its cause, as a hang
 (`data.batch_size=-1` made every epoch empty), a ZeroDivisionError, NaN weights or an
-untrained model saved with exit 0 (issue 18). Each rule names its key and the fix.
+untrained model saved with exit 0. Each rule names its key and the fix.
 """
 from __future__ import annotations
 

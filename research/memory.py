@@ -4,8 +4,8 @@
 
 Runs the real command (`energytta-sample`, in this process) on N prompts with the shipped
 student at cheap settings (short clips, few iterations: memory, not quality, is measured)
-while a thread reads the process's resident set size (VmRSS) every 0.2 s. Issue 18 saw a
-2,000-prompt run grow from 523 to 592 MB in 60 s; a leak shows as a steady slope over
+while a thread reads the process's resident set size (VmRSS) every 0.2 s. A
+2,000-prompt run once grew from 523 to 592 MB in 60 s; a leak shows as a steady slope over
 the second half of the run, once the model, the text encoder and the allocator's pools
 are warm. Writes a markdown page with RSS against prompts written.
 """

@@ -5,7 +5,7 @@ from typing import Any
 
 from research.rows import accuracy, display_path
 
-# The targets of issue 7: the student's attribute accuracy within 3 points of the teacher's
+# The quality targets: the student's attribute accuracy within 3 points of the teacher's
 # and its FD (the FAD stand-in) within 1.2x the teacher's, at 64 iterations.
 TARGET_K, TARGET_ACC_POINTS, TARGET_FD_RATIO = 64, 3.0, 1.2
 

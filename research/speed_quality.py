@@ -1,4 +1,4 @@
-"""One table of speed and quality (issue 20): every generator setting's end-to-end batch
+"""One table of speed and quality: every generator setting's end-to-end batch
 latency (tools/bench.py) next to its quality (research/quality.py's rows) of the SAME setting;
 writes research/reports/speed_quality.md.
 
@@ -39,7 +39,7 @@ BENCH_FLAG = {"teacher": "--teacher-ckpt", "student": "--ckpt", "guided": "--gui
 BENCH_NAME = {"teacher": "teacher", "student": "student", "guided": "guided",
               "captiononly": "captiononly"}
 SMALL_BATCH = 4  # batches up to this size: 1 warm-up + 3 timed runs; larger: 1 timed run
-# issue 20's targets (benchmarks, not tests)
+# the speed targets (benchmarks, not tests)
 TARGET_POINTS, TARGET_SPEEDUP, TARGET_X_FLOOR = 3.0, 10.0, 1.10
 
 
@@ -341,7 +341,7 @@ def render(recs: list[dict], batches: list[int], meta: dict) -> str:
         "",
         *stage_table(recs, big),
         "",
-        f"## Targets (CPU, batch {big}, issue 20)",
+        f"## Targets (CPU, batch {big})",
         "",
         *targets(recs, batches),
         ""])

@@ -55,7 +55,7 @@ def test_bench_bad_sizes_and_durations_are_one_line_before_any_work(argv, capsys
 
 
 def test_gpu_bench_script_runs_its_plan_on_cpu(tmp_path, tiny_text_dir):
-    """scripts/gpu_bench.sh, prepared for a lent GPU, in its CPU smoke-test settings."""
+    """scripts/gpu_bench.sh, prepared for a GPU, in its CPU smoke-test settings."""
     import os
     import subprocess
     from pathlib import Path

@@ -1,4 +1,4 @@
-"""Bad devices, export destinations and argument orders are one line (issue 18, items 6-7)."""
+"""Bad devices, export destinations and argument orders are one line."""
 import pytest
 import torch
 

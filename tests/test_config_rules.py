@@ -1,4 +1,4 @@
-"""Every out-of-range config value is one line naming its key, at load (issue 18)."""
+"""Every out-of-range config value is one line naming its key, at load."""
 import subprocess
 from pathlib import Path
 

@@ -56,7 +56,7 @@ def test_one_table_of_speed_and_quality_and_reuse(tiny_ckpts, guided, vocoder, c
     text = page.read_text()
     for cells in ("| teacher (diffusion head, 100 steps) | 2 | 2×B |", "| student | 2 | 2×B |",
                   "| guided student | 2 | 1×B |", "| guided student + trained vocoder | 2 |",
-                  "s / batch 6", "× teacher @6", "## Targets (CPU, batch 6, issue 20)",
+                  "s / batch 6", "× teacher @6", "## Targets (CPU, batch 6)",
                   "its own floor at batch 6", "- Trained vocoder vs Griffin-Lim (guided"):
         assert cells in text, cells
     voc = json.loads((work / "bench-guided-k2-voc.json").read_text())["rows"]

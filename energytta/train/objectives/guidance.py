@@ -1,5 +1,5 @@
 """Single-pass guidance distillation: one conditional backbone pass at scale w gives what
-the two-pass classifier-free guidance gave (issue 20; docs/guidance.md).
+the two-pass classifier-free guidance gave (docs/guidance.md).
 
 MAR-family students guide in *feature* space: the energy head reads
 z_g = z_u + w·(z_c − z_u) (EAR's `ScoreLoss.sample`), which costs a second, unconditional
