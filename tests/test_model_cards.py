@@ -87,3 +87,29 @@ def test_writing_a_card_keeps_every_tensor_and_key(tmp_path):
     assert meta == {**before_meta, "model_card": "## `teacher.safetensors`\n\nanother card\n"}
     assert all(torch.equal(tensors[k], v) and tensors[k].dtype == v.dtype
                for k, v in before_tensors.items()) and tensors.keys() == before_tensors.keys()
+
+
+def test_the_readme_quality_table_copies_the_quality_page():
+    """Each README row (model, iterations, attributes, type, FD, CPU s) is a row of
+    research/reports/quality.md, rounded as shown."""
+    page = (ROOT / "research" / "reports" / "quality.md").read_text(encoding="utf-8")
+    rows = {}
+    for line in page.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 13 and cells[1] not in ("K", "---"):
+            rows[(cells[0], cells[1])] = cells
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    names = {"teacher": "teacher", "student": "student", "guided": "guided",
+             "caption-only": "captiononly", "real clips": "real clips"}
+    checked = 0
+    for line in readme.split("## Quality", 1)[1].split("\n## ", 1)[0].splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) != 7 or not any(cells[0].startswith(n) for n in names):
+            continue
+        model = names[next(n for n in names if cells[0].startswith(n))]
+        q = rows[(model, cells[2] or "–")]
+        assert cells[3] == q[6] and cells[4] == q[9], (model, cells)
+        assert abs(float(cells[5]) - float(q[2])) <= 0.051, (model, cells)  # one decimal
+        assert cells[6] == (q[12] if q[12] != "–" else ""), (model, cells)
+        checked += 1
+    assert checked == 5

