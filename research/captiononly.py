@@ -45,7 +45,7 @@ CAPTIONS_1K = 1000
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="research/captiononly.py",
+    p = argparse.ArgumentParser(prog="python -m research.captiononly",
                                 description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

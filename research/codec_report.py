@@ -157,7 +157,7 @@ def save_figure(original: torch.Tensor, mels: dict[str, torch.Tensor], path: Pat
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="research/codec_report.py",
+    p = argparse.ArgumentParser(prog="python -m research.codec_report",
                                 description=__doc__.splitlines()[0])
     p.add_argument("--manifest", type=Path, default=Path("data/synth/test.jsonl"))
     p.add_argument("--num", type=int, default=64, help="clips (first N of the manifest)")

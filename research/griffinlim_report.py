@@ -182,7 +182,7 @@ SC = ‖exp(M) − exp(M̂)‖_F / ‖exp(M)‖_F (lower is better).
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="research/griffinlim_report.py",
+    p = argparse.ArgumentParser(prog="python -m research.griffinlim_report",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--manifest", required=True,
                    help="manifest of test clips (JSONL / AudioCaps / Clotho)")
@@ -229,7 +229,7 @@ def main(argv: list[str]) -> int:
     res = evaluate(rows, audio_cfg, args.iters, args.seconds, args.seed, not args.no_progress)
     out_md, out_png = Path(args.out_md), Path(args.out_png)
     save_figure(res, out_png, audio_cfg)
-    cmd = shlex.join(["python", "research/griffinlim_report.py", *argv])
+    cmd = shlex.join(["python", "-m", "research.griffinlim_report", *argv])
     atomic_write_text(out_md, markdown(res, args, audio_cfg, cmd, out_png, out_md))
     print(table(res))
     print(f"wrote {out_md} and {out_png}")

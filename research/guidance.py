@@ -20,7 +20,7 @@ ARMS = "runs/guidance,runs/guidance_attn"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="research/guidance.py",
+    p = argparse.ArgumentParser(prog="python -m research.guidance",
                                 description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

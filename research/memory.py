@@ -32,7 +32,7 @@ FLAT_MB = 20.0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="research/memory.py",
+    p = argparse.ArgumentParser(prog="python -m research.memory",
                                 description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])

@@ -76,7 +76,7 @@ def term_ranges(records: list[dict]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="research/plot_metrics.py", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m research.plot_metrics", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", type=Path, help="run folder (with metrics.jsonl) or the file itself")
     p.add_argument("--out", type=Path, default=None, help="PNG path (default RUN/loss.png)")

@@ -42,7 +42,8 @@ ONE_PASS = (1,)  # the caption-only student's iterations, whatever --iterations 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="research/quality.py", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m research.quality",
+                                description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--teacher", default="teacher", metavar="CKPT",

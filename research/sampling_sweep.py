@@ -25,7 +25,7 @@ from research.rows import (EMBEDDERS, MemoEmbedder, accuracy, display_path,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="research/sampling_sweep.py",
+    p = argparse.ArgumentParser(prog="python -m research.sampling_sweep",
                                 description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -44,7 +44,7 @@ TARGET_POINTS, TARGET_SPEEDUP, TARGET_X_FLOOR = 3.0, 10.0, 1.10
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="research/speed_quality.py",
+    p = argparse.ArgumentParser(prog="python -m research.speed_quality",
                                 description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -19,7 +19,7 @@ from energytta.errors import UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="research/teacher_start_t.py",
+    p = argparse.ArgumentParser(prog="python -m research.teacher_start_t",
                                 description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
