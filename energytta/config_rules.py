@@ -31,6 +31,10 @@ def _one_of(*valid: str) -> Rule:
 
 CFG_SCHEDULES = ("constant", "linear", "cosine")  # see energytta.sampling.cfg_scale_at
 DISTILL_LOSSES = ("mse", "cosine")  # see energytta.train.objectives.student
+POS_EMBEDS = ("learned", "rope")  # see energytta.models.mar
+GUIDANCE_HEADS = ("mlp", "attention")  # see energytta.models.mar.GuidanceHead
+NOISE_SCHEDULES = ("cosine", "linear")  # see teachers.diffusion.named_betas
+PREDICTIONS = ("eps", "v", "x0")  # see teachers.diffusion.GaussianDiffusion
 
 # dotted key -> rule; keys absent here take any value of their type
 RULES: dict[str, Rule] = {
@@ -84,6 +88,9 @@ RULES: dict[str, Rule] = {
     "sample.seed": (lambda v: 0 <= v < 2 ** 63, "must be in [0, 2**63) (torch's "
                     "generator range)"),
     "train.seed": (lambda v: 0 <= v < 2 ** 63, "must be in [0, 2**63)"),
+    # the names a part understands (the part checks them here too when built in code)
+    "model.pos_embed": _one_of(*POS_EMBEDS), "model.guidance_head": _one_of(*GUIDANCE_HEADS),
+    "head.noise_schedule": _one_of(*NOISE_SCHEDULES), "head.prediction": _one_of(*PREDICTIONS),
 }
 
 

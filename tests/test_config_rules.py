@@ -26,6 +26,9 @@ BAD = [
     ("sample.cfg_schedule=square", "sample.cfg_schedule"),
     ("model.mask_ratio_min=0", "model.mask_ratio_min"), ("head.alpha=2", "head.alpha"),
     ("vsd.tv_norm=l3", "vsd.tv_norm"), ("data.kind=video", "data.kind"),
+    ("model.pos_embed=sinusoid", "model.pos_embed"), ("head.prediction=score", "head.prediction"),
+    ("head.noise_schedule=sigmoid", "head.noise_schedule"),
+    ("model.guidance_head=conv", "model.guidance_head"),
 ]
 
 
