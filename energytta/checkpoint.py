@@ -43,7 +43,7 @@ _KINDS = {"diffusion": "teacher", "energy": "student", "onestep": "captiononly"}
 # what `load_model` builds: text-to-audio models
 MODEL_KINDS = ("teacher", "student", "captiononly")
 ASSETS = Path(__file__).resolve().parent / "assets"
-# The models that ship with the package (research/reports/quality.md); names usable as `path`.
+# The models that ship with the package (their cards: docs/models.md); names usable as `path`.
 SHIPPED = {"student": ASSETS / "student.safetensors", "teacher": ASSETS / "teacher.safetensors",
            # the caption-only one-pass student (docs/captiononly.md)
            "captiononly": ASSETS / "captiononly.safetensors",
