@@ -44,6 +44,34 @@ STEP_RE = re.compile(r"^step-(\d{7,})$")
 _KINDS = {"diffusion": "teacher", "energy": "student", "onestep": "captiononly"}
 # what `load_model` builds: text-to-audio models
 MODEL_KINDS = ("teacher", "student", "captiononly")
+ASSETS = Path(__file__).resolve().parent / "assets"
+# The models that ship with the package (their cards: docs/models.md); names usable as `path`.
+SHIPPED = {"student": ASSETS / "student.safetensors", "teacher": ASSETS / "teacher.safetensors",
+           # the caption-only one-pass student (docs/captiononly.md)
+           "captiononly": ASSETS / "captiononly.safetensors",
+           # the student with its guidance distilled into one pass (docs/guidance.md)
+           "guided": ASSETS / "guided.safetensors"}
+DEFAULT_CKPT = SHIPPED["student"]
+# the shipped trained vocoder (research/reports/codecs.md); `vocoder="trained"` picks it
+SHIPPED_VOCODER = ASSETS / "vocoder.safetensors"
+
+
+def resolve_checkpoint(path: str | Path | None) -> Path:
+    """`path` itself, or the shipped model it names (None = "student"; see SHIPPED). A bare
+    shipped name always means the shipped model, whatever the working folder holds (as
+    bare config names do, `config.resolve_config_path`): write `./student` for a local
+    file. A path that does not exist is refused with the shipped names listed."""
+    name = "student" if path is None else str(path)
+    if name in SHIPPED:
+        if not SHIPPED[name].is_file():
+            raise UserError(f"the shipped {name} model is missing ({SHIPPED[name]}); "
+                            "reinstall energytta or pass --ckpt PATH")
+        return SHIPPED[name]
+    if not Path(path).exists():
+        raise UserError(f"checkpoint not found: {path} (a shipped model: "
+                        f"{', '.join(SHIPPED)}; or a model.safetensors, a step-XXXXXXX "
+                        "folder or a run folder)")
+    return Path(path)
 
 
 def kind_for(cfg: Config) -> str:

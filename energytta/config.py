@@ -19,11 +19,7 @@ from typing import Any
 
 import yaml
 
-from energytta.errors import UserError
-
-
-class ConfigError(UserError, ValueError):
-    """A bad config file, key or value; the message is one line meant for the user."""
+from energytta.errors import ConfigError, UserError  # noqa: F401 (ConfigError: re-exported)
 
 
 class _Loader(yaml.SafeLoader):
@@ -149,7 +145,7 @@ class ModelConfig:
     # enters the decoder through a zero-initialised projection added to the mask tokens,
     # so tokens generated in one pass can be coordinated (per-token head noise cannot)
     noise_inputs: bool = False
-    # guidance-distilled students (issue 20, `train.objective=guidance`): a head on the
+    # guidance-distilled students (`train.objective=guidance`): a head on the
     # backbone's output predicts the guidance slope, z + (w - 1)·Δ(z), so one conditional
     # pass gives the two-pass guided features z_u + w(z_c - z_u); at w = 1 it is the
     # plain conditional model (docs/guidance.md)

@@ -30,24 +30,16 @@ import numpy as np
 import torch
 
 from energytta import editing
+# the shipped models live with the checkpoint code; re-exported for the Python API
+from energytta.checkpoint import (ASSETS, DEFAULT_CKPT, MODEL_KINDS, SHIPPED,  # noqa: F401
+                                  SHIPPED_VOCODER, resolve_checkpoint)
 from energytta.config import Config
 from energytta.editing import EditPlan
 from energytta.errors import UserError
 from energytta.outputs import audio_write, checkpoint_sha256
 from energytta.utils import pick_device
 
-ASSETS = Path(__file__).resolve().parent / "assets"
-# The models that ship with the package (docs/reports/quality.md); names usable as `path`.
-SHIPPED = {"student": ASSETS / "student.safetensors", "teacher": ASSETS / "teacher.safetensors",
-           # the caption-only one-pass student (docs/captiononly.md)
-           "captiononly": ASSETS / "captiononly.safetensors",
-           # the student with its guidance distilled into one pass (docs/guidance.md)
-           "guided": ASSETS / "guided.safetensors"}
-DEFAULT_CKPT = SHIPPED["student"]
-# the shipped trained vocoder (docs/reports/codecs.md); `vocoder="trained"` picks it
-SHIPPED_VOCODER = ASSETS / "vocoder.safetensors"
 VOCODER_CHOICES = ("checkpoint", "griffin-lim", "trained")
-KINDS = ("teacher", "student", "captiononly")
 Audio = str | Path | np.ndarray  # an input clip: a file, or samples at the model's rate
 # ((S,), or (channels, S) / (S, channels) mixed to mono; int16/int32/uint8 PCM scaled)
 # autocast precision of text encoding and decoding; the codec and vocoder stay in fp32
@@ -129,24 +121,6 @@ def apply_vocoder(codec: torch.nn.Module, cfg: Config, vocoder: str) -> str:
         raise UserError(f"vocoder {vocoder}: {path} {what} (use "
                         f"{', '.join(VOCODER_CHOICES)} or a vocoder .safetensors)")
     return replace_vocoder(codec, cfg, "trained", path)
-
-
-def resolve_checkpoint(path: str | Path | None) -> Path:
-    """`path` itself, or the shipped model it names (None = "student"; see SHIPPED). A bare
-    shipped name always means the shipped model, whatever the working folder holds (as
-    bare config names do, `config.resolve_config_path`): write `./student` for a local
-    file. A path that does not exist is refused with the shipped names listed."""
-    name = "student" if path is None else str(path)
-    if name in SHIPPED:
-        if not SHIPPED[name].is_file():
-            raise UserError(f"the shipped {name} model is missing ({SHIPPED[name]}); "
-                            "reinstall energytta or pass --ckpt PATH")
-        return SHIPPED[name]
-    if not Path(path).exists():
-        raise UserError(f"checkpoint not found: {path} (a shipped model: "
-                        f"{', '.join(SHIPPED)}; or a model.safetensors, a step-XXXXXXX "
-                        "folder or a run folder)")
-    return Path(path)
 
 
 def sample_seeds(seed: int, num_samples: int) -> list[int]:
@@ -258,7 +232,7 @@ class TextToAudio:
             dtype: "fp32" | "bf16" | "fp16" autocast for text encoding and decoding.
             vocoder: "checkpoint" (the one it was trained with; Griffin-Lim for the shipped
                 models), "griffin-lim", "trained" (the shipped trained vocoder, far faster
-                than Griffin-Lim on CPU: docs/reports/speed_quality.md) or a vocoder file.
+                than Griffin-Lim on CPU: research/reports/speed_quality.md) or a vocoder file.
         """
         from energytta.checkpoint import load_model
 
@@ -266,8 +240,9 @@ class TextToAudio:
         dev = pick_device(str(device)) if isinstance(device, str) else device
         sha = checkpoint_sha256(path)  # before loading: a newer file can only make it stale
         cfg, kind, model, codec = load_model(path, dev)
-        if kind not in KINDS:
-            raise UserError(f"{path}: checkpoint kind '{kind}' is not one of {', '.join(KINDS)}")
+        if kind not in MODEL_KINDS:
+            raise UserError(f"{path}: checkpoint kind '{kind}' is not one of "
+                            f"{', '.join(MODEL_KINDS)}")
         pipe = cls(cfg, kind, model.eval(), codec.eval(), dev, Path(path), dtype=dtype)
         pipe.checkpoint_sha256 = sha
         pipe.use_vocoder(vocoder)

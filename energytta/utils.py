@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import random
 import shutil
@@ -12,6 +11,9 @@ from typing import Iterator
 
 import numpy as np
 import torch
+
+# the disk-full test lives with the errors it becomes (re-exported for writers here)
+from energytta.errors import DISK_FULL_HINT, is_disk_full, is_unwritable
 
 
 # Every temporary `atomic_path` makes is a hidden folder named with this prefix that holds
@@ -61,47 +63,6 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)  # ... and leaves with it
-
-
-_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
-DISK_FULL_HINT = ("Free some space and rerun: energytta-train --resume continues from the "
-                  "last checkpoint, energytta-sample skips the prompts it finished")
-# how writers that do not raise OSError word it: safetensors ("... (os error 28)"), libc
-_FULL_WORDS = ("no space left on device", "os error 28", "disk quota exceeded")
-# a write that failed while less than this is free is taken to be a full disk (libsndfile
-# reports ENOSPC as an opaque "LibsndfileError(2, '')")
-_NEARLY_FULL = 1 << 20
-
-
-# a folder we may not write to (not a full disk, whatever space it reports: /proc has none)
-_UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
-_UNWRITABLE_WORDS = ("permission denied", "os error 13)", "read-only file system",
-                     "os error 30)", "operation not permitted", "os error 1)")
-
-
-def is_unwritable(exc: BaseException) -> bool:
-    """Whether `exc` says permission was refused (EACCES, EPERM, EROFS), by errno or by the
-    words writers that wrap it use (safetensors: "Permission denied (os error 13)")."""
-    if isinstance(exc, OSError) and exc.errno in _UNWRITABLE:
-        return True
-    return any(w in str(exc).lower() for w in _UNWRITABLE_WORDS)
-
-
-def is_disk_full(exc: BaseException, folder: str | Path | None = None) -> bool:
-    """Whether `exc` (raised while writing into `folder`) means the disk or quota is full."""
-    if isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS:
-        return True
-    if any(w in str(exc).lower() for w in _FULL_WORDS):
-        return True
-    if folder is None or not isinstance(exc, (OSError, RuntimeError)) or is_unwritable(exc):
-        return False
-    if isinstance(exc, OSError) and exc.errno is not None:
-        return False  # the errno says what it is, and it is not ENOSPC
-    try:  # an opaque error (libsndfile) where a writable folder has no room left
-        return (shutil.disk_usage(folder).free < _NEARLY_FULL
-                and os.access(folder, os.W_OK))
-    except OSError:
-        return False
 
 
 def _unwritable(path: Path, reason: str) -> Exception:

@@ -1,15 +1,17 @@
 """Shared fixtures: tiny in-code models, no downloads, one thread (CI has 2 cores)."""
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
+
+from energytta.errors import run_cli
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -120,15 +122,12 @@ def clap_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def load_tool():
-    """Import a script from tools/ (not a package) by name: `load_tool("bench")`."""
+def research_command():
+    """A report command of `research/` by module name, run as `python -m research.NAME`
+    would run it: `research_command("quality").main(argv)` returns the exit code."""
     def load(name: str):
-        path = Path(__file__).resolve().parent.parent / "tools" / f"{name}.py"
-        spec = importlib.util.spec_from_file_location(f"tools_{name}", path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # dataclasses look their module up there
-        spec.loader.exec_module(module)
-        return module
+        module = importlib.import_module(f"research.{name}")
+        return SimpleNamespace(module=module, main=lambda argv: run_cli(module.main, argv))
     return load
 
 

@@ -200,8 +200,7 @@ def test_bad_input_is_one_line(problem, tiny_text_dir, teacher, tiny_ckpts, tmp_
 
 
 def test_study_page_reads_its_numbers_off_the_rows(tmp_path):
-    from energytta.reports import captiononly as study
-    from energytta.reports.captiononly_page import render
+    from research import captiononly as study
 
     def row(acc, typ, fd, cpu):
         checks = {"overall": {"accuracy": acc, "n": 10}, "type": {"accuracy": typ, "n": 10},
@@ -218,8 +217,8 @@ def test_study_page_reads_its_numbers_off_the_rows(tmp_path):
     arms = ["step0", "main", "tv-l1"]
     curves = {a: [{"step": 30, "val/gen_type": 0.25, "val/gen_attributes": 0.3,
                    "val/gen_count": 0.2}] for a in arms}
-    text = render(args, arms, rows, curves, {a: "–" for a in arms},
-                  {"command": "python tools/captiononly_report.py", "date": "d", "machine": "m"})
+    text = study.render(args, arms, rows, curves, {a: "–" for a in arms},
+                        {"command": "python -m research.captiononly", "date": "d", "machine": "m"})
     assert "| `tv-l1` | + TV, L1, λ_TV = 0.03 | 0.320 | +0.020 | 0.300 | +0.000 |" in text
     assert "starts (`step0`) at attribute accuracy 0.200" in text
     assert "`tv-l1`, reaches 0.320 (+0.120) after 90 steps" in text

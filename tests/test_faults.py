@@ -309,7 +309,7 @@ def test_resume_skips_a_damaged_newest_checkpoint_and_refuses_when_none_reads(
 
 # ------------------------------------------------------------------ long prompt lists
 def test_memory_report_tells_a_flat_run_from_a_leaking_one():
-    from energytta.reports import memory
+    from research import memory
 
     args = memory.build_parser().parse_args(["--out", "x.md", "--prompts", "400"])
     warm = [(0.0, 200.0, 0)] + [(1.0 + i, 600.0 + (i % 3), 4 * i) for i in range(101)]

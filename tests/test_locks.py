@@ -1,4 +1,4 @@
-"""One writer per output folder (issue 18, item 1)."""
+"""One writer per output folder."""
 import subprocess
 import sys
 from pathlib import Path

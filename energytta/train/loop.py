@@ -436,7 +436,7 @@ class Trainer:
 
     def run(self) -> nn.Module:
         t, window = self.cfg.train, self.window
-        # a wall budget for this invocation (a lent GPU, a session's end): the run finishes
+        # a wall budget for this invocation (a rented GPU, a time slot): the run finishes
         # as at train.steps (checkpoint, validation, export) and --resume continues it
         deadline = time.monotonic() + 60 * t.max_minutes if t.max_minutes > 0 else None
         with StopRequest() as stop, make_progress(self.console, not self.main) as bar:

@@ -16,11 +16,11 @@ objective plugs in with `register_objective` (or an entry here) without touching
 """
 from __future__ import annotations
 
-import importlib
 from typing import Union
 
 from energytta.config import Config
 from energytta.errors import UserError
+from energytta.plugins import load_object
 from energytta.train.objectives.base import Objective, TrainContext, ValContext
 
 CODEC_PARTS = ("vae", "vocoder")
@@ -66,8 +66,7 @@ def objective_class(cfg: Config) -> type[Objective]:
         raise UserError(f"unknown train.objective '{name}' (valid: {', '.join(OBJECTIVES)})")
     target = OBJECTIVES[name]
     if isinstance(target, str):
-        module, cls = target.split(":")
-        target = getattr(importlib.import_module(module), cls)
+        target = load_object(target)
     return target
 
 
