@@ -238,6 +238,10 @@ class TrainConfig:
     # wall-clock budget of one energytta-train invocation in minutes (0 = none): at the
     # budget the run saves, validates and exports as at train.steps; --resume continues
     max_minutes: float = 0.0
+    # start a fresh run from a model file's weights (a path, a step or run folder, or a
+    # shipped name: teacher, student, guided, captiononly) with a fresh optimizer and
+    # schedule; "" = the objective's own initialisation. --resume ignores it.
+    init_from: str = ""
     sample_prompts: list[str] = field(default_factory=lambda: [
         "a high beep repeats three times",
         "a dog-like bark with rain in the background",
