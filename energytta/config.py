@@ -59,9 +59,13 @@ class AudioConfig:
 
 @dataclass
 class CodecConfig:
-    name: str = "mel"  # "mel" (normalised log-mel) | "vae" (trained here) | "audioldm"
+    name: str = "mel"  # "mel" (normalised log-mel) | "pca" | "vae" (trained here) | "audioldm"
     path: str = ""  # vae: codec .safetensors from energytta-train; audioldm: folder with vae/
     griffin_lim_iters: int = 32
+    # pca: compact tokens, `pca_frames` mel frames x n_mels on their top `pca_dim` principal
+    # components, fitted with the mel statistics (energytta/audio/pca.py)
+    pca_dim: int = 64
+    pca_frames: int = 5
     vocoder: str = "griffin-lim"  # "griffin-lim" | "trained" | "hifigan" (SpeechT5HifiGan)
     vocoder_path: str = ""  # trained: vocoder .safetensors; hifigan: folder (or its vocoder/)
     train: str = ""  # "vae" | "vocoder": energytta-train trains this instead of a TTA model

@@ -211,8 +211,11 @@ def read_index(folder: Path) -> dict[str, Any]:
 def cache_settings(cfg: Config) -> dict[str, Any]:
     """The config values latents and text states depend on (stored in index.json)."""
     keys = ("sample_rate", "n_fft", "win_length", "hop_length", "n_mels", "f_min", "f_max")
+    codec = {"name": cfg.codec.name, "path": cfg.codec.path}
+    if cfg.codec.name == "pca":  # its latents' shape (older caches never name these keys)
+        codec.update(pca_dim=cfg.codec.pca_dim, pca_frames=cfg.codec.pca_frames)
     return {"audio": {k: getattr(cfg.audio, k) for k in keys},
-            "codec": {"name": cfg.codec.name, "path": cfg.codec.path},
+            "codec": codec,
             "text": {"model": cfg.text.model, "max_length": cfg.text.max_length}}
 
 
