@@ -23,6 +23,7 @@ import json
 import random
 import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -33,7 +34,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 import energytta
-from energytta.config import Config, from_dict
+from energytta.config import Config, from_saved_dict
+from energytta.config_rules import validate
 from energytta.errors import UserError
 from energytta.utils import atomic_path, atomic_write_text
 
@@ -42,6 +44,34 @@ STEP_RE = re.compile(r"^step-(\d{7,})$")
 _KINDS = {"diffusion": "teacher", "energy": "student", "onestep": "captiononly"}
 # what `load_model` builds: text-to-audio models
 MODEL_KINDS = ("teacher", "student", "captiononly")
+ASSETS = Path(__file__).resolve().parent / "assets"
+# The models that ship with the package (their cards: docs/models.md); names usable as `path`.
+SHIPPED = {"student": ASSETS / "student.safetensors", "teacher": ASSETS / "teacher.safetensors",
+           # the caption-only one-pass student (docs/captiononly.md)
+           "captiononly": ASSETS / "captiononly.safetensors",
+           # the student with its guidance distilled into one pass (docs/guidance.md)
+           "guided": ASSETS / "guided.safetensors"}
+DEFAULT_CKPT = SHIPPED["student"]
+# the shipped trained vocoder (research/reports/codecs.md); `vocoder="trained"` picks it
+SHIPPED_VOCODER = ASSETS / "vocoder.safetensors"
+
+
+def resolve_checkpoint(path: str | Path | None) -> Path:
+    """`path` itself, or the shipped model it names (None = "student"; see SHIPPED). A bare
+    shipped name always means the shipped model, whatever the working folder holds (as
+    bare config names do, `config.resolve_config_path`): write `./student` for a local
+    file. A path that does not exist is refused with the shipped names listed."""
+    name = "student" if path is None else str(path)
+    if name in SHIPPED:
+        if not SHIPPED[name].is_file():
+            raise UserError(f"the shipped {name} model is missing ({SHIPPED[name]}); "
+                            "reinstall energytta or pass --ckpt PATH")
+        return SHIPPED[name]
+    if not Path(path).exists():
+        raise UserError(f"checkpoint not found: {path} (a shipped model: "
+                        f"{', '.join(SHIPPED)}; or a model.safetensors, a step-XXXXXXX "
+                        "folder or a run folder)")
+    return Path(path)
 
 
 def kind_for(cfg: Config) -> str:
@@ -85,14 +115,28 @@ def _read_safetensors(path: Path, what: str) -> tuple[dict[str, torch.Tensor], d
 
 
 def _config_from_json(text: str, path: Path) -> Config:
+    """The stored config, type- and range-checked like a user's (`config_rules`)."""
     try:
-        return from_dict(json.loads(text))
-    except (json.JSONDecodeError, TypeError) as e:
-        raise UserError(f"{path}: stored config is not valid JSON ({e}); "
+        return validate(from_saved_dict(json.loads(text)))
+    except (json.JSONDecodeError, TypeError, RecursionError) as e:
+        reason = "nested too deeply" if isinstance(e, RecursionError) else str(e)
+        raise UserError(f"{path}: stored config is not valid JSON ({reason}); "
                         "the checkpoint is damaged") from None
     except UserError as e:
         raise UserError(f"{path}: stored config does not fit this energytta "
                         f"{energytta.__version__} ({e})") from None
+
+
+def _text_dim_of(value: Any, path: Path) -> int:
+    """The stored text-encoder width as a positive int, or a one-line UserError."""
+    try:
+        dim = int(value)
+    except (TypeError, ValueError, OverflowError):
+        dim = 0
+    if isinstance(value, bool) or dim <= 0 or str(dim) != str(value).strip():
+        raise UserError(f"{path}: stored text_dim={value!r} is not a positive whole number; "
+                        "the checkpoint is damaged: re-export it")
+    return dim
 
 
 # ------------------------------------------------------------------ inference file
@@ -280,10 +324,20 @@ def save_training_state(run_dir: str | Path, step: int, *, model: nn.Module,
     return folder
 
 
-def load_training_state(folder: str | Path) -> dict[str, Any]:
+# what `--resume` reads from state.json beside the weights (the training loop's `state`)
+RESUME_KEYS = ("scheduler", "rng", "data")
+
+
+def load_training_state(folder: str | Path, require: tuple[str, ...] = ()) -> dict[str, Any]:
     """Read a step folder -> {"state": json dict, "config": Config, "model", "optimizer" (a
     torch optimizer state dict), and every other tensor group in it: "ema", "codec" (when
-    the run has them), "objective", ...} (CPU tensors)."""
+    the run has them), "objective", ...} (CPU tensors).
+
+    Args:
+        folder: the step folder.
+        require: state.json entries that must be present (e.g. RESUME_KEYS); a missing one
+            is a one-line UserError, as every malformed entry is.
+    """
     folder = Path(folder)
     path = folder / "state.json"
     if not path.is_file():
@@ -291,11 +345,14 @@ def load_training_state(folder: str | Path) -> dict[str, Any]:
                         "pass a step-XXXXXXX folder, a run folder or a model.safetensors")
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is not valid JSON ({e}); the checkpoint is damaged, "
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        reason = "nested too deeply" if isinstance(e, RecursionError) else str(e)
+        raise UserError(f"{path} is not valid JSON ({reason}); the checkpoint is damaged, "
                         "delete this step folder to fall back to an older one") from None
-    if doc.get("format") != FORMAT:
-        raise UserError(f"{path} is not an energytta training state (format missing)")
+    _check_state_doc(doc, path)
+    missing = [k for k in require if k not in doc]
+    if missing:
+        raise _damaged(path, f"'{missing[0]}' is missing")
     out: dict[str, Any] = {"state": doc, "config": _config_from_json(json.dumps(doc["config"]),
                                                                      path)}
     out["model"], _ = _read_safetensors(folder / "model.safetensors", "checkpoint file")
@@ -303,14 +360,91 @@ def load_training_state(folder: str | Path) -> dict[str, Any]:
         if extra.stem not in out and extra.stem != "optim":
             out[extra.stem], _ = _read_safetensors(extra, "checkpoint file")
     optim_tensors, _ = _read_safetensors(folder / "optim.safetensors", "checkpoint file")
-    out["optimizer"] = decode_tree(doc["optimizer"], optim_tensors)
+    out["optimizer"] = _decode_part(doc["optimizer"], optim_tensors, path, "optimizer")
     return out
 
 
+def _damaged(path: Path, what: str) -> UserError:
+    return UserError(f"{path}: {what}; the checkpoint is damaged, delete this step folder "
+                     "to fall back to an older one")
+
+
+def _decode_part(tree: Any, tensors: Mapping[str, torch.Tensor], path: Path, key: str) -> Any:
+    """`decode_tree` of state.json's `key`, a malformed tree (a `__tensor__` naming a
+    missing tensor, broken `__items__`) being a one-line UserError."""
+    try:
+        return decode_tree(tree, tensors)
+    except (KeyError, TypeError, ValueError, RecursionError) as e:
+        raise _damaged(path, f"'{key}' is malformed ({type(e).__name__}: {e})") from None
+
+
+def _check_state_doc(doc: Any, path: Path) -> None:
+    """Refuse (UserError) a state.json that is valid JSON of the wrong shape, before any of
+    it is used: every entry a loader or `--resume` reads must have its type."""
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise UserError(f"{path} is not an energytta training state (format missing)")
+    step = doc.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise _damaged(path, f"'step' is {step!r}, not a whole number >= 0")
+    for key, types in (("config", dict), ("optimizer", (dict, list)), ("data", dict),
+                       ("rng", dict), ("ema_updates", int), ("elapsed", (int, float))):
+        required = key in ("config", "optimizer")
+        if (required or key in doc) and not isinstance(doc.get(key), types):
+            raise _damaged(path, f"'{key}' is missing or of the wrong type")
+    if doc.get("text_dim") is not None:
+        _text_dim_of(doc["text_dim"], path)
+    if not all(isinstance(v, int) for v in doc.get("data", {}).values()):
+        raise _damaged(path, "'data' holds a non-integer position")
+    if "scheduler" in doc:
+        _decode_part(doc["scheduler"], {}, path, "scheduler")
+    if "rng" in doc:
+        _check_rng(doc["rng"], path)
+
+
+def _check_rng(state: Mapping[str, Any], path: Path) -> None:
+    """Restore `state` into throw-away generators: what `set_rng_state` would do to the
+    global ones, so that a bad state fails here, in one line, and changes nothing."""
+    try:
+        random.Random().setstate(decode_tree(state["python"], {}))
+        np.random.RandomState().set_state(decode_tree(state["numpy"], {}))
+        torch.Generator().set_state(torch.tensor(state["torch"], dtype=torch.uint8))
+        for s in state.get("cuda", []):
+            torch.tensor(s, dtype=torch.uint8)
+    except (TypeError, ValueError, KeyError, IndexError, RuntimeError, OverflowError) as e:
+        raise _damaged(path, f"'rng' is not a saved random state ({type(e).__name__})"
+                       ) from None
+
+
 # ------------------------------------------------------------------ loading a model
+def check_fits(expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor],
+               path: Path, what: str = "model") -> None:
+    """Refuse in one line stored tensors that do not match `expected` (a module's state
+    dict, possibly on the meta device) in names, shapes or kind of dtype: floating-point
+    weights must be stored as floating point (float16 for `--half`), not cast silently
+    from integers; integer buffers keep their exact dtype."""
+    names = sorted(set(expected) ^ set(state))
+    if names:
+        where = "missing from the file" if names[0] in expected else "not in the model"
+        raise UserError(f"{path}: {what} weights do not fit the {what} built from its config "
+                        f"({names[0]} is {where}); was it written by another energytta "
+                        "version?")
+    for key, want in expected.items():
+        got = state[key]
+        if tuple(got.shape) != tuple(want.shape):
+            raise UserError(f"{path}: {what} weights do not fit the {what} built from its "
+                            f"config ({key} is stored as {tuple(got.shape)}, the config "
+                            f"builds {tuple(want.shape)}); the file is damaged or edited")
+        if (got.is_floating_point() != want.is_floating_point()
+                or (not want.is_floating_point() and got.dtype != want.dtype)):
+            raise UserError(f"{path}: {what} tensor {key} is stored as {got.dtype}, expected "
+                            f"{want.dtype}; energytta never casts weights between kinds: the "
+                            "file is damaged or not an energytta export")
+
+
 def load_weights(module: nn.Module, state: Mapping[str, torch.Tensor], path: Path,
                  what: str = "model") -> None:
     """`load_state_dict(strict=True)`, with a mismatch turned into a one-line UserError."""
+    check_fits(module.state_dict(), state, path, what)
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as e:
@@ -323,21 +457,92 @@ def load_weights(module: nn.Module, state: Mapping[str, torch.Tensor], path: Pat
 
 
 def _resolve(path: Path) -> Path:
-    """Inference file, step folder, or run folder -> the file/folder to read."""
+    """Inference file, step folder, or run folder -> the file/folder to read (a run folder
+    is returned as is: `_read_source` picks its newest readable step)."""
     if path.is_file():
         return path
     if not path.exists():
         raise UserError(f"checkpoint not found: {path} (pass a model.safetensors, a "
                         "step-XXXXXXX folder or a run folder)")
-    if (path / "state.json").is_file():
+    if (path / "state.json").is_file() or list_checkpoints(path):
         return path
-    latest = latest_checkpoint(path)
-    if latest is not None:
-        return latest
     if (path / "model.safetensors").is_file():
         return path / "model.safetensors"
     raise UserError(f"{path} holds no checkpoint (no step-XXXXXXX/ folder, no "
                     "model.safetensors); train with energytta-train or pass another path")
+
+
+# a run that saves faster than a reader reads could otherwise keep it retrying forever
+_MAX_RETRIES = 20
+
+
+def newest_readable_step(run_dir: Path) -> tuple[Path, dict[str, Any]]:
+    """The newest step folder of `run_dir` whose files all read, and its contents.
+
+    A run that is training prunes older steps while we read (it holds the folder's lock
+    for its whole life, so a reader cannot wait for it): a step that vanished, or that a
+    newer step replaced, mid-read is retried from a fresh listing, silently. A step that
+    stays damaged (a truncated file, a state.json of the wrong shape) is skipped with a
+    warning naming it, for the next older one.
+    """
+    skipped: set[Path] = set()
+    first_error: UserError | None = None
+    for _ in range(_MAX_RETRIES):
+        found = [p for p in list_checkpoints(run_dir) if p not in skipped]
+        if not found:
+            break
+        folder = found[-1]
+        try:
+            return folder, load_training_state(folder)
+        except UserError as e:
+            skipped.add(folder)
+            if not folder.is_dir() or list_checkpoints(run_dir)[-1:] != [folder]:
+                continue  # pruned or superseded while we read it: not damaged
+            first_error = first_error or e
+            warnings.warn(f"skipping damaged {folder.name} ({e})", stacklevel=3)
+    raise UserError(f"no readable checkpoint in {run_dir} ({first_error or 'none left'}); "
+                    "delete the damaged step-XXXXXXX folders or pass another checkpoint"
+                    ) from None
+
+
+def _read_source(src: Path) -> tuple[Path, Config, str, dict[str, torch.Tensor],
+                                     dict[str, torch.Tensor], int]:
+    """Read what `_resolve` chose -> (the file or step folder read, cfg, kind,
+    model_state, codec_state, text_dim)."""
+    if src.is_file():
+        cfg, kind, model_state, codec_state, meta = load_inference(src)
+        if "text_dim" not in meta:
+            raise UserError(f"{src}: metadata lacks 'text_dim'; re-export the checkpoint")
+        return src, cfg, kind, model_state, codec_state, _text_dim_of(meta["text_dim"], src)
+    if (src / "state.json").is_file():
+        loaded = load_training_state(src)
+    else:
+        src, loaded = newest_readable_step(src)
+    cfg, kind = loaded["config"], loaded["state"].get("kind", "")
+    if kind and kind not in MODEL_KINDS:
+        raise UserError(f"{src} is a training state of a {kind}, not of a text-to-audio "
+                        f"model; use the {kind} file its run exported")
+    if loaded["state"].get("text_dim") is None or "ema" not in loaded:
+        raise UserError(f"{src}: the training state lacks text_dim or EMA weights; "
+                        "pass the model file its run exported")
+    return (src, cfg, kind, loaded["ema"], loaded.get("codec", {}),
+            _text_dim_of(loaded["state"]["text_dim"], src))
+
+
+def _check_counts(cfg: Config, text_dim: int, state: Mapping[str, torch.Tensor],
+                  src: Path) -> None:
+    """Refuse sizes no file of this many numbers can hold, before even a meta-device build
+    (whose cost grows with the number of layers): each of these sizes gives the model at
+    least that many weights."""
+    held = sum(t.numel() for t in state.values())
+    m, h = cfg.model, cfg.head
+    for key, value in (("text_dim", text_dim), ("model.width", m.width),
+                       ("model.encoder_depth", m.encoder_depth),
+                       ("model.decoder_depth", m.decoder_depth), ("head.width", h.width),
+                       ("head.depth", h.depth)):
+        if value > held:
+            raise UserError(f"{src}: {key}={value} asks for more weights than the file holds "
+                            f"({held} numbers); the checkpoint is damaged or edited")
 
 
 def load_codec_state(path: str | Path) -> dict[str, torch.Tensor]:
@@ -346,10 +551,7 @@ def load_codec_state(path: str | Path) -> dict[str, torch.Tensor]:
     Args:
         path: an inference `.safetensors`, a `step-XXXXXXX/` folder or a run folder.
     """
-    src = _resolve(Path(path))
-    if src.is_file():
-        return load_inference(src)[3]
-    return load_training_state(src)["codec"]
+    return _read_source(_resolve(Path(path)))[4]
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu"
@@ -364,20 +566,14 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"
     from energytta.audio.codec import build_codec
     from energytta.models.tta import TTAModel
 
-    src = _resolve(Path(path))
-    if src.is_file():
-        cfg, kind, model_state, codec_state, meta = load_inference(src)
-        if "text_dim" not in meta:
-            raise UserError(f"{src}: metadata lacks 'text_dim'; re-export the checkpoint")
-        text_dim = int(meta["text_dim"])
-    else:
-        loaded = load_training_state(src)
-        cfg, kind = loaded["config"], loaded["state"].get("kind", "")
-        if kind and kind not in MODEL_KINDS:
-            raise UserError(f"{src} is a training state of a {kind}, not of a text-to-audio "
-                            f"model; use the {kind} file its run exported")
-        model_state, codec_state = loaded["ema"], loaded["codec"]
-        text_dim = int(loaded["state"]["text_dim"])
+    src, cfg, kind, model_state, codec_state, text_dim = _read_source(_resolve(Path(path)))
+    _check_counts(cfg, text_dim, model_state, src)
+    # build on the meta device first (no memory): a file whose config asks for absurd
+    # sizes (model.width=2**20, text_dim=4e9) is refused by its tensors' shapes, not
+    # by the allocator
+    with torch.device("meta"):
+        check_fits(TTAModel(cfg, text_dim).state_dict(), model_state, src)
+        check_fits(build_codec(cfg, load_parts=False).state_dict(), codec_state, src, "codec")
     model = TTAModel(cfg, text_dim)
     load_weights(model, model_state, src)
     codec = build_codec(cfg, load_parts=False)  # trained codec parts come from the checkpoint

@@ -24,7 +24,7 @@ def train_main(argv: list[str] | None = None) -> int:
 
 
 def sample_main(argv: list[str] | None = None) -> int:
-    """`energytta-sample --prompts FILE [--ckpt P] ...`."""
+    """`energytta-sample (--prompt TEXT ... | --prompts FILE|-) [--ckpt P] ...`."""
     from energytta.sample_cli import main
     return run_cli(main, argv)
 

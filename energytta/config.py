@@ -19,11 +19,7 @@ from typing import Any
 
 import yaml
 
-from energytta.errors import UserError
-
-
-class ConfigError(UserError, ValueError):
-    """A bad config file, key or value; the message is one line meant for the user."""
+from energytta.errors import ConfigError, UserError  # noqa: F401 (ConfigError: re-exported)
 
 
 class _Loader(yaml.SafeLoader):
@@ -38,6 +34,36 @@ _Loader.yaml_implicit_resolvers = {
 _Loader.add_implicit_resolver("tag:yaml.org,2002:bool",
                               re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 BOOL_WORDS = {"yes": True, "on": True, "no": False, "off": False}
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class _DuplicateKey(yaml.constructor.ConstructorError):
+    """A key given twice in one YAML mapping."""
+
+
+def _refuse_duplicate_keys(loader: yaml.SafeLoader, node: yaml.MappingNode,
+                           deep: bool = False) -> dict[Any, Any]:
+    """A mapping in which a key appears twice is an error: PyYAML keeps the last value
+    silently, so `lr: 1e-3` above a forgotten `lr: 1.0` would train at 1.0 unnoticed."""
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        if key_node.tag == _MERGE_TAG:
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            duplicate = key in seen
+            seen.add(key)
+        except TypeError:  # an unhashable key: PyYAML's own check names it
+            continue
+        if duplicate:
+            raise _DuplicateKey(
+                None, None, f"duplicate key {key!r} at line {key_node.start_mark.line + 1} "
+                "(each key may appear once per section; keep one)", key_node.start_mark)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+                        lambda loader, node: _refuse_duplicate_keys(loader, node))
 
 
 def _yaml(text: str) -> Any:
@@ -61,6 +87,11 @@ class AudioConfig:
 class CodecConfig:
     name: str = "mel"  # "mel" (normalised log-mel) | "pca" | "vae" (trained here) | "audioldm"
     path: str = ""  # vae: codec .safetensors from energytta-train; audioldm: folder with vae/
+    # audioldm: how a waveform becomes the VAE's mel. "audioldm" = AudioLDM's own
+    # preprocessing (tools.py / stft.py: mean removed, peak 0.5, TacotronSTFT framing);
+    # "legacy" = the raw waveform on the built-in mel framing (checkpoints saved before
+    # this key existed load with it)
+    preprocess: str = "audioldm"
     griffin_lim_iters: int = 32
     # pca: compact tokens, `pca_frames` mel frames x n_mels on their top `pca_dim` principal
     # components, fitted with the mel statistics (energytta/audio/pca.py)
@@ -88,6 +119,9 @@ class CodecConfig:
 @dataclass
 class TextConfig:
     model: str = ""  # local folder of a transformers encoder; "" = packaged MiniLM
+    # a second encoder folder; its token states follow text.model's along the sequence,
+    # each in its own feature block (IMPACT: Flan-T5 and CLAP; energytta/text.py)
+    extra_model: str = ""
     max_length: int = 64  # longer prompts are truncated with a warning
 
 
@@ -115,7 +149,7 @@ class ModelConfig:
     # enters the decoder through a zero-initialised projection added to the mask tokens,
     # so tokens generated in one pass can be coordinated (per-token head noise cannot)
     noise_inputs: bool = False
-    # guidance-distilled students (issue 20, `train.objective=guidance`): a head on the
+    # guidance-distilled students (`train.objective=guidance`): a head on the
     # backbone's output predicts the guidance slope, z + (w - 1)·Δ(z), so one conditional
     # pass gives the two-pass guided features z_u + w(z_c - z_u); at w = 1 it is the
     # plain conditional model (docs/guidance.md)
@@ -226,6 +260,9 @@ class TrainConfig:
     grad_accum: int = 1
     ema_decay: float = 0.999
     mixed_precision: str = "no"  # "no" | "bf16" | "fp16" (GPU)
+    # several processes: DDP's find_unused_parameters (a graph walk every step). Off unless
+    # set here or the objective can leave a parameter without gradient (caption-only VSD)
+    find_unused_parameters: bool = False
     log_every: int = 10
     ckpt_every: int = 500
     keep_last: int = 3
@@ -379,6 +416,9 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> list[dict[str, Any]]:
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         line = str(e).splitlines()[0]
         raise ConfigError(f"cannot parse config file {path}: {line}") from None
+    except RecursionError:  # the YAML composer recurses once per nesting level
+        raise ConfigError(f"cannot parse config file {path}: nested too deeply (a config "
+                          "is sections of key: value)") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of sections")
     base = data.pop("base", None)
@@ -417,6 +457,8 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, raw = text.split("=", 1)
     try:
         value = _yaml(raw) if raw.strip() else ""
+    except _DuplicateKey as e:
+        raise ConfigError(f"override {text!r}: {e.problem}") from None
     except yaml.YAMLError:
         value = raw
     if isinstance(value, str) or value is None:
@@ -438,6 +480,22 @@ def from_dict(data: dict[str, Any]) -> Config:
     cfg = Config()
     _merge(cfg, data)
     return cfg
+
+
+# keys added after checkpoints were shipped: (section, key, value a saved config that lacks
+# the key meant, when) -- a checkpoint must keep its old behaviour, not take the new default
+_SAVED_DEFAULTS = (("codec", "preprocess", "legacy",
+                    lambda d: d.get("codec", {}).get("name") == "audioldm"),)
+
+
+def from_saved_dict(data: dict[str, Any]) -> Config:
+    """`from_dict` for a config stored in a checkpoint: missing keys that changed a default
+    get the value the checkpoint was trained with."""
+    data = json.loads(json.dumps(data))  # a deep copy; the caller's dict stays as it was
+    for section, key, value, applies in _SAVED_DEFAULTS:
+        if isinstance(data.get(section), dict) and key not in data[section] and applies(data):
+            data[section][key] = value
+    return from_dict(data)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:

@@ -73,14 +73,15 @@ class Source:
 
 def read_source(audio: str | Path | np.ndarray, sample_rate: int, flag: str = "--audio"
                 ) -> Source:
-    """A file (any rate, resampled with a warning) or a (S,) array at `sample_rate`.
+    """A file (any rate, resampled with a warning) or an array at `sample_rate`: (S,),
+    or (channels, S) / (S, channels) mixed to mono; integer PCM scaled to [-1, 1].
 
     Raises UserError for a missing, unreadable, empty, non-finite or silent input.
     """
     from energytta.audio.io import load_audio
 
     if isinstance(audio, np.ndarray):
-        wav = np.ascontiguousarray(audio, dtype=np.float32).reshape(-1)
+        wav = array_to_mono(audio, flag)
         name, digest, rate = "<array>", hashlib.sha256(wav.tobytes()).hexdigest(), sample_rate
         if wav.size == 0 or not np.isfinite(wav).all():
             raise UserError(f"{flag}: the array is empty or holds NaN/inf samples")
@@ -97,6 +98,41 @@ def read_source(audio: str | Path | np.ndarray, sample_rate: int, flag: str = "-
     if float(np.abs(wav).max()) < SILENT_PEAK:
         raise UserError(f"{flag} {name} is silent (peak below -80 dBFS); give a clip with sound")
     return Source(wav, int(sample_rate), name, digest, rate)
+
+
+# integer PCM -> float in [-1, 1]: (offset, full scale) per dtype, as soundfile reads files
+PCM_SCALE = {np.dtype(np.int16): (0.0, 2.0 ** 15), np.dtype(np.int32): (0.0, 2.0 ** 31),
+             np.dtype(np.uint8): (128.0, 128.0)}
+MAX_CHANNELS = 8  # a 2-D array's channel axis is the short one, at most this long
+
+
+def array_to_mono(audio: np.ndarray, flag: str = "--audio") -> np.ndarray:
+    """A caller's array -> (S,) float32 mono, as `load_audio` reads a file.
+
+    Integer PCM (int16, int32, uint8) is scaled to [-1, 1]; float arrays are taken as
+    they are. A (C, S) or (S, C) array (C <= MAX_CHANNELS, the shorter axis) is averaged
+    over its channels. UserError for other dtypes and for shapes whose channel axis
+    cannot be told (more than two axes, or two axes of which neither is short).
+    """
+    if audio.dtype in PCM_SCALE:
+        offset, scale = PCM_SCALE[audio.dtype]
+        audio = (audio.astype(np.float64) - offset) / scale
+    elif audio.dtype.kind != "f":
+        raise UserError(f"{flag}: an array of {audio.dtype} samples is not audio this reads; "
+                        "pass float samples in [-1, 1] or int16 / int32 / uint8 PCM")
+    if audio.ndim == 2 and min(audio.shape) == 1:
+        audio = audio.reshape(-1)
+    if audio.ndim == 2:
+        short = int(np.argmin(audio.shape))
+        if audio.shape[0] == audio.shape[1] or audio.shape[short] > MAX_CHANNELS:
+            raise UserError(f"{flag}: cannot tell channels from samples in an array of shape "
+                            f"{audio.shape}; pass (S,) mono, or (channels, S) with at most "
+                            f"{MAX_CHANNELS} channels")
+        audio = audio.mean(axis=short)  # channels mixed to mono, as files are
+    elif audio.ndim != 1:
+        raise UserError(f"{flag}: an array of shape {audio.shape} is not a clip; pass (S,) "
+                        "mono or (channels, S)")
+    return np.ascontiguousarray(audio, dtype=np.float32)
 
 
 # ------------------------------------------------------------------ spans
@@ -374,6 +410,9 @@ def plan_continue(geometry: Any, codec: torch.nn.Module, source: Source, seconds
                   device: torch.device, paste: bool = True, overlap: float = DEFAULT_OVERLAP,
                   crossfade: float = DEFAULT_CROSSFADE) -> EditPlan:
     """Keep all of `source` (cut to whole tokens) and continue it to `seconds`."""
+    if not math.isfinite(seconds):
+        raise UserError(f"--duration {seconds} must be a finite number of seconds (the "
+                        "length to continue the clip to)")
     grid = Grid.of(geometry)
     P_src, P = grid.patches_for(source.seconds), grid.patches_for(seconds)
     if P_src < 1:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from energytta.cli_help import DefaultsHelpFormatter
 from energytta.errors import UserError
 
 # what may change at export: sampling settings, never what the weights were trained with
@@ -38,6 +39,7 @@ def export(src: str | Path, out: str | Path, overrides: list[str] | None = None,
     from energytta.checkpoint import load_model, save_inference
     from energytta.config import apply_overrides
     from energytta.models.heads import build_head
+    from energytta.utils import check_writable
 
     out = Path(out)
     if out.is_dir() or out.suffix != ".safetensors":
@@ -46,6 +48,7 @@ def export(src: str | Path, out: str | Path, overrides: list[str] | None = None,
     if any(p.exists() and not p.is_dir() for p in out.parents):
         raise UserError(f"--out {out}: a file is in the way of its folder; choose another "
                         "destination")
+    check_writable(out, "--out")  # read-only folder: refused before the model loads
     overrides = overrides or []
     bad = [o for o in overrides if not o.startswith(SAMPLING_KEYS)]
     if bad:
@@ -63,7 +66,7 @@ def export(src: str | Path, out: str | Path, overrides: list[str] | None = None,
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="energytta-export",
+        prog="energytta-export", formatter_class=DefaultsHelpFormatter,
         description="Export an inference checkpoint (EMA weights + codec + config) from any "
                     "training state: a step folder, a run folder (its latest step) or a file.",
         epilog="Extra key=value arguments change sample.* defaults and "

@@ -2,7 +2,7 @@
 
 Why: two `energytta-train` runs with the same `train.out_dir` both exited 0 with one
 run's weights under the other's config and interleaved metrics; two `energytta-sample`
-runs into one `--out-dir` paired one run's wav with the other's png (issue 18). The lock
+runs into one `--out-dir` paired one run's wav with the other's png. The lock
 is `flock(2)` on `FOLDER/.energytta.lock`: the kernel drops it when its process dies
 (even under `kill -9`), so a stale lock file left behind is simply taken over; it keeps
 the holder's pid for the refusal message and is removed on a clean exit. The new holder

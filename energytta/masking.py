@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from energytta.config_rules import check_value
 from energytta.errors import UserError
 
 
@@ -27,10 +28,8 @@ def sample_mask_ratio(min_ratio: float, std: float, generator: torch.Generator) 
         std: scale of the Gaussian, > 0 (`model.mask_ratio_std`).
         generator: torch generator for the uniform draw.
     """
-    if not 0.0 < min_ratio <= 1.0:
-        raise UserError(f"model.mask_ratio_min must be in (0, 1], got {min_ratio}")
-    if std <= 0.0:
-        raise UserError(f"model.mask_ratio_std must be > 0, got {std}")
+    check_value("model.mask_ratio_min", min_ratio)
+    check_value("model.mask_ratio_std", std)
     u = torch.rand((), generator=generator, device=generator.device, dtype=torch.float64)
     lo = torch.special.ndtr(torch.tensor((min_ratio - 1.0) / std, dtype=torch.float64))
     hi = 0.5  # Φ(0): the upper end of the truncation is the mean, ratio = 1

@@ -4,45 +4,44 @@ Works for student (energy head, one pass per token) and teacher (diffusion head)
 checkpoints alike: the sampler only calls `head.sample`.
 
     pipe = TextToAudio.from_pretrained()  # the shipped student; or a path, or "teacher"
-    wavs, sr = pipe(["a high beep repeats three times"], seed=0)
+    wavs, sr = pipe(["a high beep repeats three times"], seed=0, num_samples=2)
+    audio_write("beep", wavs[0], sr)  # beep.wav (energytta.outputs.audio_write)
 
 Reproducibility: each batch draws from its own `torch.Generator`, seeded from
 (seed, index of the batch's first prompt). The same seed and settings give byte-identical
 audio; with `batch_size=1` prompt i depends only on (seed, i) and on nothing else in the
 list. With larger batches a prompt's audio also depends on its batch-mates, because the
-decoding orders and head noise of a batch are drawn together.
+decoding orders and head noise of a batch are drawn together. `num_samples=N` takes of
+each prompt are the prompt list run with seeds seed, seed+1, ..., seed+N-1: take j is
+exactly what seed+j alone gives.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
 from energytta import editing
+# the shipped models live with the checkpoint code; re-exported for the Python API
+from energytta.checkpoint import (ASSETS, DEFAULT_CKPT, MODEL_KINDS, SHIPPED,  # noqa: F401
+                                  SHIPPED_VOCODER, resolve_checkpoint)
 from energytta.config import Config
 from energytta.editing import EditPlan
 from energytta.errors import UserError
+from energytta.outputs import audio_write, checkpoint_sha256
 from energytta.utils import pick_device
 
-ASSETS = Path(__file__).resolve().parent / "assets"
-# The models that ship with the package (docs/reports/quality.md); names usable as `path`.
-SHIPPED = {"student": ASSETS / "student.safetensors", "teacher": ASSETS / "teacher.safetensors",
-           # the caption-only one-pass student (docs/captiononly.md)
-           "captiononly": ASSETS / "captiononly.safetensors",
-           # the student with its guidance distilled into one pass (docs/guidance.md)
-           "guided": ASSETS / "guided.safetensors"}
-DEFAULT_CKPT = SHIPPED["student"]
-# the shipped trained vocoder (docs/reports/codecs.md); `vocoder="trained"` picks it
-SHIPPED_VOCODER = ASSETS / "vocoder.safetensors"
 VOCODER_CHOICES = ("checkpoint", "griffin-lim", "trained")
-KINDS = ("teacher", "student", "captiononly")
-Audio = str | Path | np.ndarray  # an input clip: a file, or (S,) samples at the model's rate
+Audio = str | Path | np.ndarray  # an input clip: a file, or samples at the model's rate
+# ((S,), or (channels, S) / (S, channels) mixed to mono; int16/int32/uint8 PCM scaled)
 # autocast precision of text encoding and decoding; the codec and vocoder stay in fp32
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -84,6 +83,30 @@ class Generation:
     settings: SampleSettings
     edit: dict | list[dict | None] | None = None  # the edit / windows, as the JSON has it
 
+    def save(self, path: str | Path, prompts: list[str] | str | None = None) -> list[Path]:
+        """Write each row as a wav with a JSON of its settings (and prompt, edit record).
+
+        Args:
+            path: `out/dog` -> `out/dog.wav` + `out/dog.json` for one row; several rows
+                give `out/dog-0.wav`, `out/dog-1.wav`, ...
+            prompts: the rows' prompts (one for all rows, or one per row), recorded in the
+                JSON; None records none.
+        Returns:
+            the wav paths, one per row.
+        """
+        rows = len(self.wavs)
+        texts = [prompts] * rows if isinstance(prompts, str) or prompts is None else prompts
+        if len(texts) != rows:
+            raise UserError(f"{len(texts)} prompts for {rows} generated rows; give one each")
+        path, out = Path(path), []
+        for i, (wav, prompt) in enumerate(zip(self.wavs, texts)):
+            edit = self.edit[i] if isinstance(self.edit, list) else self.edit
+            record = {"prompt": prompt, **dataclasses.asdict(self.settings),
+                      "sample_rate": self.sample_rate, "edit": edit}
+            stem = path if rows == 1 else path.with_name(f"{path.name}-{i}")
+            out.append(audio_write(stem, wav, self.sample_rate, record))
+        return out
+
 
 def apply_vocoder(codec: torch.nn.Module, cfg: Config, vocoder: str) -> str:
     """Give a built codec the vocoder `vocoder` names: "griffin-lim", "trained" (the shipped
@@ -100,17 +123,14 @@ def apply_vocoder(codec: torch.nn.Module, cfg: Config, vocoder: str) -> str:
     return replace_vocoder(codec, cfg, "trained", path)
 
 
-def resolve_checkpoint(path: str | Path | None) -> Path:
-    """`path` itself, or the shipped model it names (None = "student"). A bare "student" or
-    "teacher" always means the shipped model, whatever the working folder holds (as bare
-    config names do, `config.resolve_config_path`): write `./student` for a local file."""
-    name = "student" if path is None else str(path)
-    if name in SHIPPED:
-        if not SHIPPED[name].is_file():
-            raise UserError(f"the shipped {name} model is missing ({SHIPPED[name]}); "
-                            "reinstall energytta or pass --ckpt PATH")
-        return SHIPPED[name]
-    return Path(path)
+def sample_seeds(seed: int, num_samples: int) -> list[int]:
+    """The seeds of `num_samples` takes: seed, seed+1, ... (each within [0, 2**63))."""
+    if isinstance(num_samples, bool) or int(num_samples) != num_samples or num_samples < 1:
+        raise UserError(f"num_samples {num_samples} must be a whole number >= 1")
+    if seed + int(num_samples) > 2 ** 63:
+        raise UserError(f"seed {seed} with {num_samples} samples passes 2**63 - 1 (the "
+                        "takes use seed, seed+1, ...); pick a smaller seed")
+    return [seed + j for j in range(int(num_samples))]
 
 
 def batch_seed(seed: int, first_index: int) -> int:
@@ -118,6 +138,43 @@ def batch_seed(seed: int, first_index: int) -> int:
     (seed, index) pairs, unlike seed + index)."""
     state = np.random.SeedSequence([int(seed) % 2**63, int(first_index)]).generate_state(2)
     return int((int(state[0]) << 31) ^ int(state[1])) & (2**63 - 1)
+
+
+# how torch and libc word an allocation that failed (CPU allocator, CUDA caching allocator)
+_OOM_WORDS = ("out of memory", "can't allocate memory", "cannot allocate memory")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether `exc` is a failed allocation (MemoryError, or torch's RuntimeError)."""
+    return isinstance(exc, MemoryError) or (
+        isinstance(exc, RuntimeError) and any(w in str(exc).lower() for w in _OOM_WORDS))
+
+
+@contextlib.contextmanager
+def out_of_memory_hint(rows: int, s: SampleSettings, device: torch.device) -> Iterator[None]:
+    """Turn running out of memory inside the block into one line: the device, the batch,
+    how much was asked for (when torch says) and the knobs that shrink it."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as e:
+        if not is_out_of_memory(e):
+            raise
+        asked = re.search(r"allocate (\d+ bytes|[\d.]+ [KMGT]i?B)", str(e))
+        size = f"; one allocation of {_human(asked.group(1))} failed" if asked else ""
+        raise UserError(f"out of memory on {device} generating {rows} clip(s) of "
+                        f"{s.duration:g} s at once{size}; lower --batch-size (now "
+                        f"{s.batch_size}) or --duration, or free memory") from None
+
+
+def _human(size: str) -> str:
+    """'1288490188 bytes' -> '1.2 GiB' (torch's own '20.00 MiB' is kept)."""
+    if not size.endswith(" bytes"):
+        return size
+    n = float(size.split()[0])
+    for unit, k in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 2 ** k:
+            return f"{n / 2 ** k:.1f} {unit}"
+    return f"{n:.0f} B"
 
 
 class TextToAudio:
@@ -142,14 +199,16 @@ class TextToAudio:
         self.sample_rate = int(codec.sample_rate)
         self.vocoder = cfg.codec.vocoder  # what renders the audio (`use_vocoder` changes it)
         self._own_vocoder = getattr(codec, "vocoder", None)  # for use_vocoder("checkpoint")
+        # sha256 of the checkpoint's weights (set by from_pretrained): what samples record
+        self.checkpoint_sha256: str | None = None
 
     @property
     def text_encoder(self) -> torch.nn.Module:
         """The checkpoint's TextEncoder, loaded on first use (so bad settings fail fast)."""
         if self._text_encoder is None:
-            from energytta.text import TextEncoder
+            from energytta.text import build_text_encoder
 
-            enc = TextEncoder(self.cfg.text.model, self.cfg.text.max_length)
+            enc = build_text_encoder(self.cfg.text)
             if enc.dim != self.model.text_dim:
                 raise UserError(f"{self.checkpoint}: the model expects {self.model.text_dim}-dim "
                                 f"text states but text.model={self.cfg.text.model!r} gives "
@@ -166,21 +225,26 @@ class TextToAudio:
 
         Args:
             path: checkpoint; None or "student" = the shipped student
-                (`energytta/assets/student.safetensors`), "teacher" = the shipped teacher.
+                (`energytta/assets/student.safetensors`), "teacher" = the shipped teacher,
+                "captiononly" = the shipped caption-only student, "guided" = the shipped
+                student with its guidance distilled into one pass (SHIPPED).
             device: "auto" (cuda if available), "cpu", "cuda:1", ...
             dtype: "fp32" | "bf16" | "fp16" autocast for text encoding and decoding.
             vocoder: "checkpoint" (the one it was trained with; Griffin-Lim for the shipped
                 models), "griffin-lim", "trained" (the shipped trained vocoder, far faster
-                than Griffin-Lim on CPU: docs/reports/speed_quality.md) or a vocoder file.
+                than Griffin-Lim on CPU: research/reports/speed_quality.md) or a vocoder file.
         """
         from energytta.checkpoint import load_model
 
         path = resolve_checkpoint(path)
         dev = pick_device(str(device)) if isinstance(device, str) else device
+        sha = checkpoint_sha256(path)  # before loading: a newer file can only make it stale
         cfg, kind, model, codec = load_model(path, dev)
-        if kind not in KINDS:
-            raise UserError(f"{path}: checkpoint kind '{kind}' is not one of {', '.join(KINDS)}")
+        if kind not in MODEL_KINDS:
+            raise UserError(f"{path}: checkpoint kind '{kind}' is not one of "
+                            f"{', '.join(MODEL_KINDS)}")
         pipe = cls(cfg, kind, model.eval(), codec.eval(), dev, Path(path), dtype=dtype)
+        pipe.checkpoint_sha256 = sha
         pipe.use_vocoder(vocoder)
         return pipe
 
@@ -262,8 +326,10 @@ class TextToAudio:
                  cfg: float | None = None, temperature: float | None = None,
                  negative_prompt: str | None = None, batch_size: int | None = None,
                  progress: Callable[[int, int], None] | None = None,
-                 overlap: float | None = None) -> tuple[np.ndarray, int]:
-        """prompts -> (wavs (B, S) float32, sample_rate). Unset knobs come from cfg.sample.
+                 overlap: float | None = None, num_samples: int = 1
+                 ) -> tuple[np.ndarray, int]:
+        """prompts -> (wavs (B·num_samples, S) float32, sample_rate). Unset knobs come from
+        cfg.sample.
 
         Args:
             prompts: one prompt or a list.
@@ -273,11 +339,21 @@ class TextToAudio:
             window by window, each window seeing the previous one's last `overlap` seconds
             (default 1) as known tokens (docs/editing.md).
             progress: called as progress(done, total) in decoding steps over all batches.
+            num_samples: takes per prompt, prompt-major (row i·N + j is take j of prompt
+                i); take j is the whole list generated with seed + j.
         """
         s = self.settings(seed, duration, iterations, cfg, temperature, negative_prompt,
                           batch_size)
-        out = self.generate(prompts, s, progress, self.plan(s, overlap))
-        return out.wavs, out.sample_rate
+        seeds = sample_seeds(s.seed, num_samples)
+        takes = []
+        for j, take_seed in enumerate(seeds):
+            def step(done: int, total: int, _j: int = j) -> None:
+                if progress is not None:
+                    progress(_j * total + done, len(seeds) * total)
+            takes.append(self.generate(prompts, dataclasses.replace(s, seed=take_seed),
+                                       step, self.plan(s, overlap)).wavs)
+        wavs = np.stack(takes, axis=1)  # (B, N, S): prompt-major rows
+        return wavs.reshape(-1, wavs.shape[-1]), self.sample_rate
 
     def generate(self, prompts: list[str] | str, settings: SampleSettings | None = None,
                  progress: Callable[[int, int], None] | None = None,
@@ -292,6 +368,8 @@ class TextToAudio:
         s = settings or self.settings()
         self._validate(s)
         plans = self._row_plans(plan, s, len(prompts))
+        # every prompt's '|' segments checked before the first batch costs anything
+        editing.segment_prompts(prompts, editing.same_grid(plans).windows)
         starts = range(0, len(prompts), s.batch_size)
         per_batch = len(editing.same_grid(plans).windows) * s.iterations
         total = len(starts) * per_batch
@@ -318,11 +396,20 @@ class TextToAudio:
             return plan
         return [plan or self.plan(s)] * rows
 
-    @torch.no_grad()
     def generate_batch(self, prompts: list[str], s: SampleSettings, first_index: int,
                        progress: Callable[[int, int], None],
                        plan: EditPlan | list[EditPlan] | None = None
                        ) -> tuple[np.ndarray, np.ndarray]:
+        """`_generate_batch`, with running out of memory turned into one `UserError` that
+        names the memory and the knobs that shrink a batch (batch size, duration)."""
+        with out_of_memory_hint(len(prompts), s, self.device):
+            return self._generate_batch(prompts, s, first_index, progress, plan)
+
+    @torch.no_grad()
+    def _generate_batch(self, prompts: list[str], s: SampleSettings, first_index: int,
+                        progress: Callable[[int, int], None],
+                        plan: EditPlan | list[EditPlan] | None = None
+                        ) -> tuple[np.ndarray, np.ndarray]:
         """One batch through the numbered steps, seeded by (s.seed, `first_index`: the
         batch's first prompt's index in the whole list), so a caller that writes batch by
         batch gets what `generate` gives. `s` must come from `settings()` (validated);
@@ -404,8 +491,9 @@ class TextToAudio:
         `paste` the kept spans hold the input's own samples (cross-faded at their edges).
 
         Args:
-            audio: a file (any rate: resampled, with a warning) or a (S,) array at
-                `self.sample_rate`.
+            audio: a file (any rate: resampled, with a warning) or an array at
+                `self.sample_rate`: (S,), or (channels, S) / (S, channels) mixed to mono
+                as files are; int16 / int32 / uint8 PCM is scaled to [-1, 1].
         """
         def build(source: editing.Source) -> EditPlan:
             return editing.plan_inpaint(self.model.geometry, self.codec, source, self.device,

@@ -9,6 +9,9 @@ and name, loading the code only when it is used:
   (`energytta.models.heads.build_head`);
 - `energytta.teachers`: `load_teacher` -> `(path, device) -> (cfg, TTAModel)`, frozen
   (the student objective, `energytta.train.objectives.student`).
+
+The same "module:attribute" form names the lazy entries of energytta's own registries
+(`load_object`), so a heavy or optional module is imported only when it is used.
 """
 from __future__ import annotations
 
@@ -33,6 +36,12 @@ def _group(group: str) -> dict[str, EntryPoint]:
 def plugin_names(group: str) -> list[str]:
     """Names announced in the entry-point `group` by the installed distributions."""
     return sorted(_group(group))
+
+
+def load_object(spec: str) -> Any:
+    """The object a "module:attribute" string names, imported now: the registries' lazy
+    entries (codecs, objectives) use the entry points' own syntax and loader."""
+    return EntryPoint(name=spec, value=spec, group="energytta").load()
 
 
 def load_plugin(group: str, name: str) -> Any | None:

@@ -1,4 +1,7 @@
-"""`energytta-sample`: one wav + spectrogram PNG + JSON per prompt of a text file."""
+"""`energytta-sample`: one wav + spectrogram PNG + JSON per prompt and seed.
+
+Only the standard library is imported at module level: `--help` and flag errors answer
+without loading torch."""
 from __future__ import annotations
 
 import argparse
@@ -6,18 +9,22 @@ import contextlib
 import dataclasses
 import json
 import math
-import re
+import signal
 import sys
 import tempfile
-import unicodedata
 import warnings
 from pathlib import Path
 
 import energytta
+from energytta.cli_help import HelpFormatter
 from energytta.errors import UserError
+from energytta.outputs import SLUG_MAX, output_stems, slugify  # noqa: F401 (re-exported)
 
 EPILOG = """\
 examples:
+  energytta-sample --prompt "a dog barks twice" --prompt "rain on a tin roof"
+  energytta-sample --prompt "a dog barks twice" --num-samples 4 --seed 10   # seeds 10-13
+  echo "a bell rings" | energytta-sample --prompts -
   energytta-sample --prompts examples/prompts.txt
   energytta-sample --prompts examples/prompts.txt --ckpt runs/student_small/model.safetensors \\
       --out-dir samples/student --seed 3 --duration 4 --cfg 3 --iterations 16
@@ -40,53 +47,67 @@ joined in token space and rendered in one vocoder pass, so there is no seam to f
 A prompt "a dog barks | rain starts" on such a clip splits it evenly between its segments;
 each window is conditioned on the segment at its middle.
 
-prompts file: UTF-8, one prompt per line; blank lines and lines starting with '#' are
-skipped. Each prompt i gives DIR/iii-<slug>.wav, .png (spectrogram) and .json (prompt,
-seed and every setting). Unset options come from the checkpoint's `sample` config.
-The same seed and settings give byte-identical files; with --batch-size 1 each prompt's
-audio depends only on (seed, its line index among the prompts). Files are written batch
-by batch as they finish; a rerun after Ctrl-C skips the batches already written with the
-same settings and continues (--overwrite regenerates everything).
+prompts: --prompt TEXT (repeatable), or --prompts FILE ('-' = standard input): UTF-8, one
+prompt per line (lines end at \\n or \\r\\n only); blank lines and lines starting with '#'
+are skipped. Each prompt i and seed S gives DIR/iii-<slug>-seedS.wav, .png (spectrogram)
+and .json (prompt, seed, every setting and the checkpoint's sha256). --num-samples N runs
+the prompts with seeds S, S+1, ..., S+N-1: the file of seed S+j is exactly what --seed S+j
+writes. Unset options come from the checkpoint's `sample` config. The same seed and
+settings give byte-identical files; with --batch-size 1 each prompt's audio depends only
+on (seed, its index among the prompts). Files are written batch by batch as they finish;
+a rerun skips the samples already written by the same checkpoint (same sha256) with the
+same settings, says how many, and regenerates the rest (--overwrite regenerates all).
 """
-
-SLUG_MAX = 60
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="energytta-sample", epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="energytta-sample", epilog=EPILOG, formatter_class=HelpFormatter,
         description="Generate audio from text prompts with an energytta student or teacher.")
-    p.add_argument("--prompts", required=True, metavar="FILE", help="text file, one prompt a line")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", dest="prompt_texts", action="append", metavar="TEXT",
+                     default=None, help="a prompt; repeat for more (default: none, give "
+                                        "--prompt or --prompts)")
+    src.add_argument("--prompts", metavar="FILE", default=None,
+                     help="text file, one prompt a line; '-' reads standard input "
+                          "(default: none, give --prompt or --prompts)")
     p.add_argument("--ckpt", metavar="PATH", default=None,
-                   help="inference .safetensors, step-XXXXXXX/ folder or run folder "
-                        "(default: the shipped student; 'teacher' = the shipped teacher, "
-                        "'captiononly' = the shipped caption-only one-pass student)")
-    p.add_argument("--out-dir", metavar="DIR", default="samples", help="default: samples/")
-    p.add_argument("--seed", type=int, default=None, metavar="N")
+                   help="a shipped model: student (the default), teacher, captiononly (the "
+                        "caption-only one-pass student), guided (guidance distilled into "
+                        "one pass); or an inference .safetensors, step-XXXXXXX/ folder or "
+                        "run folder")
+    p.add_argument("--out-dir", metavar="DIR", default="samples", help="output folder")
+    p.add_argument("--num-samples", type=int, default=1, metavar="N",
+                   help="takes per prompt, with seeds --seed, --seed+1, ... (each seed's "
+                        "files carry it in their name)")
+    unset = "default: the checkpoint's sample.%s"
+    p.add_argument("--seed", type=int, default=None, metavar="N", help=unset % "seed")
     p.add_argument("--duration", type=float, default=None, metavar="SECONDS",
                    help="clip length; past the model's audio.max_seconds it is generated "
-                        "window by window (see --overlap)")
+                        "window by window (see --overlap); " + unset % "duration")
     p.add_argument("--cfg", type=float, default=None, metavar="X",
-                   help="classifier-free guidance scale (1 = none)")
+                   help="classifier-free guidance scale (1 = none); " + unset % "cfg")
     p.add_argument("--iterations", type=int, default=None, metavar="K",
-                   help="parallel decoding iterations")
+                   help="parallel decoding iterations; " + unset % "iterations")
     p.add_argument("--temperature", type=float, default=None, metavar="T",
-                   help="scale of the head's sampling noise (lower: less varied)")
-    p.add_argument("--batch-size", type=int, default=None, metavar="B")
+                   help="scale of the head's sampling noise (lower: less varied); "
+                        + unset % "temperature")
+    p.add_argument("--batch-size", type=int, default=None, metavar="B",
+                   help="prompts per batch; " + unset % "batch_size")
     p.add_argument("--device", default="auto", metavar="D", help="auto | cpu | cuda | cuda:1")
     p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"),
                    help="autocast precision of text encoding and decoding (bf16 on GPUs)")
     p.add_argument("--vocoder", default="checkpoint", metavar="V",
                    help="checkpoint (the model's own; Griffin-Lim for the shipped models) | "
                         "griffin-lim | trained (the shipped trained vocoder: far faster on "
-                        "CPU, docs/reports/speed_quality.md) | a vocoder .safetensors")
+                        "CPU, research/reports/speed_quality.md) | a vocoder .safetensors")
     p.add_argument("--two-pass-cfg", dest="one_pass_cfg", action="store_const", const=False,
                    default=None,
                    help="guide a guidance-distilled checkpoint with the two-pass CFG "
                         "(cond + uncond rows) instead of its one conditional pass")
     p.add_argument("--negative-prompt", default=None, metavar="TEXT",
-                   help="text for the unconditional CFG branch (default: learned null text)")
+                   help="text for the unconditional CFG branch (default: the learned null "
+                        "text)")
     p.add_argument("--no-spectrograms", dest="spectrograms", action="store_false",
                    help="write wav + json only (the PNGs cost more than generation on "
                         "long prompt lists)")
@@ -116,42 +137,52 @@ def build_parser() -> argparse.ArgumentParser:
                    help="kept spans: the codec's rendering of the kept tokens instead of "
                         "the input's own samples")
     p.add_argument("--overwrite", action="store_true",
-                   help="regenerate prompts whose files a previous run with the same "
-                        "settings already wrote (default: skip them, so an interrupted "
+                   help="regenerate samples a previous run already wrote with the same "
+                        "checkpoint and settings (default: skip them, so an interrupted "
                         "run continues)")
     return p
 
 
 def read_prompts(path: str | Path) -> list[str]:
-    """Non-blank, non-comment lines of a UTF-8 file; UserError if missing/empty/not UTF-8."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"prompts file not found: {path} (pass --prompts FILE, one prompt a line)")
+    """Non-blank, non-comment lines of a UTF-8 file ('-': standard input); UserError if
+    missing/empty/not UTF-8. Lines end at '\n' or '\r\n' only (not at form feeds or
+    Unicode line separators, which `str.splitlines` also breaks at), so prompt indices
+    match the lines an editor numbers."""
+    name = "standard input" if str(path) == "-" else f"prompts file {path}"
     try:
-        text = path.read_bytes().decode("utf-8-sig")
+        if str(path) == "-":
+            if sys.stdin is None:
+                raise UserError("--prompts -: there is no standard input to read")
+            if sys.stdin.isatty():
+                print("reading prompts from standard input, one a line (end with Ctrl-D)",
+                      file=sys.stderr)
+            data = sys.stdin.buffer.read()
+        else:
+            if not Path(path).is_file():
+                raise UserError(f"prompts file not found: {path} (pass --prompts FILE, one "
+                                "prompt a line, or --prompt TEXT)")
+            data = Path(path).read_bytes()
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise UserError(f"prompts file {path} is not UTF-8 (bad byte at offset {e.start}); "
+        raise UserError(f"{name} is not UTF-8 (bad byte at offset {e.start}); "
                         "save it as UTF-8") from None
     except OSError as e:
-        raise UserError(f"cannot read prompts file {path}: {e.strerror}") from None
-    prompts = [line.strip() for line in text.splitlines()]
+        raise UserError(f"cannot read {name}: {e.strerror}") from None
+    prompts = [line.strip() for line in text.split("\n")]
     prompts = [p for p in prompts if p and not p.startswith("#")]
     if not prompts:
-        raise UserError(f"prompts file {path} holds no prompts (blank and '#' lines are skipped)")
+        raise UserError(f"{name} holds no prompts (blank and '#' lines are skipped)")
     return prompts
 
 
-def slugify(prompt: str, max_len: int = SLUG_MAX) -> str:
-    """ASCII, lowercase, '-'-separated, at most `max_len` chars; 'prompt' if nothing is left."""
-    ascii_text = unicodedata.normalize("NFKD", prompt).encode("ascii", "ignore").decode()
-    slug = re.sub(r"[^a-z0-9]+", "-", ascii_text.lower()).strip("-")
-    return slug[:max_len].rstrip("-") or "prompt"
-
-
-def output_stems(prompts: list[str]) -> list[str]:
-    """`000-a-high-beep`, ...: the index prefix keeps duplicate prompts apart."""
-    width = max(3, len(str(len(prompts) - 1)))
-    return [f"{i:0{width}d}-{slugify(p)}" for i, p in enumerate(prompts)]
+def gather_prompts(args: argparse.Namespace) -> list[str]:
+    """The run's prompts: the --prompt texts as given, or the --prompts file's lines."""
+    if args.prompt_texts is None:
+        return read_prompts(args.prompts)
+    for i, text in enumerate(args.prompt_texts):
+        if not text.strip():
+            raise UserError(f"--prompt number {i + 1} is empty; give some text")
+    return [t.strip() for t in args.prompt_texts]
 
 
 def check_writable(folder: Path) -> None:
@@ -168,7 +199,7 @@ def check_writable(folder: Path) -> None:
 def warn_truncated(pipe, prompts: list[str]) -> None:
     """Name every prompt the text encoder will cut at `text.max_length` tokens (stderr)."""
     limit = pipe.cfg.text.max_length
-    lengths = [len(ids) for ids in pipe.text_encoder.tokenizer(prompts)["input_ids"]]
+    lengths = pipe.text_encoder.token_lengths(prompts)
     for i, (prompt, n) in enumerate(zip(prompts, lengths)):
         if n > limit:
             print(f"warning: prompt {i} ({prompt[:40]!r}...) has {n} tokens; the text encoder "
@@ -186,7 +217,8 @@ def _progress():
 def _record(pipe, prompt: str, index: int, stem: str, settings,
             spectrogram: bool = True, edit: dict | None = None) -> dict:
     record = {"prompt": prompt, "index": index, **dataclasses.asdict(settings),
-              "checkpoint": str(pipe.checkpoint), "kind": pipe.kind,
+              "checkpoint": str(pipe.checkpoint),
+              "checkpoint_sha256": pipe.checkpoint_sha256, "kind": pipe.kind,
               "device": str(pipe.device), "dtype": pipe.dtype, "vocoder": pipe.vocoder,
               "sample_rate": pipe.sample_rate, "wav": f"{stem}.wav",
               "spectrogram": f"{stem}.png" if spectrogram else None,
@@ -258,29 +290,62 @@ def edit_plan(args: argparse.Namespace, pipe):
 
 
 def main(argv: list[str]) -> int:
-    from energytta.locks import folder_lock
-
     args = build_parser().parse_args(argv)
+    from energytta.locks import folder_lock  # after parsing: --help never loads torch
+
     check_edit_args(args)
-    prompts = read_prompts(args.prompts)
+    if args.num_samples < 1:
+        raise UserError(f"--num-samples {args.num_samples} must be >= 1")
+    prompts = gather_prompts(args)
     out_dir = Path(args.out_dir)
     created = not out_dir.exists()
-    check_writable(out_dir)
     try:
-        with folder_lock(out_dir, "energytta-sample", "pass another --out-dir"):
-            return _sample(args, prompts, out_dir)
+        with _sigterm_exits():
+            check_writable(out_dir)
+            with folder_lock(out_dir, "energytta-sample", "pass another --out-dir"):
+                return _sample(args, prompts, out_dir)
     except BaseException:
-        if created:  # a run that failed before writing anything leaves no empty folder
+        if created:  # a run stopped before writing anything leaves no folder behind
             with contextlib.suppress(OSError):
                 out_dir.rmdir()
         raise
 
 
+@contextlib.contextmanager
+def _sigterm_exits():
+    """SIGTERM (a scheduler, `kill`, a container stop) unwinds like Ctrl-C does: the lock
+    is released and a folder this run created but never wrote to is removed. Exit 143."""
+    def stop(signum: int, _frame) -> None:
+        print("terminated", file=sys.stderr)
+        raise SystemExit(128 + signum)
+    try:
+        previous = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread: signals are not ours to handle
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@dataclasses.dataclass
+class _Job:
+    """One batch to generate: its settings (the take's seed) and rows."""
+
+    settings: object
+    first: int  # the batch's first row index among the prompts
+    prompts: list[str]
+    records: list[dict]
+
+
 def _sample(args: argparse.Namespace, prompts: list[str], out_dir: Path) -> int:
-    """Generate the prompts batch by batch into `out_dir` (locked), writing each batch's
-    wav, png and json as it finishes; a batch whose files a previous run with the same
-    settings wrote is skipped (so an interrupted run continues where it stopped)."""
-    from energytta.pipeline import TextToAudio
+    """Generate the prompts batch by batch into `out_dir` (locked), once per seed of
+    --num-samples, writing each batch's wav, png and json as it finishes; a batch whose
+    files a previous run wrote with the same checkpoint and settings is skipped (so an
+    interrupted run continues where it stopped)."""
+    from energytta import editing
+    from energytta.pipeline import TextToAudio, sample_seeds
 
     pipe = TextToAudio.from_pretrained(args.ckpt, args.device, args.dtype, args.vocoder)
     plan = edit_plan(args, pipe)
@@ -292,35 +357,55 @@ def _sample(args: argparse.Namespace, prompts: list[str], out_dir: Path) -> int:
         plan = pipe.plan(settings, args.overlap)
     else:
         settings = pipe.edit_settings(plan, **knobs)
+    seeds = sample_seeds(settings.seed, args.num_samples)
+    editing.segment_prompts(prompts, plan.windows)  # every '|' prompt, before any batch
     warn_truncated(pipe, prompts)
-    stems, edit = output_stems(prompts), plan.public_record()
+    jobs = [job for seed in seeds
+            for job in _jobs(pipe, args, prompts, plan, dataclasses.replace(settings, seed=seed))]
+    todo = [j for j in jobs if args.overwrite or not all(_done(out_dir, r) for r in j.records)]
+    _report_reuse(out_dir, jobs, todo)
+    written = sum(len(j.records) for j in todo)
+    with _progress() as bar, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*truncated")  # named above, per prompt
+        per_batch = len(plan.windows) * settings.iterations
+        task = bar.add_task(f"sampling {written} clip(s)", total=len(todo) * per_batch)
+        for n, job in enumerate(todo):
+            def step(done: int, _k: int, _n: int = n) -> None:
+                bar.update(task, completed=_n * per_batch + done)
+            wavs, mels = pipe.generate_batch(job.prompts, job.settings, job.first, step, plan)
+            for j, record in enumerate(job.records):
+                _write(out_dir, pipe, record, wavs[j], mels[j])
+    print(f"wrote {written} sample(s) to {out_dir}")
+    return 0
+
+
+def _jobs(pipe, args: argparse.Namespace, prompts: list[str], plan, settings) -> list[_Job]:
+    """The batches of one seed's pass over the prompts (with --variations: N rows each)."""
+    stems, edit = output_stems(prompts, settings.seed), plan.public_record()
     takes = int(plan.record.get("variations", 1))  # --variations: each prompt N times
     if takes > 1 or plan.mode == "vary":
         prompts = [p for p in prompts for _ in range(takes)]
         stems = [f"{stem}-v{j}" for stem in stems for j in range(takes)]
-    bs = settings.batch_size
     records = [_record(pipe, p, i, stem, settings, args.spectrograms,
                        _edit_of_row(edit, plan.mode, i, takes))
                for i, (p, stem) in enumerate(zip(prompts, stems))]
-    starts = [b for b in range(0, len(prompts), bs)
-              if args.overwrite or not all(_done(out_dir, r) for r in records[b:b + bs])]
-    skipped = len(prompts) - sum(len(records[b:b + bs]) for b in starts)
+    bs = settings.batch_size
+    return [_Job(settings, b, prompts[b:b + bs], records[b:b + bs])
+            for b in range(0, len(prompts), bs)]
+
+
+def _report_reuse(out_dir: Path, jobs: list[_Job], todo: list[_Job]) -> None:
+    """Say how many samples are skipped, and how many found files are regenerated because
+    another checkpoint or other settings wrote them (stderr)."""
+    skipped = sum(len(j.records) for j in jobs) - sum(len(j.records) for j in todo)
+    stale = sum((out_dir / _json_name(r)).is_file() and not _done(out_dir, r)
+                for j in todo for r in j.records)
     if skipped:
-        print(f"skipping {skipped} prompt(s) already in {out_dir} with these settings "
-              "(--overwrite regenerates them)", file=sys.stderr)
-    with _progress() as bar, warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*truncated")  # named above, per prompt
-        per_batch = len(plan.windows) * settings.iterations
-        task = bar.add_task(f"sampling {len(prompts) - skipped} prompt(s)",
-                            total=len(starts) * per_batch)
-        for n, b in enumerate(starts):
-            def step(done: int, _k: int, _n: int = n) -> None:
-                bar.update(task, completed=_n * per_batch + done)
-            wavs, mels = pipe.generate_batch(prompts[b:b + bs], settings, b, step, plan)
-            for j, record in enumerate(records[b:b + bs]):
-                _write(out_dir, pipe, record, wavs[j], mels[j])
-    print(f"wrote {len(prompts) - skipped} sample(s) to {out_dir}")
-    return 0
+        print(f"skipping {skipped} sample(s) already in {out_dir} from this checkpoint "
+              "with these settings (--overwrite regenerates them)", file=sys.stderr)
+    if stale:
+        print(f"regenerating {stale} sample(s) in {out_dir} that another checkpoint or "
+              "other settings wrote", file=sys.stderr)
 
 
 def _edit_of_row(edit: dict | None, mode: str, row: int, takes: int) -> dict | None:
@@ -330,10 +415,15 @@ def _edit_of_row(edit: dict | None, mode: str, row: int, takes: int) -> dict | N
     return {**edit, "variation": row % takes}
 
 
+def _json_name(record: dict) -> str:
+    return Path(record["wav"]).stem + ".json"
+
+
 def _done(out_dir: Path, record: dict) -> bool:
-    """The prompt's files exist and its json (written last) records the same settings."""
+    """The sample's files exist and its json (written last) records the same checkpoint
+    (content hash) and settings."""
     files = [record["wav"], record["spectrogram"]] if record["spectrogram"] else [record["wav"]]
-    json_path = out_dir / (Path(record["wav"]).stem + ".json")
+    json_path = out_dir / _json_name(record)
     if not (json_path.is_file() and all((out_dir / f).is_file() for f in files)):
         return False
     try:

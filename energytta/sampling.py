@@ -24,11 +24,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from energytta.config_rules import CFG_SCHEDULES, check_value  # noqa: F401 (re-exported)
 from energytta.errors import UserError
 from energytta.masking import cosine_num_masked
 from energytta.models.heads import Head
-
-CFG_SCHEDULES = ("constant", "linear", "cosine")
 
 
 def cfg_scale_at(step: int, iterations: int, cfg: float, schedule: str, num_tokens: int,
@@ -44,15 +43,13 @@ def cfg_scale_at(step: int, iterations: int, cfg: float, schedule: str, num_toke
         cfg: maximum guidance scale. schedule: one of CFG_SCHEDULES.
         num_tokens: tokens to generate in total; num_masked: still masked after `step`.
     """
+    check_value("sample.cfg_schedule", schedule)
     if schedule == "constant":
         return cfg
     progress = 1.0 if num_tokens <= 0 else (num_tokens - num_masked) / num_tokens
     if schedule == "linear":
         return 1.0 + (cfg - 1.0) * progress
-    if schedule == "cosine":
-        return 1.0 + (cfg - 1.0) * (1.0 - math.cos(math.pi * progress)) / 2.0
-    raise UserError(f"config key 'sample.cfg_schedule': unknown schedule {schedule!r} "
-                    f"(use one of {', '.join(CFG_SCHEDULES)})")
+    return 1.0 + (cfg - 1.0) * (1.0 - math.cos(math.pi * progress)) / 2.0  # "cosine"
 
 
 def masked_after(step: int, iterations: int, num_unknown: list[int],
@@ -144,13 +141,10 @@ def one_pass_guidance(backbone: torch.nn.Module, cfg: float, one_pass: bool | No
 
 def _check_args(iterations: int, num_tokens: int, cfg_schedule: str, known: torch.Tensor | None,
                 known_mask: torch.Tensor | None, batch: int) -> None:
-    if iterations < 1:
-        raise UserError(f"config key 'sample.iterations': {iterations} must be >= 1")
+    check_value("sample.iterations", iterations)
     if num_tokens < 1:
         raise UserError(f"decode: num_tokens={num_tokens} must be >= 1 (duration too short?)")
-    if cfg_schedule not in CFG_SCHEDULES:
-        raise UserError(f"config key 'sample.cfg_schedule': unknown schedule {cfg_schedule!r} "
-                        f"(use one of {', '.join(CFG_SCHEDULES)})")
+    check_value("sample.cfg_schedule", cfg_schedule)
     if (known is None) != (known_mask is None):
         raise UserError("decode: give `known` and `known_mask` together (or neither)")
     if known is not None and (known.shape[:2] != (batch, num_tokens)

@@ -20,8 +20,8 @@ Levers (one each, against `base`):
   threads2                  two intra-op threads (measured on the wall clock instead, in a
                             quiet moment only; CPU time cannot show it)
 
-    python research/throughput.py --out research/reports/throughput.md           # all arms
-    python research/throughput.py --arms base,batch_mul4 --cpu-minutes 2 --json t.json
+    python -m research.throughput --out research/reports/throughput.md           # all arms
+    python -m research.throughput --arms base,batch_mul4 --cpu-minutes 2 --json t.json
 
 Each arm runs in its own process (`--jobs` at a time); results are cached per arm in
 `--work` so an interrupted study continues where it stopped.
@@ -209,13 +209,14 @@ def _ctx(validation, trainer, generator):
 
 # ------------------------------------------------------------------ the study (parent)
 def _child(arm: str, args: argparse.Namespace, log: Path) -> subprocess.Popen:
-    cmd = [sys.executable, __file__, "--_arm", arm, "--work", args.work, "--train", args.train,
+    cmd = [sys.executable, "-m", "research.throughput", "--_arm", arm, "--work", args.work, "--train", args.train,
            "--val", args.val, "--cpu-minutes", str(args.cpu_minutes),
            "--eval-every", str(args.eval_every), "--val-batches", str(args.val_batches),
            "--max-steps", str(args.max_steps)]
     env = {**os.environ, "OMP_NUM_THREADS": "2" if arm == "threads2" else "1",
            "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    return subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log.open("w"),
+                            stderr=subprocess.STDOUT)
 
 
 def run_study(args: argparse.Namespace) -> list[dict]:
@@ -253,7 +254,7 @@ def _loss_at(curve: list[dict], seconds: float, key: str = "val_loss") -> float:
 
 def render(records: list[dict], args: argparse.Namespace) -> str:
     """The page: one row per arm, the curve points, and the choice."""
-    cmd = " ".join(["python research/throughput.py", *sys.argv[1:]])
+    cmd = " ".join(["python -m research.throughput", *sys.argv[1:]])
     by = {r["arm"]: r for r in records}
     common = min((r["seconds"] for r in records if r["clock"] == "cpu"), default=0.0)
     lines = [

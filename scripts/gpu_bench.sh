@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole GPU benchmark in one command (issue 20): IMPACT-base shapes, 10 s clips,
+# The whole GPU benchmark in one command: IMPACT-base shapes, 10 s clips,
 # batch 1/8/64, K = 64 and 16, bf16, with and without torch.compile, for the student, the
 # guidance-distilled student (one backbone row per clip), the teacher, the caption-only
 # one-pass student and the backbone-only floor (random weights at
@@ -14,8 +14,8 @@
 # Knobs (environment): CONFIG (impact_base), DEVICE (cuda), DTYPE (bf16), BATCHES
 # (1,8,64), KS ("64 16"), COMPILE ("0 1"), DURATION (10), REPEATS (3), EXTRA (more
 # tools/bench.py flags or key=value overrides).
-# On a lent device machine (the `device` tool): `bash scripts/gpu_bench.sh $OUT/bench`;
-# like scripts/gpu_teacher.sh it installs wheels carried in .whl/ when that folder exists.
+# Like scripts/gpu_teacher.sh it installs wheels carried in .whl/ when that folder exists
+# (an offline GPU machine).
 set -euo pipefail
 out=${1:?usage: bash scripts/gpu_bench.sh OUT_DIR}
 cd "$(dirname "$0")/.."

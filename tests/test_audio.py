@@ -302,7 +302,7 @@ def test_save_spectrogram_png(tmp_path):
 
 
 def test_griffinlim_report_tool(tmp_path):
-    from energytta.reports import griffinlim_report as tool
+    from research import griffinlim_report as tool
     lines = []
     for i, f in enumerate((440.0, 1200.0)):
         write_wav(tmp_path / "clips" / f"{i}.wav", tones([f], 16000, 0.4), 16000)

@@ -1,14 +1,17 @@
-"""tools/bench.py keeps working: tiny config, one batch size, all four generators."""
+"""tools/bench.py (energytta.bench) keeps working: tiny config, one batch size, every
+generator."""
 from __future__ import annotations
 
 import json
 
 import pytest
 
+from energytta import bench
 
-def test_bench_tiny_writes_rows(tmp_path, tiny_text_dir, load_tool):
+
+def test_bench_tiny_writes_rows(tmp_path, tiny_text_dir):
     out = tmp_path / "bench.json"
-    rows = load_tool("bench").run([
+    rows = bench.run([
         "--config", "tiny", "--batch-sizes", "2", "--iterations", "3", "--duration", "1",
         "--warmup", "0", "--repeats", "1", "--json", str(out),
         "--markdown", str(tmp_path / "b.md"), f"text.model={tiny_text_dir}"])
@@ -34,13 +37,25 @@ def test_bench_tiny_writes_rows(tmp_path, tiny_text_dir, load_tool):
     assert by["guided"]["x_floor"] is None and by["student"]["x_floor"] is not None
 
 
-def test_bench_bad_batch_sizes_is_one_line(capsys, load_tool):
-    assert load_tool("bench").main(["--batch-sizes", "one,two"]) == 2
+def test_bench_bad_batch_sizes_is_one_line(capsys):
+    assert bench.main(["--batch-sizes", "one,two"]) == 2
     assert capsys.readouterr().err.startswith("error: --batch-sizes")
 
 
+@pytest.mark.parametrize("argv", [["--batch-sizes", ""], ["--batch-sizes", ","],
+                                  ["--batch-sizes", "0"], ["--batch-sizes", "1,-1"],
+                                  ["--duration", "nan"], ["--duration", "inf"],
+                                  ["--duration", "0"], ["--iterations", "0"]])
+def test_bench_bad_sizes_and_durations_are_one_line_before_any_work(argv, capsys, tmp_path):
+    out = tmp_path / "b.json"
+    assert bench.main(["--config", "tiny", "--json", str(out), *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {argv[0]}"), err
+    assert not out.exists()  # no empty table written with exit 0
+
+
 def test_gpu_bench_script_runs_its_plan_on_cpu(tmp_path, tiny_text_dir):
-    """scripts/gpu_bench.sh, prepared for a lent GPU, in its CPU smoke-test settings."""
+    """scripts/gpu_bench.sh, prepared for a GPU, in its CPU smoke-test settings."""
     import os
     import subprocess
     from pathlib import Path

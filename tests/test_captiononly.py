@@ -200,8 +200,7 @@ def test_bad_input_is_one_line(problem, tiny_text_dir, teacher, tiny_ckpts, tmp_
 
 
 def test_study_page_reads_its_numbers_off_the_rows(tmp_path):
-    from energytta.reports import captiononly as study
-    from energytta.reports.captiononly_page import render
+    from research import captiononly as study
 
     def row(acc, typ, fd, cpu):
         checks = {"overall": {"accuracy": acc, "n": 10}, "type": {"accuracy": typ, "n": 10},
@@ -218,8 +217,8 @@ def test_study_page_reads_its_numbers_off_the_rows(tmp_path):
     arms = ["step0", "main", "tv-l1"]
     curves = {a: [{"step": 30, "val/gen_type": 0.25, "val/gen_attributes": 0.3,
                    "val/gen_count": 0.2}] for a in arms}
-    text = render(args, arms, rows, curves, {a: "–" for a in arms},
-                  {"command": "python tools/captiononly_report.py", "date": "d", "machine": "m"})
+    text = study.render(args, arms, rows, curves, {a: "–" for a in arms},
+                        {"command": "python -m research.captiononly", "date": "d", "machine": "m"})
     assert "| `tv-l1` | + TV, L1, λ_TV = 0.03 | 0.320 | +0.020 | 0.300 | +0.000 |" in text
     assert "starts (`step0`) at attribute accuracy 0.200" in text
     assert "`tv-l1`, reaches 0.320 (+0.120) after 90 steps" in text
@@ -244,3 +243,24 @@ def test_the_energy_head_student_trains_by_the_same_objective(tiny_text_dir, tea
     assert moved  # it trained ...
     cfg_out, kind, _, _ = load_model(tmp_path / "run" / "model.safetensors")
     assert kind == "captiononly" and cfg_out.head.kind == "energy"  # ... and records its route
+
+
+def test_a_jsonl_of_captions_alone_trains_with_the_recipes_validation_default(
+        tiny_text_dir, teacher, tmp_path, capsys):
+    """`{"caption": ...}` rows need no "audio"; a validation manifest that is not there
+    (the recipe's default path) turns validation off with a warning instead of failing."""
+    captions = tmp_path / "captions.jsonl"
+    captions.write_text("".join(json.dumps({"caption": c}) + "\n"
+                                for c in ["a beep", "rain", "a bell", "wind"]))
+    out = tmp_path / "run"
+    args = _overrides(tiny_text_dir, teacher, captions, out, "train.val_every=2",
+                      f"data.val={tmp_path / 'no_val.jsonl'}")
+    assert train_main(["--config", "tiny", *args]) == 0
+    assert "validation off" in capsys.readouterr().out
+    assert len(read_metrics(out / "metrics.jsonl", "train")) == 3
+    assert read_metrics(out / "metrics.jsonl", "val") == []
+    assert (out / "model.safetensors").is_file()
+    captions.write_text('{"caption": "a beep"}\n{"caption": ""}\n')
+    args = _overrides(tiny_text_dir, teacher, captions, tmp_path / "run2")
+    assert train_main(["--config", "tiny", *args]) == 2
+    assert 'captions.jsonl:2: missing or empty "caption"' in capsys.readouterr().err

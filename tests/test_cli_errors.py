@@ -1,10 +1,10 @@
-"""Bad devices, export destinations and argument orders are one line (issue 18, items 6-7)."""
+"""Bad devices, export destinations and argument orders are one line."""
 import pytest
 import torch
 
 from energytta.cli import export_main, sample_main
 from energytta.errors import UserError
-from energytta.pipeline import SHIPPED
+from energytta.checkpoint import SHIPPED
 from energytta.train.cli import build_parser
 from energytta.utils import pick_device
 
@@ -42,7 +42,7 @@ def test_a_failed_sampling_run_leaves_no_empty_folder(tmp_path, capsys):
 
 
 def test_a_local_file_named_like_a_shipped_model_does_not_shadow_it(tmp_path, monkeypatch):
-    from energytta.pipeline import SHIPPED, resolve_checkpoint
+    from energytta.checkpoint import SHIPPED, resolve_checkpoint
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "student").write_text("not a model")

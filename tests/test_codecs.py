@@ -71,30 +71,6 @@ def vocoder_file(tmp_path_factory) -> Path:
     return save_part(path, trained_vocoder(cfg).state_dict(), cfg, "vocoder", VOCODER_KEYS)
 
 
-@pytest.fixture(scope="module")
-def audioldm_dir(tmp_path_factory) -> Path:
-    """A diffusers-format AudioLDM folder with a tiny random `vae/` and `vocoder/`."""
-    try:  # part of the test install, so CI never skips these tests silently
-        import diffusers
-    except ImportError:
-        pytest.fail("diffusers is missing: bash scripts/install.sh test (the audioldm extra)")
-    from transformers import SpeechT5HifiGan, SpeechT5HifiGanConfig
-
-    root = tmp_path_factory.mktemp("audioldm")
-    torch.manual_seed(0)
-    vae = diffusers.AutoencoderKL(
-        in_channels=1, out_channels=1, latent_channels=8, block_out_channels=(8, 8, 16),
-        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-        layers_per_block=1, norm_num_groups=4, sample_size=64, scaling_factor=0.9)
-    vae.save_pretrained(root / "vae")
-    voc = SpeechT5HifiGan(SpeechT5HifiGanConfig(
-        model_in_dim=64, sampling_rate=16000, upsample_initial_channel=64,
-        upsample_rates=[5, 4, 2, 2, 2], upsample_kernel_sizes=[10, 8, 4, 4, 4],
-        resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1, 3]], normalize_before=False))
-    voc.save_pretrained(root / "vocoder")
-    return root
-
-
 # ------------------------------------------------------------------ VAE
 @pytest.mark.parametrize("samples", [16000, 15000])  # 100 frames, and 93 (padded to 96)
 def test_vae_codec_shapes_agree_with_latent_shape(vae_file, samples):
@@ -313,6 +289,18 @@ def test_audioldm_hifigan_vocodes_the_mel_codec(audioldm_dir):
 def test_audioldm_folder_without_a_vae_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="no config.json"):
         build_codec(load_config("tiny", ["codec.name=audioldm", f"codec.path={tmp_path}"]))
+
+
+@pytest.mark.parametrize("sub, key", [("vae", "codec.path"), ("vocoder", "codec.vocoder_path")])
+def test_a_pickle_only_audioldm_part_is_refused_before_any_read(sub, key, tmp_path):
+    folder = tmp_path / sub
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "diffusion_pytorch_model.bin").write_bytes(b"not read: a pickle could run code")
+    overrides = {"vae": ["codec.name=audioldm", f"codec.path={tmp_path}"],
+                 "vocoder": ["codec.vocoder=hifigan", f"codec.vocoder_path={tmp_path}"]}[sub]
+    with pytest.raises(UserError, match=f"{key}=.*no safetensors weights"):
+        build_codec(load_config("tiny", overrides))
 
 
 # ------------------------------------------------------------------ energytta-train

@@ -1,4 +1,4 @@
-"""Every out-of-range config value is one line naming its key, at load (issue 18)."""
+"""Every out-of-range config value is one line naming its key, at load."""
 import subprocess
 from pathlib import Path
 
@@ -21,6 +21,20 @@ BAD = [
     ("sample.seed=-1", "sample.seed"), (f"sample.seed={2 ** 63}", "sample.seed"),
     ("head.num_samples=1", "head.num_samples"),
     ("train.betas=[0.9,1.5]", "train.betas"),
+    # an empty or inverted mel band trained on a constant mel and exited 0
+    ("audio.f_min=9000", "audio.f_min"), ("audio.f_min=8000", "audio.f_min"),
+    ("audio.f_max=12000", "audio.f_max"), ("audio.win_length=2048", "audio.win_length"),
+    ("head.sample_max_t=-50", "head.sample_max_t"),  # was accepted: only -1 means T-1
+    ("head.sample_max_t=1000", "head.sample_max_t"),
+    ("head.num_timesteps=1000000000", "head.num_timesteps"),  # tables of 10^9 numbers
+    # choices and ranges that parts used to check on their own, after loading
+    ("head.noise_type=laplace", "head.noise_type"), ("distill.loss=l1", "distill.loss"),
+    ("sample.cfg_schedule=square", "sample.cfg_schedule"),
+    ("model.mask_ratio_min=0", "model.mask_ratio_min"), ("head.alpha=2", "head.alpha"),
+    ("vsd.tv_norm=l3", "vsd.tv_norm"), ("data.kind=video", "data.kind"),
+    ("model.pos_embed=sinusoid", "model.pos_embed"), ("head.prediction=score", "head.prediction"),
+    ("head.noise_schedule=sigmoid", "head.noise_schedule"),
+    ("model.guidance_head=conv", "model.guidance_head"),
 ]
 
 
@@ -36,7 +50,8 @@ def test_every_packaged_config_and_shipped_checkpoint_is_valid():
     for path in sorted((Path(__file__).resolve().parents[1] / "energytta" / "configs")
                        .glob("*.yaml")):
         load_config(path.stem)
-    for asset in ("student", "teacher"):
+    load_config("tiny", ["head.sample_max_t=-1"]), load_config("tiny", ["head.sample_max_t=999"])
+    for asset in ("student", "teacher", "guided", "captiononly"):
         validate(load_inference(ASSETS / f"{asset}.safetensors")[0])
 
 
@@ -55,3 +70,26 @@ def test_cli_exits_with_one_line_instead_of_hanging(tmp_path):
     assert out.returncode != 0
     assert "data.batch_size" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_a_key_given_twice_in_yaml_is_refused_naming_it(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("base: tiny\ntrain:\n  lr: 1.0e-3\n  steps: 3\n  lr: 1.0\n")
+    with pytest.raises(ConfigError, match=r"duplicate key 'lr' at line 5") as err:
+        load_config(str(path))
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="duplicate key 'width'"):  # an override's YAML
+        load_config("tiny", ["model={width: 64, width: 32}"])
+    assert load_config("tiny", ["model={width: 64}"]).model.width == 64
+
+
+@pytest.mark.parametrize("text", ["train: " + "[" * 100_000 + "]" * 100_000,
+                                  '{"train":' * 100_000 + "1" + "}" * 100_000])
+def test_a_config_nested_100k_deep_is_one_line(text, tmp_path, capsys):
+    from energytta.cli import train_main
+
+    path = tmp_path / "deep.yaml"
+    path.write_text(text)
+    assert train_main(["--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nested too deeply" in err[0], err[-3:]

@@ -61,6 +61,14 @@ def test_jsonl_broken_rows_name_file_and_line(tmp_path, bad, message):
         read_manifest(m)
 
 
+def test_a_row_nested_100k_deep_is_one_line(tmp_path):
+    m = tmp_path / "m.jsonl"
+    m.write_text('{"audio": "a.wav", "caption": "ok"}\n' + '{"a":' * 100_000 + "1"
+                 + "}" * 100_000 + "\n")
+    with pytest.raises(UserError, match=r"m\.jsonl:2: JSON nested too deeply"):
+        read_manifest(m)
+
+
 def test_empty_missing_and_non_utf8_manifests(tmp_path):
     (tmp_path / "empty.jsonl").write_text("\n\n")
     with pytest.raises(UserError, match="empty manifest"):

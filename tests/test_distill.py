@@ -164,6 +164,6 @@ def test_init_skips_mismatched_shapes(teacher_ckpt):
                                             ("distill.layers=[5]", r"distill.layers\[0\]"),
                                             ("distill.loss=l1", "distill.loss")])
 def test_bad_settings_are_user_errors(teacher_ckpt, override, match):
-    cfg = _student_cfg(teacher_ckpt, override)
-    with pytest.raises(UserError, match=match):
+    with pytest.raises(UserError, match=match):  # at load (the rules) or at the teacher
+        cfg = _student_cfg(teacher_ckpt, override)
         StudentObjective(cfg, _student(cfg), "cpu")

@@ -255,7 +255,7 @@ def test_cli_records_the_edit_and_reruns_only_changed_settings(tiny_ckpts, promp
                                                                clip_file, tmp_path, capsys):
     out, ckpt = tmp_path / "out", tiny_ckpts["student"]
     assert _run(prompts_file, ckpt, out, "--audio", str(clip_file), "--keep", "0-0.52") == 0
-    record = json.loads((out / "000-a-high-beep-repeats.json").read_text())
+    record = json.loads((out / "000-a-high-beep-repeats-seed0.json").read_text())
     edit = record["edit"]
     assert edit["mode"] == "inpaint" and edit["keep"] == [[0.0, 0.5]]
     assert edit["requested"] == {"keep": "0-0.52"} and edit["audio"] == str(clip_file)
@@ -269,11 +269,12 @@ def test_cli_records_the_edit_and_reruns_only_changed_settings(tiny_ckpts, promp
     assert _run(prompts_file, ckpt, tmp_path / "var", "--audio", str(clip_file),
                 "--strength", "0.3", "--variations", "2") == 0
     takes = sorted(p.name for p in (tmp_path / "var").glob("*.json"))
-    assert takes == ["000-a-high-beep-repeats-v0.json", "000-a-high-beep-repeats-v1.json"]
+    assert takes == ["000-a-high-beep-repeats-seed0-v0.json",
+                     "000-a-high-beep-repeats-seed0-v1.json"]
     assert json.loads((tmp_path / "var" / takes[1]).read_text())["edit"]["variation"] == 1
     assert _run(prompts_file, tiny_ckpts["teacher"], tmp_path / "cont", "--continue",
                 str(clip_file), "--duration", "2") == 0
-    wav, sr = sf.read(tmp_path / "cont" / "000-a-high-beep-repeats.wav")
+    wav, sr = sf.read(tmp_path / "cont" / "000-a-high-beep-repeats-seed0.wav")
     assert sr == SR and len(wav) == 2 * SR
 
 
@@ -286,7 +287,7 @@ def test_cli_resamples_another_rate_with_a_warning(tiny_ckpts, prompts_file, tmp
                 "--regenerate", "0.5-1.0") == 0
     err = capsys.readouterr().err
     assert "warning: --audio" in err and "22050 Hz; resampled to the model's 16000 Hz" in err
-    record = json.loads((tmp_path / "out" / "000-a-high-beep-repeats.json").read_text())
+    record = json.loads((tmp_path / "out" / "000-a-high-beep-repeats-seed0.json").read_text())
     assert record["edit"]["audio_sample_rate"] == 22050
 
 

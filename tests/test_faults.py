@@ -179,6 +179,44 @@ def test_a_full_disk_in_an_atomic_write_is_one_line_and_keeps_the_old_file(tmp_p
     assert target.read_text() == "old" and sorted(tmp_path.iterdir()) == [target]
 
 
+ASSET = REPO / "energytta" / "assets" / "student.safetensors"
+
+
+def _export_error(out, capsys) -> str:
+    from energytta.cli import export_main
+
+    code = export_main([str(ASSET), "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err[-3:]
+    return err[0]
+
+
+@pytest.mark.parametrize("code", [errno.EACCES, errno.EPERM, errno.EROFS])
+def test_a_refused_write_is_not_called_a_full_disk(code, tmp_path, monkeypatch, capsys):
+    # /proc and many read-only mounts report no free space: the guess must not fire
+    monkeypatch.setattr(utils.shutil, "disk_usage", lambda p: SimpleNamespace(free=0))
+
+    def refused(*_args, **_kwargs):
+        raise OSError(code, os.strerror(code))
+    monkeypatch.setattr(utils.tempfile, "mkdtemp", refused)  # making the temporary
+    line = _export_error(tmp_path / "m.safetensors", capsys)
+    assert "disk full" not in line and "cannot write" in line and os.strerror(code) in line
+    monkeypatch.undo()
+    monkeypatch.setattr(utils.shutil, "disk_usage", lambda p: SimpleNamespace(free=0))
+    with pytest.raises(UserError, match="cannot write .*Permission denied"):
+        with atomic_path(tmp_path / "a.bin"):  # a writer that wraps the errno in words
+            raise RuntimeError("Error while serializing: Permission denied (os error 13)")
+    with pytest.raises(UserError, match="disk full"):  # a full disk still says so
+        with atomic_path(tmp_path / "a.bin"):
+            _no_space()
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")
+def test_export_into_proc_is_not_a_full_disk(capsys):
+    line = _export_error(Path("/proc/x.safetensors"), capsys)
+    assert "cannot write" in line and "disk full" not in line, line
+
+
 def test_a_full_disk_outside_an_atomic_write_is_one_line_too(capsys):
     def append(_argv):  # e.g. a metrics.jsonl append
         raise OSError(errno.ENOSPC, "No space left on device", "run/metrics.jsonl")
@@ -240,7 +278,7 @@ def test_a_full_disk_during_sampling_is_one_line_and_finished_prompts_stay(
     assert code == 2 and err[-1].startswith("error: disk full"), err
     names = sorted(p.name for p in out.iterdir())
     assert [n for n in names if n.startswith("000-")] == [
-        "000-a-beep.json", "000-a-beep.png", "000-a-beep.wav"]  # the finished prompt
+        "000-a-beep-seed0.json", "000-a-beep-seed0.png", "000-a-beep-seed0.wav"]  # finished
     assert not any(n.startswith(("001-", "002-", ".")) for n in names), names
 
 
@@ -271,7 +309,7 @@ def test_resume_skips_a_damaged_newest_checkpoint_and_refuses_when_none_reads(
 
 # ------------------------------------------------------------------ long prompt lists
 def test_memory_report_tells_a_flat_run_from_a_leaking_one():
-    from energytta.reports import memory
+    from research import memory
 
     args = memory.build_parser().parse_args(["--out", "x.md", "--prompts", "400"])
     warm = [(0.0, 200.0, 0)] + [(1.0 + i, 600.0 + (i % 3), 4 * i) for i in range(101)]

@@ -218,7 +218,8 @@ def test_guiding_a_plain_backbone_in_one_pass_is_an_error(tiny_text_dir):
         model(tokens, mask, text, tmask, guidance=torch.tensor([3.0, 3.0]))
 
 
-def test_the_report_page_reads_the_arms_and_the_quality_rows(tmp_path, load_tool, capsys):
+def test_the_report_page_reads_the_arms_and_the_quality_rows(tmp_path, research_command,
+                                                             capsys):
     import yaml
 
     run = tmp_path / "arm"
@@ -239,7 +240,7 @@ def test_the_report_page_reads_the_arms_and_the_quality_rows(tmp_path, load_tool
     (work / "student-k8.json").write_text(json.dumps(row(0.40, 1.0)))
     (work / "guided-k8.json").write_text(json.dumps(row(0.38, 0.5)))
     out = tmp_path / "g.md"
-    tool = load_tool("guidance_report")
+    tool = research_command("guidance")
     assert tool.main(["--runs", str(run), "--work", str(work), "--iterations", "8,4",
                       "--out", str(out)]) == 0
     text = out.read_text()

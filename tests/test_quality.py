@@ -1,4 +1,4 @@
-"""tools/quality.py end to end on tiny teacher/student checkpoints and a 12-clip corpus."""
+"""research/quality.py end to end on tiny teacher/student checkpoints and a 12-clip corpus."""
 from __future__ import annotations
 
 import json
@@ -12,8 +12,8 @@ def _args(tiny_ckpts, corpus, work, *extra):
             "--batch-size", "5", "--work", str(work), *extra]
 
 
-def test_rows_page_and_reuse(tiny_ckpts, corpus, tmp_path, load_tool, capsys):
-    tool = load_tool("quality")
+def test_rows_page_and_reuse(tiny_ckpts, corpus, tmp_path, research_command, capsys):
+    tool = research_command("quality")
     work, page = tmp_path / "work", tmp_path / "quality.md"
     assert tool.main(_args(tiny_ckpts, corpus, work, "--out", str(page))) == 0
     row = json.loads((work / "student-k2.json").read_text())
@@ -53,7 +53,7 @@ def test_rows_page_and_reuse(tiny_ckpts, corpus, tmp_path, load_tool, capsys):
 
 
 def test_targets_are_judged_from_the_k64_rows(tiny_ckpts, corpus, tmp_path):
-    from energytta.reports import quality_report as report
+    from research import quality_report as report
 
     def row(fd, acc):
         return {"metrics": {"synth-classifier": {"fd": fd}},
@@ -66,7 +66,7 @@ def test_targets_are_judged_from_the_k64_rows(tiny_ckpts, corpus, tmp_path):
 
 
 def test_per_check_table_names_columns_like_the_main_table():
-    from energytta.reports import quality_report as report
+    from research import quality_report as report
 
     def row(acc):
         checks = {"type": {"accuracy": acc, "n": 4}}
@@ -78,7 +78,7 @@ def test_per_check_table_names_columns_like_the_main_table():
 
 
 def test_a_trained_vocoder_gets_its_own_real_clips_row(tiny_ckpts, corpus, tmp_path,
-                                                       load_tool, capsys):
+                                                       research_command, capsys):
     from energytta.audio.vocoder import VOCODER_KEYS, save_part, trained_vocoder
     from energytta.config import load_config
 
@@ -86,7 +86,7 @@ def test_a_trained_vocoder_gets_its_own_real_clips_row(tiny_ckpts, corpus, tmp_p
                                "codec.vocoder_mag_prior=true"])
     voc = save_part(tmp_path / "voc.safetensors", trained_vocoder(cfg).state_dict(), cfg,
                     "vocoder", VOCODER_KEYS)
-    tool = load_tool("quality")
+    tool = research_command("quality")
     work, page = tmp_path / "work", tmp_path / "q.md"
     assert tool.main(_args(tiny_ckpts, corpus, work, "--models", "student", "--iterations",
                            "1", "--vocoder", str(voc), "--out", str(page))) == 0
@@ -101,8 +101,8 @@ def test_a_trained_vocoder_gets_its_own_real_clips_row(tiny_ckpts, corpus, tmp_p
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: ")
 
 
-def test_errors(tiny_ckpts, corpus, tmp_path, load_tool, capsys):
-    tool = load_tool("quality")
+def test_errors(tiny_ckpts, corpus, tmp_path, research_command, capsys):
+    tool = research_command("quality")
     assert tool.main(_args(tiny_ckpts, corpus, tmp_path, "--models", "teacher,oracle")) == 2
     assert "unknown" in capsys.readouterr().err
     assert tool.main(_args(tiny_ckpts, corpus, tmp_path, "--iterations", "8,x")) == 2
@@ -115,17 +115,18 @@ def test_errors(tiny_ckpts, corpus, tmp_path, load_tool, capsys):
     assert "holds a student" in capsys.readouterr().err
 
 
-def test_teacher_start_t_scan(tiny_ckpts, tiny_text_dir, tmp_path, load_tool, capsys):
+def test_teacher_start_t_scan(tiny_ckpts, tiny_text_dir, tmp_path, research_command,
+                              capsys):
     from energytta.cli import data_main
     from energytta.data import synth
-    from energytta.reports.teacher_start_t import scan
+    from research.teacher_start_t import scan
 
     synth.generate(tmp_path / "corpus", num=5, seconds=1.0, seed=0, workers=1, progress=False)
     cache = tmp_path / "cache"
     assert data_main(
         ["cache", "--manifest", str(tmp_path / "corpus" / "train.jsonl"), "--out", str(cache),
          "--config", "tiny", "--device", "cpu", f"text.model={tiny_text_dir}"]) == 0
-    tool = load_tool("teacher_start_t")
+    tool = research_command("teacher_start_t")
     rows = scan(str(tiny_ckpts["teacher"]), str(cache), 2, [999, 500], 0)
     assert [r["start"] for r in rows] == ["real", 999, 500]
     assert all(len(r["stats"]) == 2 and all(s > 0 for s in r["stats"]) for r in rows)
@@ -135,8 +136,9 @@ def test_teacher_start_t_scan(tiny_ckpts, tiny_text_dir, tmp_path, load_tool, ca
     assert "holds a student" in capsys.readouterr().err
 
 
-def test_sampling_sweep_cells_table_and_reuse(tiny_ckpts, corpus, tmp_path, load_tool, capsys):
-    tool = load_tool("sampling_sweep")
+def test_sampling_sweep_cells_table_and_reuse(tiny_ckpts, corpus, tmp_path, research_command,
+                                              capsys):
+    tool = research_command("sampling_sweep")
     work, page = tmp_path / "work", tmp_path / "sweep.md"
     args = [str(tiny_ckpts["student"]), "--reference", str(corpus / "test.jsonl"),
             "--limit", "10", "--iterations", "1", "--cfg", "1,3", "--temperature", "0.5",

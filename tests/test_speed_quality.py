@@ -1,4 +1,4 @@
-"""tools/speed_quality.py end to end on tiny checkpoints: quality and bench rows of the same
+"""research/speed_quality.py end to end on tiny checkpoints: quality and bench rows of the same
 settings in one table, the guided student timed in one pass, reuse, targets, bad input."""
 from __future__ import annotations
 
@@ -48,22 +48,22 @@ def _args(tiny_ckpts, guided, corpus, work, *extra, vocoder=None):
 
 
 def test_one_table_of_speed_and_quality_and_reuse(tiny_ckpts, guided, vocoder, corpus,
-                                                  tmp_path, load_tool, capsys):
-    tool = load_tool("speed_quality")
+                                                  tmp_path, research_command, capsys):
+    tool = research_command("speed_quality")
     work, page = tmp_path / "work", tmp_path / "sq.md"
     assert tool.main(_args(tiny_ckpts, guided, corpus, work, "--out", str(page),
                            vocoder=vocoder)) == 0
     text = page.read_text()
     for cells in ("| teacher (diffusion head, 100 steps) | 2 | 2×B |", "| student | 2 | 2×B |",
                   "| guided student | 2 | 1×B |", "| guided student + trained vocoder | 2 |",
-                  "s / batch 6", "× teacher @6", "## Targets (CPU, batch 6, issue 20)",
+                  "s / batch 6", "× teacher @6", "## Targets (CPU, batch 6)",
                   "its own floor at batch 6", "- Trained vocoder vs Griffin-Lim (guided"):
         assert cells in text, cells
     voc = json.loads((work / "bench-guided-k2-voc.json").read_text())["rows"]
     assert {r["vocoder"] for r in voc} == {"voc.safetensors"}
     assert json.loads((work / "guided-k2-voc.json").read_text())["generation"]["vocoder"] \
         == "voc.safetensors"
-    assert "python tools/speed_quality.py --teacher" in text and "--bench-script" not in text
+    assert "python -m research.speed_quality --teacher" in text and "--bench-script" not in text
     bench = json.loads((work / "bench-guided-k2.json").read_text())
     rows = bench["rows"]
     assert {(r["generator"], r["batch_size"]) for r in rows} == {
@@ -84,7 +84,7 @@ def test_one_table_of_speed_and_quality_and_reuse(tiny_ckpts, guided, vocoder, c
 
 
 def test_targets_read_the_rows():
-    from energytta.reports.speed_quality import targets
+    from research.speed_quality import targets
 
     def rec(model, acc, total, floor):
         return {"model": model, "k": 8, "attributes": acc, "total": {32: total},
@@ -105,8 +105,9 @@ def test_targets_read_the_rows():
                                  ["--settings", "guided:8:hifigan"],
                                  ["--settings", "guided:8:trained", "--vocoder", "no.st"],
                                  ["--reference", "nope.jsonl"]])
-def test_bad_input_is_one_line(bad, tiny_ckpts, guided, corpus, tmp_path, load_tool, capsys):
-    tool = load_tool("speed_quality")
+def test_bad_input_is_one_line(bad, tiny_ckpts, guided, corpus, tmp_path, research_command,
+                               capsys):
+    tool = research_command("speed_quality")
     assert tool.main(_args(tiny_ckpts, guided, corpus, tmp_path / "w") + bad) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: "), err

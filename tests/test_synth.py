@@ -250,3 +250,17 @@ def test_all_types_render_distinct_nonsilent_audio():
     dist = np.linalg.norm(profiles[:, None] - profiles[None], axis=-1)
     np.fill_diagonal(dist, np.inf)
     assert len(S.TYPES) >= 12 and dist.min() > 1.0
+
+
+def test_a_second_synth_into_a_folder_being_written_is_refused(tmp_path, capsys):
+    from energytta.cli import data_main
+    from energytta.locks import folder_lock
+
+    out = tmp_path / "corpus"
+    with folder_lock(out, "energytta-data synth", "pass another --out"):  # a run is writing
+        code = data_main(["synth", "--out", str(out), "--num", "4", "--seconds", "1",
+                          "--workers", "1", "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert "in use by another energytta-data synth" in err[0] and "--out" in err[0]
+    assert not list(out.rglob("*.wav")) and not (out / "train.jsonl").exists()

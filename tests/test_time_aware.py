@@ -215,7 +215,7 @@ def test_diagnostics_command_reproduces_the_runs_last_validation_row(
 
 
 def test_recipe_ablation_page_from_cached_numbers(tmp_path):
-    from energytta.reports import ablation
+    from research import ablation
 
     data = tmp_path / "val.jsonl"
     data.write_text("")
@@ -234,7 +234,7 @@ def test_recipe_ablation_page_from_cached_numbers(tmp_path):
             (folder / "diagnostics.json").write_text(json.dumps({"key": key,
                                                                  "numbers": numbers}))
         (tmp_path / "runs" / arm / "metrics.jsonl").write_text('{"step": 20, "time": 120}\n')
-    page = ablation.run(args, "python tools/recipe_ablation.py ...").read_text()
+    page = ablation.run(args, "python -m research.ablation ...").read_text()
     assert "| rope | rotary positions" in page and "| 20 | 2 |" in page
     assert "2.0000" in page  # rope's gap at step 20
     assert (tmp_path / "docs" / "img" / "ab.png").is_file() and "](../img/ab.png)" in page

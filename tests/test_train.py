@@ -251,8 +251,8 @@ def test_batch_stream_is_seeded_sharded_and_resumable():
     assert stream(0).epoch_batches(0) != stream(0).epoch_batches(1)  # reshuffled per epoch
 
 
-def test_plot_metrics_table_means_the_noisy_loss(tmp_path, load_tool, capsys):
-    tool = load_tool("plot_metrics")
+def test_plot_metrics_table_means_the_noisy_loss(tmp_path, research_command, capsys):
+    tool = research_command("plot_metrics")
     log = tmp_path / "metrics.jsonl"
     log.write_text("".join(json.dumps({"step": s, "loss": float(s % 2), "lr": 1e-3,
                                        "distill": s / 1000, "grad_norm": 1.0,

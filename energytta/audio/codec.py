@@ -10,10 +10,9 @@ without building the codec, and the built codec answers with the very same numbe
 """
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -22,6 +21,7 @@ from energytta.audio.griffinlim import GriffinLim
 from energytta.audio.mel import MelFrontend
 from energytta.config import Config
 from energytta.errors import UserError
+from energytta.plugins import load_object
 
 STD_FLOOR = 0.1  # nats; a bin that is silent in every clip must not blow up when normalised
 
@@ -76,6 +76,17 @@ class Codec(ABC, nn.Module):
     @abstractmethod
     def latent_grid(cls, cfg: Config) -> LatentGrid:
         """The latent geometry this codec has under `cfg`, without building it."""
+
+    @classmethod
+    def clip_transform(cls, cfg: Config) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """What to apply to each whole clip (S,) before it is cropped, padded or batched;
+        None = nothing. A codec whose reference preprocessing normalises per clip says so
+        here (AudioLDM: mean and peak of the whole file), since `encode` sees padded batches."""
+        return None
+
+    def prepare_clip(self, wav: torch.Tensor) -> torch.Tensor:
+        """wav (S,) -> (S,): `clip_transform` of this codec, for callers holding one."""
+        return wav
 
     @property
     def frames_per_second(self) -> float:
@@ -213,13 +224,17 @@ def codec_class(name: str) -> type[Codec]:
     """The Codec subclass registered as `name`; unknown names raise `UserError`."""
     if name not in CODECS:
         raise UserError(f"unknown codec.name '{name}' (choose from: {', '.join(sorted(CODECS))})")
-    module, cls = CODECS[name].split(":")
-    return getattr(importlib.import_module(module), cls)
+    return load_object(CODECS[name])
 
 
 def latent_grid(cfg: Config) -> LatentGrid:
     """The latent geometry of the codec `cfg` names, without building the codec."""
     return codec_class(cfg.codec.name).latent_grid(cfg)
+
+
+def clip_transform(cfg: Config) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The per-clip waveform step of the codec `cfg` names (`Codec.clip_transform`)."""
+    return codec_class(cfg.codec.name).clip_transform(cfg)
 
 
 def latent_shape(cfg: Config, seconds: float) -> tuple[int, int, int]:

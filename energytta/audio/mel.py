@@ -1,9 +1,15 @@
 """The AudioLDM / HiFi-GAN log-mel front-end in plain torch (no torchaudio, no librosa).
 
 Matches the mels AudioLDM's VAE and HiFi-GAN vocoder were trained on (16 kHz, n_fft 1024,
-Hann window 1024, hop 160, 64 slaney mels over 0-8 kHz): magnitude STFT of the signal
-reflect-padded by (n_fft - hop) / 2 on each side with `center=False` -- so a clip of S samples
-gives exactly S // hop frames -- then mel projection and `log(clamp(x, 1e-5))`.
+Hann window 1024, hop 160, 64 slaney mels over 0-8 kHz): magnitude STFT, mel projection and
+`log(clamp(x, 1e-5))` (AudioLDM's `dynamic_range_compression` with C = 1). A clip of S samples
+gives exactly S // hop frames under either framing:
+
+- "audioldm": AudioLDM's `TacotronSTFT` framing, reflect padding of n_fft / 2 on each side
+  (frame k centred on sample k·hop; S // hop + 1 frames, of which AudioLDM keeps its target
+  count, S // hop for a clip of whole hops -- so 10.24 s gives 1,024 frames).
+- "legacy": reflect padding of (n_fft - hop) / 2 with `center=False` (frame k centred on
+  k·hop + hop / 2); the built-in mel codec and the checkpoints trained on it use this.
 """
 from __future__ import annotations
 
@@ -61,24 +67,31 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float = 0.0
     return weights.astype(np.float32)
 
 
+FRAMINGS = ("legacy", "audioldm")
+
+
 class MelFrontend(nn.Module):
     """wav (B, S) -> log-mel (B, n_mels, S // hop), AudioLDM's TacotronSTFT settings.
 
     Args:
         audio_cfg: sample rate, n_fft, win_length, hop_length, n_mels, f_min, f_max.
+        framing: "legacy" or "audioldm" (module docstring).
     The window and filterbank are non-persistent buffers: they follow `.to(device)` but are
     rebuilt from the config rather than stored in checkpoints.
     """
 
-    def __init__(self, audio_cfg: AudioConfig) -> None:
+    def __init__(self, audio_cfg: AudioConfig, framing: str = "legacy") -> None:
         super().__init__()
         c = audio_cfg
+        if framing not in FRAMINGS:
+            raise ValueError(f"framing must be one of {FRAMINGS}, got {framing!r}")
         if c.win_length > c.n_fft or (c.n_fft - c.hop_length) % 2:
             raise ValueError("need win_length <= n_fft and an even n_fft - hop_length, got "
                              f"n_fft={c.n_fft}, win_length={c.win_length}, hop={c.hop_length}")
         self.sample_rate, self.n_fft, self.hop_length = c.sample_rate, c.n_fft, c.hop_length
         self.n_mels = c.n_mels
-        self.pad = (c.n_fft - c.hop_length) // 2
+        self.framing = framing
+        self.pad = c.n_fft // 2 if framing == "audioldm" else (c.n_fft - c.hop_length) // 2
         self.register_buffer("window", padded_window(c.n_fft, c.win_length), persistent=False)
         fb = mel_filterbank(c.sample_rate, c.n_fft, c.n_mels, c.f_min, c.f_max)
         self.register_buffer("mel_basis", torch.from_numpy(fb), persistent=False)
@@ -93,7 +106,7 @@ class MelFrontend(nn.Module):
         x = nn.functional.pad(wav.float().unsqueeze(1), (self.pad, self.pad), mode="reflect")
         spec = torch.stft(x.squeeze(1), self.n_fft, self.hop_length, window=self.window,
                           center=False, return_complex=True)
-        return spec.abs()
+        return spec[..., :wav.shape[-1] // self.hop_length].abs()  # audioldm: drop frame S//hop
 
     def mel(self, wav: torch.Tensor) -> torch.Tensor:
         """wav (B, S) -> linear-magnitude mel (B, n_mels, S // hop)."""

@@ -16,7 +16,7 @@ def save_spectrogram_png(mel: np.ndarray | torch.Tensor, path: str | Path, title
     Args:
         mel: (n_mels, T) log-mel, e.g. `MelFrontend(...)(wav)[0]`.
         path: destination .png; parent folders are created.
-        title: figure title.
+        title: figure title, drawn as plain text (a prompt's dollar signs are literal).
         sample_rate, hop_length: to label the time axis in seconds.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -36,8 +36,8 @@ def save_spectrogram_png(mel: np.ndarray | torch.Tensor, path: str | Path, title
                       cmap="magma", extent=(0.0, frames * hop_length / sample_rate, 0, n_mels))
     ax.set_xlabel("time (s)")
     ax.set_ylabel("mel bin")
-    if title:
-        ax.set_title(title)
+    if title:  # a prompt is plain text: `$\foo$` must not reach mathtext (it would raise)
+        ax.set_title(title, parse_math=False)
     fig.colorbar(image, ax=ax, label="log magnitude")
     fig.tight_layout()
     with atomic_path(path) as tmp:

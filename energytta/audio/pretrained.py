@@ -1,4 +1,5 @@
-"""AudioLDM's VAE and HiFi-GAN vocoder, loaded from a local folder (never from a hub).
+"""AudioLDM's VAE as a codec, loaded from a local folder (never from a hub); its HiFi-GAN
+vocoder is `energytta.audio.vocoder.HifiGanVocoder`.
 
 AudioLDM (Liu et al. 2023) encodes the same 16 kHz, 64-bin log-mel our `MelFrontend`
 computes, as an image (B, 1, T, 64), with a KL autoencoder (diffusers `AutoencoderKL`,
@@ -8,94 +9,66 @@ computes, as an image (B, 1, T, 64), with a KL autoencoder (diffusers `Autoencod
 `vocoder/` subfolders: set `codec.name=audioldm codec.path=FOLDER` (and
 `codec.vocoder=hifigan` to use its HiFi-GAN). `diffusers` is the optional extra
 `pip install energytta[audioldm]`.
+
+With `codec.preprocess=audioldm` (the default) a waveform becomes the VAE's input exactly as
+in AudioLDM's own code (`audioldm/audio/tools.py` `read_wav_file` + `wav_to_fbank`, and
+`stft.py` `TacotronSTFT`): the clip's mean is removed and it is scaled to peak 0.5, before
+it is padded or cropped and again after; the mel uses TacotronSTFT's framing
+(`MelFrontend(framing="audioldm")`). A 10.24 s clip (audio.crop_seconds=10.24) gives
+AudioLDM's 1,024 mel frames and 256 latent frames. `codec.preprocess=legacy` keeps the raw
+waveform and the built-in mel framing (what checkpoints saved before the key used).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
 
 from energytta.audio.codec import Codec, LatentGrid
+from energytta.audio.folders import model_folder, read_config
 from energytta.audio.mel import MelFrontend
-from energytta.config import AudioConfig, Config
+from energytta.config import Config
 from energytta.errors import UserError
+from energytta.utils import require_safetensors
 
 
-def model_folder(path: str | Path, sub: str, flag: str) -> Path:
-    """`path/sub` if it holds a config.json, else `path` if it does; otherwise UserError.
+PEAK = 0.5  # AudioLDM scales every clip to this peak (tools.py normalize_wav)
+
+
+def normalize_wav(wav: torch.Tensor) -> torch.Tensor:
+    """AudioLDM's `normalize_wav` on the last axis: remove the mean, scale to peak 0.5.
 
     Args:
-        path: a diffusers pipeline folder (with `sub/`) or the model folder itself.
-        sub: "vae" | "vocoder"; flag: the config key that named `path` (for messages).
+        wav: (..., S) float. Returns the same shape, float32 or wider.
     """
-    base = Path(path)
-    for folder in (base / sub, base):
-        if (folder / "config.json").is_file():
-            return folder
-    raise UserError(f"{flag}={path}: no config.json in it or in its {sub}/ subfolder "
-                    "(point it at a local AudioLDM folder saved by diffusers)")
+    wav = wav - wav.mean(dim=-1, keepdim=True)
+    return wav / (wav.abs().amax(dim=-1, keepdim=True) + 1e-8) * PEAK
 
 
-def _read_config(folder: Path) -> dict:
-    try:
-        return json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{folder / 'config.json'} is not valid JSON ({e})") from None
+def audioldm_waveform(wav: torch.Tensor) -> torch.Tensor:
+    """wav (B, S) -> what AudioLDM's `read_wav_file` hands its STFT: `normalize_wav`, then
+    (after its pad / crop) peak 0.5 again. On a clip `normalize_wav` already saw before it
+    was zero-padded, both steps change nothing (its mean stays 0, its peak 0.5), so the
+    padding never shifts the clip. Digital silence stays silence (AudioLDM would divide
+    0 by 0)."""
+    wav = normalize_wav(wav)
+    peak = wav.abs().amax(dim=-1, keepdim=True)
+    return torch.where(peak > 0, wav / peak.clamp(min=1e-12) * PEAK, wav)
 
 
 def load_autoencoder(path: str | Path) -> nn.Module:
     """diffusers `AutoencoderKL` from `path` (or `path/vae`), offline, frozen, eval mode."""
     folder = model_folder(path, "vae", "codec.path")
+    require_safetensors(folder, "codec.path")
     try:
         from diffusers import AutoencoderKL
     except ImportError:
         raise UserError("codec.name=audioldm needs diffusers: pip install "
                         "'energytta[audioldm]' (or bash scripts/install.sh test)") from None
-    vae = AutoencoderKL.from_pretrained(str(folder), local_files_only=True)
+    vae = AutoencoderKL.from_pretrained(str(folder), local_files_only=True, use_safetensors=True)
     return vae.eval().requires_grad_(False)
-
-
-def load_hifigan(path: str | Path) -> nn.Module:
-    """transformers `SpeechT5HifiGan` from `path` (or `path/vocoder`), offline, frozen, eval."""
-    from transformers import SpeechT5HifiGan
-
-    folder = model_folder(path, "vocoder", "codec.vocoder_path")
-    return SpeechT5HifiGan.from_pretrained(str(folder), local_files_only=True
-                                           ).eval().requires_grad_(False)
-
-
-class HifiGanVocoder(nn.Module):
-    """AudioLDM's HiFi-GAN as a vocoder: log-mel (B, n_mels, T) -> wav (B, T·hop).
-
-    Args:
-        path: folder of a `SpeechT5HifiGan` (or a pipeline folder with `vocoder/`).
-        audio_cfg: the front-end settings; n_mels, sample rate and hop must match the model.
-    """
-
-    def __init__(self, path: str | Path, audio_cfg: AudioConfig) -> None:
-        super().__init__()
-        self.model = load_hifigan(path)
-        c = self.model.config
-        hop = self.hop_length = int(torch.tensor(c.upsample_rates).prod())
-        wanted = (audio_cfg.n_mels, audio_cfg.sample_rate, audio_cfg.hop_length)
-        if (c.model_in_dim, c.sampling_rate, hop) != wanted:
-            raise UserError(f"codec.vocoder_path={path}: HiFi-GAN takes {c.model_in_dim} mels at "
-                            f"{c.sampling_rate} Hz, hop {hop}; the config has audio.n_mels="
-                            f"{audio_cfg.n_mels}, sample_rate={audio_cfg.sample_rate}, "
-                            f"hop_length={audio_cfg.hop_length}")
-
-    def forward(self, mel: torch.Tensor, generator: torch.Generator | None = None
-                ) -> torch.Tensor:
-        """log-mel (B, n_mels, T) -> wav (B, T·hop). `generator` is unused (deterministic)."""
-        p = next(self.model.parameters())
-        wav = self.model(mel.transpose(1, 2).to(p.dtype))  # HiFi-GAN takes (B, T, n_mels)
-        wav = wav.reshape(mel.shape[0], -1).float()
-        # its transposed convs (kernel != 2·stride) add a few samples: cut to T·hop, as
-        # AudioLDM's pipeline cuts to the requested length
-        n = mel.shape[-1] * self.hop_length
-        return torch.nn.functional.pad(wav[:, :n], (0, max(0, n - wav.shape[1])))
 
 
 class AudioLDMCodec(Codec):
@@ -117,7 +90,8 @@ class AudioLDMCodec(Codec):
         a = cfg.audio
         if not cfg.codec.path:
             raise UserError("codec.name=audioldm needs codec.path=<local AudioLDM folder>")
-        self.frontend = MelFrontend(a)
+        self.exact = cfg.codec.preprocess == "audioldm"
+        self.frontend = MelFrontend(a, framing="audioldm" if self.exact else "legacy")
         self.vae = load_autoencoder(cfg.codec.path)
         vc = self.vae.config
         self.grid = self.latent_grid(cfg)  # from the folder's config.json, like the VAE
@@ -133,15 +107,34 @@ class AudioLDMCodec(Codec):
     def latent_grid(cls, cfg: Config) -> LatentGrid:
         """(latent_channels, ceil((S // hop) / f), n_mels / f), f = 2**(levels - 1), read
         from the VAE's config.json in `codec.path` (no weights are loaded)."""
-        vc = _read_config(model_folder(cfg.codec.path, "vae", "codec.path"))
+        if not cfg.codec.path:
+            raise UserError("codec.name=audioldm needs codec.path=<local AudioLDM folder>")
+        vc = read_config(model_folder(cfg.codec.path, "vae", "codec.path"))
         f = 2 ** (len(vc["block_out_channels"]) - 1)
         a = cfg.audio
         return LatentGrid(int(vc["latent_channels"]), a.n_mels // f, a.sample_rate,
                           a.hop_length, f)
 
+    @classmethod
+    def clip_transform(cls, cfg: Config) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """`normalize_wav` under codec.preprocess=audioldm: AudioLDM normalises the whole
+        clip before it pads or crops it, so the data pipeline must too."""
+        return normalize_wav if cfg.codec.preprocess == "audioldm" else None
+
+    def prepare_clip(self, wav: torch.Tensor) -> torch.Tensor:
+        """wav (S,) -> `normalize_wav`(wav) under codec.preprocess=audioldm."""
+        return normalize_wav(wav) if self.exact else wav
+
+    def mel(self, wav: torch.Tensor) -> torch.Tensor:
+        """wav (B, S) or (S,) -> the VAE's log-mel input (B, n_mels, S // hop)."""
+        wav = wav if wav.dim() == 2 else wav.reshape(1, -1)
+        if self.exact:  # AudioLDM also clips to [-1, 1]: a no-op at peak 0.5
+            wav = audioldm_waveform(wav.float())
+        return self.frontend(wav)
+
     def encode(self, wav: torch.Tensor) -> torch.Tensor:
         """wav (B, S) -> latents (B, C, ceil((S // hop) / f), n_mels / f)."""
-        mel = self.frontend(wav if wav.dim() == 2 else wav.reshape(1, -1))  # (B, M, T)
+        mel = self.mel(wav)  # (B, M, T)
         x = mel.transpose(1, 2)  # AudioLDM's image: (B, T, M) with time as height
         pad = -x.shape[1] % self.factor
         if pad:  # edge-pad to whole latent frames

@@ -6,8 +6,8 @@
   magnitude and phase of each frame and an inverse STFT (Siuzdak 2023, "Vocos: Closing the
   gap between time-domain and Fourier-based neural vocoders"). Everything runs at 100
   frames/s instead of 16k samples/s, which is what makes it trainable on 2 CPU cores.
-- `hifigan`: AudioLDM's HiFi-GAN (transformers `SpeechT5HifiGan`) from a local folder,
-  see `energytta.audio.pretrained`.
+- `hifigan`: AudioLDM's HiFi-GAN (transformers `SpeechT5HifiGan`) from a local folder
+  (`HifiGanVocoder`; AudioLDM's VAE is `energytta.audio.pretrained`).
 
 Trained parts (this vocoder, the VAE of `energytta.audio.vae`) are stored in one
 `.safetensors` file each, with their config in the metadata (`save_part` / `load_part`),
@@ -26,10 +26,11 @@ from safetensors.torch import save_file
 from torch import nn
 
 import energytta
+from energytta.audio.folders import model_folder
 from energytta.audio.mel import LOG_FLOOR, MelFrontend
 from energytta.config import AudioConfig, Config
 from energytta.errors import UserError
-from energytta.utils import atomic_path
+from energytta.utils import atomic_path, require_safetensors
 
 PART_FORMAT = "energytta-codec"
 VOCODERS = ("griffin-lim", "trained", "hifigan")
@@ -270,6 +271,49 @@ def trained_vocoder(cfg: Config) -> MelVocoder:
                       c.vocoder_mag_prior)
 
 
+# ------------------------------------------------------------------ AudioLDM's HiFi-GAN
+def load_hifigan(path: str | Path) -> nn.Module:
+    """transformers `SpeechT5HifiGan` from `path` (or `path/vocoder`), offline, frozen, eval."""
+    folder = model_folder(path, "vocoder", "codec.vocoder_path")
+    require_safetensors(folder, "codec.vocoder_path")
+    from transformers import SpeechT5HifiGan
+
+    return SpeechT5HifiGan.from_pretrained(str(folder), local_files_only=True,
+                                           use_safetensors=True).eval().requires_grad_(False)
+
+
+class HifiGanVocoder(nn.Module):
+    """AudioLDM's HiFi-GAN as a vocoder: log-mel (B, n_mels, T) -> wav (B, T·hop).
+
+    Args:
+        path: folder of a `SpeechT5HifiGan` (or a pipeline folder with `vocoder/`).
+        audio_cfg: the front-end settings; n_mels, sample rate and hop must match the model.
+    """
+
+    def __init__(self, path: str | Path, audio_cfg: AudioConfig) -> None:
+        super().__init__()
+        self.model = load_hifigan(path)
+        c = self.model.config
+        hop = self.hop_length = int(torch.tensor(c.upsample_rates).prod())
+        wanted = (audio_cfg.n_mels, audio_cfg.sample_rate, audio_cfg.hop_length)
+        if (c.model_in_dim, c.sampling_rate, hop) != wanted:
+            raise UserError(f"codec.vocoder_path={path}: HiFi-GAN takes {c.model_in_dim} mels at "
+                            f"{c.sampling_rate} Hz, hop {hop}; the config has audio.n_mels="
+                            f"{audio_cfg.n_mels}, sample_rate={audio_cfg.sample_rate}, "
+                            f"hop_length={audio_cfg.hop_length}")
+
+    def forward(self, mel: torch.Tensor, generator: torch.Generator | None = None
+                ) -> torch.Tensor:
+        """log-mel (B, n_mels, T) -> wav (B, T·hop). `generator` is unused (deterministic)."""
+        p = next(self.model.parameters())
+        wav = self.model(mel.transpose(1, 2).to(p.dtype))  # HiFi-GAN takes (B, T, n_mels)
+        wav = wav.reshape(mel.shape[0], -1).float()
+        # its transposed convs (kernel != 2·stride) add a few samples: cut to T·hop, as
+        # AudioLDM's pipeline cuts to the requested length
+        n = mel.shape[-1] * self.hop_length
+        return torch.nn.functional.pad(wav[:, :n], (0, max(0, n - wav.shape[1])))
+
+
 def build_vocoder(cfg: Config, load_parts: bool = True) -> nn.Module:
     """The vocoder named by `cfg.codec.vocoder`, weights loaded from `cfg.codec.vocoder_path`.
 
@@ -296,7 +340,6 @@ def build_vocoder(cfg: Config, load_parts: bool = True) -> nn.Module:
                             ".safetensors> (train one: energytta-train --config vocoder)")
         return voc
     if c.vocoder == "hifigan":
-        from energytta.audio.pretrained import HifiGanVocoder
         folder = c.vocoder_path or (c.path if c.name == "audioldm" else "")
         if not folder:
             raise UserError("codec.vocoder=hifigan needs codec.vocoder_path=<folder of a "

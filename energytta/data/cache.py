@@ -24,7 +24,7 @@ import torch
 
 from energytta.config import Config
 from energytta.data.dataset import CODEC_FILE, INDEX_FILE, cache_settings
-from energytta.data.manifest import Item, read_manifest
+from energytta.data.manifest import MIN_AUDIO_SECONDS, Item, read_manifest
 from energytta.errors import UserError
 from energytta.locks import folder_lock
 from energytta.utils import atomic_path, atomic_write_text, pick_device
@@ -34,15 +34,23 @@ PLAN_FILE = "plan.json"
 
 
 def _load_wavs(items: list[Item], sample_rate: int) -> list[tuple[int, torch.Tensor]]:
-    """(position in `items`, wav (S,)) for each readable item; bad files are warned about."""
+    """(position in `items`, wav (S,)) for each readable item; bad files (unreadable, or
+    shorter than MIN_AUDIO_SECONDS, as `energytta-data check` lists them) are warned
+    about."""
     from energytta.audio.io import load_audio
 
     out = []
     for k, item in enumerate(items):
         try:
-            out.append((k, torch.from_numpy(load_audio(item.audio, sample_rate))))
+            wav = load_audio(item.audio, sample_rate)
         except UserError as e:
             warnings.warn(f"skipping {item.audio}: {e}")
+            continue
+        if len(wav) < MIN_AUDIO_SECONDS * sample_rate:
+            warnings.warn(f"skipping {item.audio}: too short ({len(wav)} samples; under "
+                          f"{MIN_AUDIO_SECONDS:g} s)")
+            continue
+        out.append((k, torch.from_numpy(wav)))
     return out
 
 
@@ -53,7 +61,7 @@ def _encode_wavs(codec: Any, wavs: list[torch.Tensor], device: torch.device,
     back to its own frame count (the padding never leaks into a clip's latents)."""
     out = []
     for i in range(0, len(wavs), batch_size):
-        chunk = wavs[i:i + batch_size]
+        chunk = [codec.prepare_clip(w) for w in wavs[i:i + batch_size]]  # before padding
         length = max(w.shape[0] for w in chunk)
         batch = torch.stack([torch.nn.functional.pad(w, (0, length - w.shape[0]))
                              for w in chunk]).to(device)
@@ -77,7 +85,9 @@ def _prepare_codec(cfg: Config, out: Path, items: list[Item], device: torch.devi
     if hasattr(codec, "fit_stats") and not getattr(codec, "is_fitted", True):
         wavs = [w for _, w in _load_wavs(items[:FIT_CLIPS], codec.sample_rate)]
         if not wavs:
-            raise UserError("none of the first clips could be read to fit codec statistics")
+            raise UserError(f"none of the first {min(len(items), FIT_CLIPS)} clips is readable "
+                            f"and at least {MIN_AUDIO_SECONDS:g} s long, to fit codec "
+                            "statistics on; `energytta-data check` lists the bad files")
         codec.fit_stats([torch.stack([w]).to(device) for w in wavs])
     state = {k: v.detach().cpu().contiguous() for k, v in codec.state_dict().items()}
     with atomic_path(out / CODEC_FILE) as tmp:
@@ -158,7 +168,7 @@ def cache(cfg: Config, manifest: str, out: str, batch_size: int = 16, shard_size
     Returns:
         the path of the index.json written.
     """
-    from energytta.text import TextEncoder
+    from energytta.text import build_text_encoder
 
     if batch_size < 1 or shard_size < 1:
         raise UserError("--batch-size and --shard-size must be >= 1")
@@ -168,7 +178,7 @@ def cache(cfg: Config, manifest: str, out: str, batch_size: int = 16, shard_size
     with folder_lock(out_dir, "energytta-data cache", "pass another --out"):
         _check_plan(out_dir, _plan(cfg, Path(manifest), items, shard_size))
         codec = _prepare_codec(cfg, out_dir, items, dev, batch_size)
-        text_encoder = TextEncoder(cfg.text.model, cfg.text.max_length).to(dev)
+        text_encoder = build_text_encoder(cfg.text).to(dev)
         shards = _write_shards(out_dir, items, codec, text_encoder, dev, batch_size,
                                shard_size, progress)
         index = {"version": 1, "num_items": sum(s["count"] for s in shards),

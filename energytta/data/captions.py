@@ -1,10 +1,10 @@
 """Captions without audio: the data of caption-only distillation (`data.kind: captions`).
 
 A caption source is a plain text file (one caption per line; blank lines and lines
-starting with `#` are skipped) or any manifest (`.jsonl`, AudioCaps / Clotho `.csv`),
-of which only the captions (and, for validation, the attributes) are read: no audio file
-is ever opened, so the student is trained from text alone (SwiftBrush's claim) and the
-manifest's audio need not exist.
+starting with `#` are skipped), a JSONL of `{"caption": ...}` rows, or any manifest
+(`.jsonl`, AudioCaps / Clotho `.csv`), of which only the captions (and, for validation,
+the attributes) are read: no audio file is ever opened, so the student is trained from
+text alone (SwiftBrush's claim) and the manifest's audio need not exist.
 """
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ class CaptionDataset(Dataset):
                             "file or a manifest")
         if path.suffix.lower() in TEXT_SUFFIXES:
             return cls(read_caption_file(path))
-        items = read_manifest(path)
+        items = read_manifest(path, need_audio=False)
         return cls([it.caption for it in items], items)
 
     def __len__(self) -> int:

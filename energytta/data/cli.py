@@ -9,6 +9,7 @@ import argparse
 import os
 import time
 
+from energytta.cli_help import DefaultsHelpFormatter, HelpFormatter
 from energytta.config import CONFIG_HELP
 from energytta.errors import UserError
 
@@ -32,23 +33,25 @@ examples:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="energytta-data", description=DESCRIPTION,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="{synth,check,cache}")
     s = sub.add_parser(
         "synth", help="generate the synthetic captioned corpus",
+        formatter_class=DefaultsHelpFormatter,
         description="Generate the procedural corpus: 15 sound types with audible, captioned "
         "attributes (pitch, count, tempo, loudness, fade, direction, background). Output is "
         "identical for a given --seed, whatever --workers is. 80/10/10 train/val/test; the "
         "test split also holds attribute combinations never seen in train/val.")
     s.add_argument("--out", required=True, help="output folder (created)")
-    s.add_argument("--num", type=int, default=2000, help="number of clips (default 2000)")
-    s.add_argument("--seconds", type=float, default=4.0, help="clip length, >= 1 (default 4)")
-    s.add_argument("--seed", type=int, default=0, help="corpus seed (default 0)")
+    s.add_argument("--num", type=int, default=2000, help="number of clips")
+    s.add_argument("--seconds", type=float, default=4.0, help="clip length, 1 to 60")
+    s.add_argument("--seed", type=int, default=0, help="corpus seed, >= 0")
     s.add_argument("--workers", type=int, default=0,
                    help="processes (default 0 = number of CPUs); does not change the output")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     c = sub.add_parser(
         "check", help="verify a manifest and its audio files",
+        formatter_class=DefaultsHelpFormatter,
         description="Read MANIFEST (.jsonl, AudioCaps .csv or Clotho .csv), report item "
         "counts, total/min/max duration and sample rates, and list every missing, unreadable "
         "or empty audio file. Exit code 1 if any file is bad.")
@@ -65,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
 def _cache_parser(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser(
         "cache", help="encode a manifest's latents and captions once",
+        formatter_class=DefaultsHelpFormatter,
         description="Encode MANIFEST's audio with the configured codec and its captions with "
         "the text encoder, once, into safetensors shards in --out that training reads instead "
         "of the audio (data.train=OUT). Resumable: finished shards are kept (each is written "
@@ -81,13 +85,30 @@ def _cache_parser(sub: argparse._SubParsersAction) -> None:
                    help="config overrides, e.g. audio.n_mels=64")
 
 
-def _synth(args: argparse.Namespace) -> int:
-    from energytta.data.synth import generate
+MAX_SYNTH_SECONDS = 60.0  # a clip is a few events; longer asks for memory, not realism
+
+
+def _check_synth(args: argparse.Namespace) -> None:
+    """Every synth flag's range and the output folder, before any clip is rendered."""
+    import math
+
+    from energytta.utils import check_writable
 
     if args.num < 1:
         raise UserError(f"--num must be >= 1, got {args.num}")
-    if args.seconds < 1.0:
-        raise UserError(f"--seconds must be >= 1 (events need room), got {args.seconds}")
+    if not (math.isfinite(args.seconds) and 1.0 <= args.seconds <= MAX_SYNTH_SECONDS):
+        raise UserError(f"--seconds must be a number from 1 (events need room) to "
+                        f"{MAX_SYNTH_SECONDS:g} (each clip is held in memory), got "
+                        f"{args.seconds}")
+    if not 0 <= args.seed < 2 ** 63:
+        raise UserError(f"--seed must be in [0, 2**63), got {args.seed}")
+    check_writable(args.out, "--out", folder=True)
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from energytta.data.synth import generate
+
+    _check_synth(args)
     workers = args.workers or os.cpu_count() or 1
     t0 = time.perf_counter()
     counts = generate(args.out, args.num, args.seconds, args.seed, workers,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -37,10 +37,13 @@ class AudioCaptionDataset(Dataset):
         crop_seconds: every clip is cropped / zero-padded to this length.
         train: random crop offset (per seed, epoch, index); otherwise crop from the start.
         seed: crop seed (`train.seed`).
+        transform: applied to each whole clip (S,) before the crop / pad (the codec's
+            `clip_transform`, e.g. AudioLDM's per-file normalisation); None = none.
     """
 
     def __init__(self, items: list[Item], audio_cfg: AudioConfig, crop_seconds: float,
-                 train: bool, seed: int = 0) -> None:
+                 train: bool, seed: int = 0,
+                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         if not items:
             raise UserError("the dataset has no items (empty manifest?)")
         if crop_seconds <= 0:
@@ -49,6 +52,7 @@ class AudioCaptionDataset(Dataset):
         self.sample_rate = audio_cfg.sample_rate
         self.length = int(round(crop_seconds * audio_cfg.sample_rate))
         self.train, self.seed, self.epoch = train, seed, 0
+        self.transform = transform
         self.bad: set[int] = set()  # indices found unreadable (in this process)
         self.skipped = 0  # items replaced by the next good one (in this process)
 
@@ -84,6 +88,8 @@ class AudioCaptionDataset(Dataset):
                 continue
             self.skipped += k > 0
             rng = item_rng(self.seed, self.epoch, index) if self.train else None
+            if self.transform is not None:
+                wav = self.transform(torch.from_numpy(wav)).numpy()
             wav = crop_or_pad(wav, self.length, rng=rng)
             return {"wav": torch.from_numpy(np.ascontiguousarray(wav, np.float32)),
                     "caption": self.items[j].caption}
@@ -212,11 +218,14 @@ def cache_settings(cfg: Config) -> dict[str, Any]:
     """The config values latents and text states depend on (stored in index.json)."""
     keys = ("sample_rate", "n_fft", "win_length", "hop_length", "n_mels", "f_min", "f_max")
     codec = {"name": cfg.codec.name, "path": cfg.codec.path}
+    if cfg.codec.name == "audioldm":  # older caches of other codecs stay valid
+        codec["preprocess"] = cfg.codec.preprocess
     if cfg.codec.name == "pca":  # its latents' shape (older caches never name these keys)
         codec.update(pca_dim=cfg.codec.pca_dim, pca_frames=cfg.codec.pca_frames)
-    return {"audio": {k: getattr(cfg.audio, k) for k in keys},
-            "codec": codec,
-            "text": {"model": cfg.text.model, "max_length": cfg.text.max_length}}
+    text = {"model": cfg.text.model, "max_length": cfg.text.max_length}
+    if cfg.text.extra_model:
+        text["extra_model"] = cfg.text.extra_model
+    return {"audio": {k: getattr(cfg.audio, k) for k in keys}, "codec": codec, "text": text}
 
 
 def _check_cache(folder: Path, cfg: Config) -> dict[str, Any]:
@@ -256,5 +265,6 @@ def build_dataset(cfg: Config, split: str) -> Dataset:
         hint = " (make it with `energytta-data synth --out data/synth`)" \
             if "synth" in str(path) else ""
         raise UserError(f"data.{split}: {path} not found{hint}")
+    from energytta.audio.codec import clip_transform
     return AudioCaptionDataset(read_manifest(path), cfg.audio, cfg.audio.crop_seconds,
-                               train=train, seed=cfg.train.seed)
+                               train=train, seed=cfg.train.seed, transform=clip_transform(cfg))

@@ -29,6 +29,9 @@ from energytta.errors import UserError
 AUDIOCAPS_COLUMNS = ("audiocap_id", "youtube_id", "start_time", "caption")
 CLOTHO_COLUMNS = ("file_name",) + tuple(f"caption_{i}" for i in range(1, 6))
 AUDIO_EXTENSIONS = (".wav", ".flac")
+# shorter clips hold no whole token of the shipped models (0.1 s) and are shorter than
+# the mel front-end's window: `check` lists them as bad and `cache` skips them
+MIN_AUDIO_SECONDS = 0.1
 
 
 @dataclass
@@ -57,20 +60,22 @@ def _resolve(path: str, base: Path) -> Path:
 
 
 # ------------------------------------------------------------------------------ JSONL
-def _jsonl_item(obj: Any, where: str, base: Path) -> Item:
+def _jsonl_item(obj: Any, where: str, base: Path, need_audio: bool = True) -> Item:
     if not isinstance(obj, dict):
         raise UserError(f"{where}: expected a JSON object with \"audio\" and \"caption\"")
-    for key in ("audio", "caption"):
+    for key in ("audio", "caption") if need_audio else ("caption",):
         if not isinstance(obj.get(key), str) or not obj[key].strip():
             raise UserError(f"{where}: missing or empty \"{key}\" (a non-empty string)")
     attrs = obj.get("attributes", {})
     if not isinstance(attrs, dict):
         raise UserError(f"{where}: \"attributes\" must be a JSON object")
     extra = {k: v for k, v in obj.items() if k not in ("audio", "caption", "attributes")}
-    return Item(_resolve(obj["audio"], base), obj["caption"].strip(), {**attrs, **extra})
+    audio = obj.get("audio")  # captions only: a row may name no audio (an empty Path then)
+    audio = _resolve(audio, base) if isinstance(audio, str) and audio.strip() else Path()
+    return Item(audio, obj["caption"].strip(), {**attrs, **extra})
 
 
-def _read_jsonl(path: Path, audio_dir: Path | None) -> list[Item]:
+def _read_jsonl(path: Path, audio_dir: Path | None, need_audio: bool = True) -> list[Item]:
     base = audio_dir or path.parent
     items = []
     for n, line in enumerate(_read_text(path).splitlines(), 1):
@@ -80,7 +85,10 @@ def _read_jsonl(path: Path, audio_dir: Path | None) -> list[Item]:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             raise UserError(f"{path}:{n}: invalid JSON ({e.msg} at column {e.colno})") from None
-        items.append(_jsonl_item(obj, f"{path}:{n}", base))
+        except RecursionError:  # json's parser recurses once per nesting level
+            raise UserError(f"{path}:{n}: JSON nested too deeply; a manifest row is one flat "
+                            "object with audio and caption") from None
+        items.append(_jsonl_item(obj, f"{path}:{n}", base, need_audio))
     return items
 
 
@@ -105,25 +113,35 @@ def _finder(path: Path, audio_dir: Path | None) -> _Finder:
 
 
 def _csv_rows(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
-    """Header and (line number, row) pairs; rows with a wrong field count are errors."""
-    reader = csv.reader(io.StringIO(_read_text(path)))
+    """Header and (line number, row) pairs; rows with a wrong field count, a repeated
+    column and malformed quoting are errors (strict: a quote left open would otherwise
+    swallow every later row into one caption)."""
+    reader = csv.reader(io.StringIO(_read_text(path)), strict=True)
     try:
         header = [h.strip() for h in next(reader)]
     except StopIteration:
         raise UserError(f"{path}: empty manifest (expected a CSV header line)") from None
     except csv.Error as e:
         raise UserError(f"{path}:1: malformed CSV header ({e})") from None
+    repeated = sorted({h for h in header if header.count(h) > 1})
+    if repeated:
+        raise UserError(f"{path}:1: column '{repeated[0]}' appears more than once in the "
+                        "header; keep one")
     rows = []
+    start = reader.line_num + 1  # where the row being read begins (a quoted field spans lines)
     try:
         for row in reader:
-            if not any(cell.strip() for cell in row):
-                continue
-            if len(row) != len(header):
-                raise UserError(f"{path}:{reader.line_num}: expected {len(header)} fields "
-                                f"({','.join(header)}), found {len(row)}")
-            rows.append((reader.line_num, dict(zip(header, row))))
+            if any(cell.strip() for cell in row):
+                if len(row) != len(header):
+                    raise UserError(f"{path}:{start}: expected {len(header)} fields "
+                                    f"({','.join(header)}), found {len(row)}")
+                rows.append((start, dict(zip(header, row))))
+            start = reader.line_num + 1
     except csv.Error as e:
-        raise UserError(f"{path}:{reader.line_num}: malformed CSV ({e})") from None
+        if "unexpected end of data" in str(e):
+            raise UserError(f"{path}:{start}: a quote opened here is never closed; close "
+                            "it (a quote inside a field is written \"\")") from None
+        raise UserError(f"{path}:{start}: malformed CSV ({e})") from None
     return header, rows
 
 
@@ -176,13 +194,15 @@ def _read_csv(path: Path, audio_dir: Path | None) -> list[Item]:
                     f"({','.join(AUDIOCAPS_COLUMNS)}) or Clotho ({','.join(CLOTHO_COLUMNS)})")
 
 
-def read_manifest(path: str | Path, audio_dir: str | Path | None = None) -> list[Item]:
+def read_manifest(path: str | Path, audio_dir: str | Path | None = None,
+                  need_audio: bool = True) -> list[Item]:
     """Read a JSONL, AudioCaps CSV or Clotho CSV manifest.
 
     Args:
         path: the manifest file.
         audio_dir: folder to resolve relative audio paths / look up CSV audio in
             (default: see the module docstring).
+        need_audio: False for caption-only data: JSONL rows may be `{"caption": ...}`.
     Returns:
         items: one Item per (audio, caption) pair, in file order.
     Raises:
@@ -194,7 +214,7 @@ def read_manifest(path: str | Path, audio_dir: str | Path | None = None) -> list
         raise UserError(f"audio folder not found: {audio_dir}")
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json"):
-        items = _read_jsonl(path, audio_dir)
+        items = _read_jsonl(path, audio_dir, need_audio)
     elif suffix == ".csv":
         items = _read_csv(path, audio_dir)
     else:
@@ -214,7 +234,8 @@ class AudioInfo:
 
 
 def probe_audio(path: Path) -> AudioInfo:
-    """Header-level check of one audio file: exists, readable, non-empty."""
+    """Header-level check of one audio file: exists, readable, at least
+    MIN_AUDIO_SECONDS long."""
     import soundfile as sf
 
     if not path.is_file():
@@ -226,6 +247,10 @@ def probe_audio(path: Path) -> AudioInfo:
         return AudioInfo(path, problem=f"unreadable: {reason}")
     if info.frames <= 0:
         return AudioInfo(path, info.frames, info.samplerate, problem="empty (0 samples)")
+    if info.frames < MIN_AUDIO_SECONDS * info.samplerate:
+        return AudioInfo(path, info.frames, info.samplerate,
+                         problem=f"too short ({info.frames} samples; under "
+                                 f"{MIN_AUDIO_SECONDS:g} s)")
     return AudioInfo(path, info.frames, info.samplerate)
 
 

@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from energytta.locks import folder_lock
 from energytta.utils import atomic_path, atomic_write_text
 
 SR = 16000
@@ -657,6 +658,15 @@ def generate(out: str | Path, num: int, seconds: float, seed: int = 0,
         counts: clips per split.
     """
     out = Path(out)
+    # one writer per corpus folder: two runs into one folder paired one's captions with
+    # the other's audio
+    with folder_lock(out, "energytta-data synth", "pass another --out"):
+        return _generate(out, num, seconds, seed, workers, progress)
+
+
+def _generate(out: Path, num: int, seconds: float, seed: int, workers: int | None,
+              progress: bool) -> dict[str, int]:
+    """`generate`'s work, done while holding the folder's lock."""
     (out / "audio").mkdir(parents=True, exist_ok=True)
     workers = workers or os.cpu_count() or 1
     jobs = [Job(i, split_of(i, num), float(seconds), int(seed), str(out)) for i in range(num)]

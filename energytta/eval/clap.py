@@ -7,7 +7,9 @@ the generated audio's embedding (both projected, as `get_*_features` return them
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -18,6 +20,24 @@ from energytta.errors import UserError
 def _tensor(out) -> torch.Tensor:
     """transformers 4 returns a tensor, 5 may return an output object with pooler_output."""
     return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
+@contextlib.contextmanager
+def _seeded_numpy(seed: int) -> Iterator[None]:
+    """numpy's global generator seeded inside, restored after: the CLAP feature extractor
+    draws its fusion crops from it, and a caller's own draws must not move."""
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
+def center_crop(wav: np.ndarray, length: int) -> np.ndarray:
+    """The middle `length` samples of a longer (S,) clip; shorter clips as they are."""
+    start = max(0, (wav.shape[-1] - length) // 2)
+    return wav[..., start:start + length]
 
 
 class ClapScorer:
@@ -44,12 +64,18 @@ class ClapScorer:
     @torch.no_grad()
     def audio_embeddings(self, wavs: list[np.ndarray]) -> np.ndarray:
         """wavs: list of (S,) float at `sample_rate` -> (N, D) float64."""
-        # An unfused model takes one mel channel; "fusion" would stack 4 (global + 3 crops).
+        # An unfused model takes one mel channel; "fusion" stacks 4 (global + 3 crops).
         # Clips up to the extractor's max_length_s (10 s for LAION-CLAP) are never cut.
+        # Longer clips are cut deterministically, so an embedding is the same at every call:
+        # unfused, the middle max_length_s (the extractor would crop at a random offset);
+        # fused, its 3 random chunks are drawn from a fixed seed.
         fused = bool(getattr(self.model.config.audio_config, "enable_fusion", False))
-        inputs = self.features([np.asarray(w, dtype=np.float32) for w in wavs],
-                               sampling_rate=self.sample_rate, return_tensors="pt",
-                               truncation="fusion" if fused else "rand_trunc")
+        wavs = [np.asarray(w, dtype=np.float32) for w in wavs]
+        if not fused:
+            wavs = [center_crop(w, int(self.features.nb_max_samples)) for w in wavs]
+        with _seeded_numpy(0):
+            inputs = self.features(wavs, sampling_rate=self.sample_rate, return_tensors="pt",
+                                   truncation="fusion" if fused else "rand_trunc")
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
         return _tensor(self.model.get_audio_features(**inputs)).double().cpu().numpy()
 

@@ -18,6 +18,7 @@ import json
 import time
 from pathlib import Path
 
+from energytta.cli_help import HelpFormatter
 from energytta.errors import UserError
 
 SUBCOMMAND = "train-classifier"
@@ -53,7 +54,7 @@ train-classifier: `energytta-eval train-classifier --help` (trains the synth-cla
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="energytta-eval", usage=USAGE, epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                formatter_class=HelpFormatter,
                                 description="FD, FAD, KL, IS, CLAP score and caption-attribute "
                                             "accuracy of generated audio.")
     p.add_argument("--generated", required=True, metavar="DIR",
@@ -61,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", required=True, metavar="MANIFEST",
                    help="JSONL / AudioCaps CSV / Clotho CSV manifest of the real audio")
     p.add_argument("--embedders", default="mel-stats,synth-classifier", metavar="A,B",
-                   help="default: mel-stats,synth-classifier")
+                   help="embedders to score with (see below)")
     p.add_argument("--panns-ckpt", metavar="P", help="official CNN14 16 kHz checkpoint")
     p.add_argument("--vggish-ckpt", metavar="P", help="torchvggish state dict")
     p.add_argument("--clap-model", metavar="DIR", help="local transformers CLAP folder")
@@ -77,17 +78,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kid", action="store_true", help="also kernel inception distance")
     p.add_argument("--limit", type=int, default=None, metavar="N",
                    help="use the first N reference items only")
-    p.add_argument("--device", default="cpu", metavar="D")
+    p.add_argument("--device", default="cpu", metavar="D", help="cpu | cuda | cuda:1 | auto")
     p.add_argument("--json", metavar="OUT", help="write the results here")
     g = p.add_argument_group("generation mode")
-    g.add_argument("--ckpt", metavar="P", help="generate the reference captions first")
-    g.add_argument("--iterations", type=int, default=None, metavar="K")
-    g.add_argument("--cfg", type=float, default=None, metavar="X")
-    g.add_argument("--temperature", type=float, default=None, metavar="T")
-    g.add_argument("--duration", type=float, default=None, metavar="S")
-    g.add_argument("--seed", type=int, default=None, metavar="N")
-    g.add_argument("--batch-size", type=int, default=None, metavar="B")
+    g.add_argument("--ckpt", metavar="P",
+                   help="generate the reference captions first with this checkpoint (a "
+                        "path or a shipped name: student, teacher, captiononly, guided)")
+    unset = "default: the checkpoint's sample.%s"
+    for flag, kind, meta in (("iterations", int, "K"), ("cfg", float, "X"),
+                             ("temperature", float, "T"), ("duration", float, "S"),
+                             ("seed", int, "N"), ("batch-size", int, "B")):
+        g.add_argument(f"--{flag}", type=kind, default=None, metavar=meta,
+                       help=unset % flag.replace("-", "_"))
     return p
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """The numbers, the device and the --json destination, before any work (an hour of
+    scoring must not end in an error about where to write it)."""
+    import math
+
+    from energytta.utils import check_writable, pick_device
+
+    if not (math.isfinite(args.max_seconds) and args.max_seconds >= 0):
+        raise UserError(f"--max-seconds {args.max_seconds} must be a finite number of "
+                        "seconds > 0 (or 0 for no cut)")
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit {args.limit} must be >= 1 (leave it out to use every "
+                        "reference item)")
+    pick_device(args.device)  # an unknown or data-less device ('meta') is one line
+    if args.json:
+        check_writable(args.json, "--json")
 
 
 class Bar:
@@ -137,6 +158,7 @@ def run(args: argparse.Namespace) -> dict:
     Returns the result written by --json: counts, metrics per embedder, attributes."""
     from energytta.eval import runner
     from energytta.eval.embedders import get_embedder
+    from energytta.utils import pick_device
 
     names = [n.strip() for n in args.embedders.split(",") if n.strip()]
     max_s = args.max_seconds or None
@@ -145,7 +167,8 @@ def run(args: argparse.Namespace) -> dict:
                     "embedders": names, "max_seconds": max_s}
     paths = dict(panns_ckpt=args.panns_ckpt, vggish_ckpt=args.vggish_ckpt,
                  clap_model=args.clap_model, classifier_ckpt=args.classifier_ckpt)
-    embedders = [get_embedder(n, args.device, **paths) for n in names]  # fail before work
+    device = pick_device(args.device)
+    embedders = [get_embedder(n, device, **paths) for n in names]  # fail before work
     with bar.progress:
         if args.ckpt:
             result["generation"] = generate(args, args.reference, args.limit, bar)
@@ -205,8 +228,9 @@ def main(argv: list[str]) -> int:
     if argv[:1] == [SUBCOMMAND]:
         from energytta.eval.train_classifier import train_and_copy as train_classifier
 
-        return train_classifier(argv[1:])
+        return train_classifier(argv[1:], f"energytta-eval {SUBCOMMAND}")
     args = build_parser().parse_args(argv)
+    check_args(args)
     start = time.time()
     result = run(args)
     result["seconds"] = round(time.time() - start, 1)

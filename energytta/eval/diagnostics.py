@@ -14,7 +14,7 @@ stripes. These numbers tell within minutes of training whether a recipe fixes th
   embedding removed), next to how much they vary between clips.
 - **generation check**: sound type, every named caption attribute and counts of clips
   generated at K iterations, scored by the shipped synth-classifier on the decoded mel
-  (no vocoder), as docs/reports/quality.md scores full runs.
+  (no vocoder), as research/reports/quality.md scores full runs.
 
 `validate_tta` is the training loop's validation hook for teacher and student;
 `python -m energytta.eval.diagnostics --ckpt PATH` gives the same numbers for any
@@ -315,10 +315,9 @@ def diagnose(ckpt: str, data: str = "", batches: int | None = None,
         cfg_scale, temperature: None = the checkpoint's sampling settings.
         device: where to run.
     """
-    from energytta.checkpoint import load_model
+    from energytta.checkpoint import load_model, resolve_checkpoint
     from energytta.data.dataset import build_dataset, collate
-    from energytta.pipeline import resolve_checkpoint
-    from energytta.text import TextEncoder
+    from energytta.text import build_text_encoder
     from energytta.train.objectives.base import ValContext
     from energytta.train.stream import first_batches
     from energytta.train.text_cache import TextCache
@@ -330,7 +329,7 @@ def diagnose(ckpt: str, data: str = "", batches: int | None = None,
         cfg.sample.cfg = cfg_scale
     if temperature is not None:
         cfg.sample.temperature = temperature
-    text = TextCache(TextEncoder(cfg.text.model, cfg.text.max_length).to(device).eval())
+    text = TextCache(build_text_encoder(cfg.text).to(device).eval())
     dataset = build_dataset(cfg, "val")
     items = getattr(dataset, "items", None)
     rows = []

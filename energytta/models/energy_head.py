@@ -13,25 +13,13 @@ import math
 import torch
 from torch import Tensor, nn
 
-from energytta.config import ConfigError, HeadConfig
+from energytta.config import HeadConfig
+from energytta.config_rules import check_section
 from energytta.models.adaln import FinalLayer, ResBlock, init_adaln_mlp
 
 # Added inside the square root of ||x - y||^2: keeps d/dx ||x - y||^alpha finite where two
 # samples coincide (at initialisation every sample is identical: the output layer is zero).
 _NORM_EPS = 1e-8
-
-
-def _validate(cfg: HeadConfig) -> None:
-    """Reject settings for which the energy score is not a proper scoring rule."""
-    if not 0.0 < cfg.alpha < 2.0:
-        raise ConfigError(f"head.alpha must be in (0, 2) (energy score), got {cfg.alpha}")
-    if cfg.num_samples < 2:
-        raise ConfigError(f"head.num_samples must be >= 2 (energy score), got {cfg.num_samples}")
-    if cfg.noise_type not in ("gaussian", "uniform"):
-        raise ConfigError(
-            f"head.noise_type must be 'gaussian' or 'uniform', got {cfg.noise_type!r}")
-    if cfg.noise_dim < 1 or cfg.width < 1 or cfg.depth < 1:
-        raise ConfigError("head.noise_dim, head.width and head.depth must be >= 1")
 
 
 class EnergyHead(nn.Module):
@@ -46,7 +34,7 @@ class EnergyHead(nn.Module):
 
     def __init__(self, head_cfg: HeadConfig, token_dim: int, cond_dim: int) -> None:
         super().__init__()
-        _validate(head_cfg)
+        check_section(head_cfg, "head")  # the ranges of the config rules
         self.token_dim, self.cond_dim = token_dim, cond_dim
         self.noise_dim, self.noise_type = head_cfg.noise_dim, head_cfg.noise_type
         self.num_samples = head_cfg.num_samples

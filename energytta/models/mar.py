@@ -27,11 +27,9 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from energytta.config_rules import GUIDANCE_HEADS, POS_EMBEDS, check_value  # noqa: F401
 from energytta.errors import UserError
 from energytta.models.blocks import Block, RopeTables, Rotary, init_weights
-
-POS_EMBEDS = ("learned", "rope")
-GUIDANCE_HEADS = ("mlp", "attention")
 
 
 class GuidanceHead(nn.Module):
@@ -82,9 +80,7 @@ class MARBackbone(nn.Module):
         super().__init__()
         D = model_cfg.width
         self.pos_embed = getattr(model_cfg, "pos_embed", "learned")
-        if self.pos_embed not in POS_EMBEDS:
-            raise UserError(f"config key 'model.pos_embed': unknown value {self.pos_embed!r} "
-                            f"(use one of {', '.join(POS_EMBEDS)})")
+        check_value("model.pos_embed", self.pos_embed)
         self.freq_tokens = max(1, freq_tokens)
         self.token_dim, self.max_tokens, self.max_text_len = token_dim, max_tokens, max_text_len
         self.grad_checkpointing = model_cfg.grad_checkpointing
@@ -120,9 +116,7 @@ class MARBackbone(nn.Module):
                            if getattr(model_cfg, "noise_inputs", False) else None)
         # guidance-distilled students: z + (w - 1)·Δ(z) on the output (GuidanceHead)
         kind = getattr(model_cfg, "guidance_head", "mlp")
-        if kind not in GUIDANCE_HEADS:
-            raise UserError(f"config key 'model.guidance_head': unknown value {kind!r} "
-                            f"(use one of {', '.join(GUIDANCE_HEADS)})")
+        check_value("model.guidance_head", kind)
         self.guidance_proj = (GuidanceHead(D, model_cfg.num_heads if kind == "attention"
                                            else None)
                               if getattr(model_cfg, "guidance_embed", False) else None)

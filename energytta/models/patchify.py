@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import torch
 
+from energytta.config_rules import check_value
 from energytta.errors import UserError
 
 
 def _check(T: int, F: int, pt: int, pf: int) -> None:
-    if pt < 1 or pf < 1:
-        raise UserError(f"patch sizes must be >= 1, got model.patch_t={pt}, model.patch_f={pf}")
+    check_value("model.patch_t", pt)
+    check_value("model.patch_f", pf)
     if T % pt:
         raise UserError(f"{T} latent frames are not divisible by model.patch_t={pt}; "
                         "crop the latents to a multiple of the time patch")

@@ -37,7 +37,8 @@ class TTAModel(nn.Module):
         super().__init__()
         self.cfg, self.text_dim = cfg, text_dim
         g = self.geometry = TokenGeometry.from_config(cfg)
-        max_text = max(MIN_TEXT_POSITIONS, cfg.text.max_length)
+        encoders = 2 if cfg.text.extra_model else 1  # ConcatTextEncoder: up to 2 × max_length
+        max_text = max(MIN_TEXT_POSITIONS, encoders * cfg.text.max_length)
         self.backbone = MARBackbone(cfg.model, g.token_dim, g.max_tokens, text_dim,
                                     max_text_len=max_text, freq_tokens=g.freq_tokens)
         self.head = build_head(cfg.head, g.token_dim, self.backbone.out_dim)

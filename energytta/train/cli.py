@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from energytta.cli_help import HelpFormatter
 from energytta.config import CONFIG_HELP
 
 EPILOG = """\
@@ -15,7 +16,7 @@ examples:
   energytta-train --config teacher_small train.steps=2000 train.out_dir=runs/t2
   energytta-train --config teacher_small --resume          # continue runs/teacher_small
   energytta-train --config teacher_rope_v train.max_minutes=60   # a wall budget, then --resume
-  energytta-train --config default head.kind=energy \
+  energytta-train --config default head.kind=energy \\
       teacher.ckpt=runs/teacher_small/model.safetensors train.out_dir=runs/student
   accelerate launch --num_processes 2 -m energytta.train.cli --config teacher_small
 
@@ -29,12 +30,12 @@ outputs (in train.out_dir):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="energytta-train", epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
         description="Train with the one loop: the diffusion-head teacher (head.kind=diffusion),\n"
                     "the energy-head student (head.kind=energy), a codec part\n"
                     "(codec.train=vae|vocoder) or the synth-classifier; train.objective names\n"
-                    "one explicitly. train.val_every adds validation rows (val/*). Ctrl-C saves\n"
-                    "a checkpoint; --resume continues exactly where it stopped.")
+                    "one explicitly. train.val_every adds validation rows (val/*). Ctrl-C or\n"
+                    "SIGTERM saves a checkpoint; --resume continues exactly where it stopped.")
     p.add_argument("--config", required=True, metavar="C", help=CONFIG_HELP)
     p.add_argument("--resume", action="store_true",
                    help="continue from the latest step folder in train.out_dir "
@@ -60,9 +61,7 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    import sys
+if __name__ == "__main__":  # `accelerate launch -m energytta.train.cli`
+    from energytta.errors import run_cli
 
-    from energytta.cli import train_main
-
-    sys.exit(train_main())
+    raise SystemExit(run_cli(main))

@@ -27,7 +27,7 @@ SHAPE_SECTIONS = ("model", "head")
 
 def resolve_init(spec: str) -> Path:
     """A shipped model's name (teacher, student, guided, captiononly) or a path -> the path."""
-    from energytta.pipeline import resolve_checkpoint
+    from energytta.checkpoint import resolve_checkpoint
 
     path = resolve_checkpoint(spec)
     if not path.exists():

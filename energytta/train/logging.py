@@ -70,26 +70,47 @@ class MetricsLog:
 
 
 class Window:
-    """Running means of the loss terms between two log lines, and the step rate."""
+    """Running means of the loss terms between two log lines, and the step rate.
+
+    The sums travel in the training state (`state()` / `load()`), so a log row whose steps
+    span a checkpoint reads the same after a `--resume` as in an uninterrupted run.
+    """
 
     def __init__(self) -> None:
         self.sums: dict[str, float] = {}
         self.count = 0
+        self.timed = 0  # steps added in this process (the rate ignores restored ones)
         self.t0 = time.perf_counter()
 
     def add(self, logs: dict[str, Any]) -> None:
         for k, v in logs.items():
             self.sums[k] = self.sums.get(k, 0.0) + float(v)
         self.count += 1
+        self.timed += 1
 
     def means(self) -> dict[str, float]:
         return {k: v / max(1, self.count) for k, v in self.sums.items()}
 
     def steps_per_s(self) -> float:
-        return self.count / max(1e-9, time.perf_counter() - self.t0)
+        return self.timed / max(1e-9, time.perf_counter() - self.t0)
 
     def reset(self) -> None:
         self.__init__()
+
+    def state(self) -> dict[str, Any]:
+        """JSON-able sums and count (floats round-trip exactly through JSON)."""
+        return {"sums": dict(self.sums), "count": self.count}
+
+    def load(self, state: dict[str, Any]) -> None:
+        """Continue the sums of `state()`; an older checkpoint without them (or with a
+        malformed entry: only one log row's mean depends on it) starts an empty row."""
+        self.reset()
+        try:
+            sums = {str(k): float(v) for k, v in state["sums"].items()}
+            count = int(state["count"])
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return
+        self.sums, self.count = sums, count
 
 
 def format_stats(means: dict[str, float], lr: float, steps_per_s: float) -> str:

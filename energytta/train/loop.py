@@ -10,15 +10,16 @@ data order is a seeded permutation per epoch, so `--resume` continues bit-for-bi
 same batches, masks, dropout and noise as a run that was never interrupted.
 
 Numbered stages of `train()`:
-  1. accelerator, output folder, config.yaml
+  1. accelerator, output folder (config.yaml once set-up has succeeded)
   2. training set, objective (it builds the model), EMA, AdamW, validation set
   3. resume from the latest step folder, or let the objective fit its data statistics
   4. steps: forward/backward (accumulated), clip, optimizer, scheduler, EMA, logs
-  5. periodic checkpoints, validation and samples; at the end (or on Ctrl-C) a checkpoint,
-     and at the end validation, samples and the objective's export (EMA weights)
+  5. periodic checkpoints, validation and samples; at the end (or on Ctrl-C / SIGTERM) a
+     checkpoint, and at the end the objective's export (EMA weights), validation and samples
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import asdict
@@ -30,7 +31,7 @@ import yaml
 from rich.console import Console
 from torch import nn
 
-from energytta.checkpoint import (decode_tree, encode_tree, list_checkpoints,
+from energytta.checkpoint import (RESUME_KEYS, decode_tree, encode_tree, list_checkpoints,
                                   load_training_state, load_weights, rng_state,
                                   save_training_state, set_rng_state)
 from energytta.config import Config
@@ -39,12 +40,13 @@ from energytta.errors import UserError
 from energytta.locks import folder_lock
 from energytta.train.ema import EMA
 from energytta.train.init_from import check_codec, load_init
-from energytta.train.interrupt import StopRequest
+from energytta.train.interrupt import StopRequest, Stopped
 from energytta.train.logging import MetricsLog, Window, format_stats, make_progress, read_metrics
-from energytta.train.objectives import TrainContext, build_objective, objective_name
+from energytta.train.objectives import (TrainContext, build_objective, objective_class,
+                                        objective_name)
 from energytta.train.optim import build_optimizer, keep_config_schedule
 from energytta.train.seeds import seed_step
-from energytta.train.stream import BatchStream, Position
+from energytta.train.stream import BatchStream, Position, resume_position
 from energytta.utils import atomic_write_text, seed_everything
 
 # codec runs before the one loop kept their state in this file; it cannot be resumed
@@ -72,12 +74,17 @@ def _module_state(obj: Any) -> dict[str, torch.Tensor]:
     return obj.state_dict() if isinstance(obj, nn.Module) else {}
 
 
+def find_unused_parameters(cfg: Config) -> bool:
+    """DDP's `find_unused_parameters`: `train.find_unused_parameters`, or on when the
+    objective can leave a trainable parameter without a gradient in a step."""
+    return cfg.train.find_unused_parameters or objective_class(cfg).unused_parameters
+
+
 def _build_accelerator(cfg: Config) -> Any:
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
-    # unused parameters happen legitimately (e.g. the null text when no caption is dropped)
-    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters(cfg))
     # accelerate picks gloo for several CPU processes (torchrun) only when told cpu=True
     cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
     try:
@@ -110,9 +117,6 @@ class Trainer:
         self.out = Path(t.out_dir)
         name = objective_name(cfg)
         ckpt, loaded = self._checkpoint_to_resume(resume)
-        if self.main:
-            atomic_write_text(self.out / "config.yaml",
-                              yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         self.dataset, self.collate = build_dataset(cfg, "train"), collate  # 2
         val_data = self._val_dataset()
         self.context = TrainContext(self.device, self.dataset, collate)
@@ -124,6 +128,7 @@ class Trainer:
         self.ema = EMA(self.model, t.ema_decay) if self.objective.ema else None
         self.opt, self.sched = build_optimizer(self.model, cfg, extra=self.objective)
         self.step, self.elapsed, self.last_lr, pos = 0, 0.0, 0.0, Position()
+        self.window = Window()  # the log row being summed; restored on resume
         if ckpt is not None:  # 3
             pos = self._load(ckpt, loaded)
         else:
@@ -145,6 +150,9 @@ class Trainer:
         self.last_saved = self.step if ckpt is not None else -1
         self.last_sampled = -1
         self.last_validated = self._last_validated() if ckpt is not None else -1
+        if self.main:  # only once set-up succeeded: a failed start leaves no config behind
+            atomic_write_text(self.out / "config.yaml",
+                              yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         self.console.print(f"objective: {name}")
 
     # -------------------------------------------------------------- set-up
@@ -173,7 +181,7 @@ class Trainer:
         first_error: UserError | None = None
         for folder in reversed(found):
             try:
-                return folder, load_training_state(folder)
+                return folder, load_training_state(folder, require=RESUME_KEYS)
             except UserError as e:
                 first_error = first_error or e
                 self.console.print(f"[yellow]--resume: skipping damaged {folder.name} ({e})")
@@ -184,6 +192,13 @@ class Trainer:
     def _val_dataset(self) -> Any:
         """The validation set (eval crops) when validation is on; checked at start-up."""
         if self.cfg.train.val_every <= 0 or not self.main:
+            return None
+        val = self.cfg.data.val
+        if self.cfg.data.kind == "captions" and not Path(val).expanduser().is_file():
+            # caption-only training needs nothing but its captions: a recipe's default
+            # validation manifest that is not there turns validation off, loudly
+            self.console.print(f"[yellow]validation off: data.val={val!r} is not a file; "
+                               "set data.val=CAPTIONS.jsonl (with attributes) for val rows")
             return None
         from energytta.train.validation import val_dataset
         return val_dataset(self.cfg)
@@ -211,6 +226,7 @@ class Trainer:
         """Restore weights, optimizer, schedule, RNG and data position from `ck`, the loaded
         `folder` -> the data stream's position."""
         st = ck["state"]
+        self._same_preprocessing(ck["config"], folder)
         try:
             load_weights(self.model, ck["model"], folder)
         except UserError:
@@ -238,8 +254,30 @@ class Trainer:
                 f"saved run's ({saved['total_steps']}, {saved['warmup_steps']})[/yellow]")
         set_rng_state(st["rng"])
         self.step, self.elapsed = int(st["step"]), float(st.get("elapsed", 0.0))
+        self.window.load(st.get("log_window", {}))
         self.console.print(f"resumed from {folder} (step {self.step})")
-        return Position(**st["data"])
+        return self._resume_position(st, ck["config"])
+
+    def _resume_position(self, st: dict[str, Any], saved: Config) -> Position:
+        """The saved data position, regrouped when the process count or batch size changed
+        (`resume_position`: the global sample stream continues where it stopped)."""
+        world, batch = self.acc.num_processes, self.cfg.data.batch_size
+        was = int(st.get("world_size", world)), saved.data.batch_size
+        pos = resume_position(Position(**st["data"]), *was, world, batch)
+        if was != (world, batch):
+            self.console.print(
+                f"the run had {was[0]} process(es) × data.batch_size={was[1]}, this resume "
+                f"{world} × {batch}: epoch {pos.epoch} continues at sample {pos.start}")
+        return pos
+
+    def _same_preprocessing(self, saved: Config, folder: Path) -> None:
+        """The audio a run trains on must not change on --resume: the weights would load and
+        the model would quietly see other inputs from then on (UserError)."""
+        was, now = saved.codec.preprocess, self.cfg.codec.preprocess
+        if self.cfg.codec.name == "audioldm" and was != now:
+            raise UserError(f"--resume {folder}: the run was trained with codec.preprocess="
+                            f"{was} but the config has {now}; add codec.preprocess={was} to "
+                            "resume it, or set train.out_dir=NEW_FOLDER")
 
     def _name_changed_keys(self, saved: Config, folder: Path) -> None:
         """A model that does not fit its checkpoint is usually an override on --resume:
@@ -276,8 +314,7 @@ class Trainer:
             with self.acc.accumulate(self.loss_module):
                 loss, terms = self.loss_module(gen, **inputs)
                 if not torch.isfinite(loss):
-                    raise RuntimeError(f"loss is {float(loss)} at step {self.step}; lower "
-                                       "train.lr or check the data")
+                    raise UserError(self._diverged(float(loss.detach())))
                 self.acc.backward(loss)
                 if self.acc.sync_gradients:
                     clip = t.grad_clip if t.grad_clip > 0 else float("inf")
@@ -294,6 +331,16 @@ class Trainer:
             self.ema.update(self.model)
         self.step += 1
         return logs, grad_norm
+
+    def _diverged(self, loss: float) -> str:
+        """The one line for a non-finite loss: the knobs, and the checkpoint that is kept."""
+        t, found = self.cfg.train, list_checkpoints(self.out)
+        # the newest checkpoint may already hold the weights that diverged: say so
+        kept = (f"; the checkpoints so far are kept (newest {found[-1].name}, possibly "
+                "already diverged)") if found else ""
+        return (f"training diverged: the loss is {loss} at step {self.step + 1} "
+                f"(train.lr={t.lr:g}, train.grad_clip={t.grad_clip:g}); lower train.lr or "
+                f"train.grad_clip, or check the data{kept}")
 
     # -------------------------------------------------------------- outputs
     def lr(self) -> float:
@@ -321,11 +368,15 @@ class Trainer:
     def save(self) -> None:
         """Training state at the current step, written by the main process only (every
         process holds the same weights and optimizer state, so no gather is needed)."""
-        if self.main and self.last_saved != self.step:
+        if self.last_saved == self.step:
+            return
+        window = self._window_state()  # every process: a collective under DDP
+        if self.main:
             state = {"scheduler": encode_tree(self.sched.state_dict(), {}),
                      "rng": rng_state(), "data": asdict(self.stream.pos),
                      "ema_updates": self.ema.num_updates if self.ema is not None else 0,
-                     "elapsed": self.elapsed, "world_size": self.acc.num_processes}
+                     "elapsed": self.elapsed, "world_size": self.acc.num_processes,
+                     "log_window": window}
             save_training_state(self.out, self.step, model=self.model,
                                 ema=self.ema.module if self.ema is not None else None,
                                 optimizer=self.opt, codec=self.objective.codec, cfg=self.cfg,
@@ -334,6 +385,18 @@ class Trainer:
                                 extra={"objective": _module_state(self.objective)},
                                 kind=self.objective.kind)
         self.last_saved = self.step
+
+    def _window_state(self) -> dict[str, Any]:
+        """The log row in progress; under DDP its sums averaged over processes. A row's
+        value is the mean over processes of sums / count, which is linear in the sums, so
+        every process resuming from the averaged sums logs what the uninterrupted run does."""
+        state = self.window.state()
+        if self.acc.num_processes > 1 and state["sums"]:
+            keys = sorted(state["sums"])
+            vals = self.acc.reduce(torch.tensor([state["sums"][k] for k in keys],
+                                                device=self.device, dtype=torch.float64), "mean")
+            state["sums"] = dict(zip(keys, vals.tolist()))
+        return state
 
     def validate(self) -> None:
         """The validation stage (main process): one metrics row and one console line."""
@@ -380,9 +443,8 @@ class Trainer:
         return True
 
     def run(self) -> nn.Module:
-        t = self.cfg.train
-        window = Window()
-        # a wall budget for this invocation (a lent GPU, a session's end): the run finishes
+        t, window = self.cfg.train, self.window
+        # a wall budget for this invocation (a rented GPU, a time slot): the run finishes
         # as at train.steps (checkpoint, validation, export) and --resume continues it
         deadline = time.monotonic() + 60 * t.max_minutes if t.max_minutes > 0 else None
         with StopRequest() as stop, make_progress(self.console, not self.main) as bar:
@@ -400,7 +462,7 @@ class Trainer:
                     self.save()
                     self.console.print(f"interrupted: saved {self.out}/step-{self.step:07d}; "
                                        "continue with --resume")
-                    raise KeyboardInterrupt
+                    raise Stopped(stop.signum)
                 if t.ckpt_every > 0 and self.step % t.ckpt_every == 0:
                     self.save()
                 if t.val_every > 0 and self.step % t.val_every == 0:
@@ -414,12 +476,13 @@ class Trainer:
         return self.model
 
     def finish(self) -> None:
-        """Final checkpoint, validation, samples and export."""
+        """Final checkpoint and export, then validation and samples: the model is on disk
+        before anything that may still fail (a prompt, a plot) runs."""
         self.save()
+        path = self.export()
         if self.last_validated != self.step:
             self.validate()
         folder = self.sample() if self.last_sampled != self.step else None
-        path = self.export()
         if self.main:
             msg = f"done: {path}" + (f", samples in {folder}" if folder else "")
             self.console.print(msg)
@@ -437,6 +500,13 @@ def train(cfg: Config, resume: bool = False) -> nn.Module:
     """
     if os.environ.get("RANK", "0") != "0":  # DDP: the main process holds the folder
         return Trainer(cfg, resume).run()
-    with folder_lock(cfg.train.out_dir, "energytta-train",
-                     "set train.out_dir=NEW_FOLDER"):
-        return Trainer(cfg, resume).run()
+    out = Path(cfg.train.out_dir)
+    created, trainer = not out.exists(), None
+    try:
+        with folder_lock(out, "energytta-train", "set train.out_dir=NEW_FOLDER"):
+            trainer = Trainer(cfg, resume)
+            return trainer.run()
+    finally:
+        if created and trainer is None:  # a failed start: remove the folder it made, if empty
+            with contextlib.suppress(OSError):
+                out.rmdir()

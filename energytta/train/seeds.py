@@ -14,6 +14,7 @@ import torch
 
 FIT_SEED = 2**31  # the clips that fit data statistics (codec normalisation) at step 0
 VAL_SEED = 2**31 + 1  # the validation stage's generator
+PARTS_SEED = 2**31 + 2  # the initial weights of an objective's own trainable parts (LoRA)
 
 
 def derive_seed(*parts: int) -> int:

@@ -21,19 +21,41 @@ FIT_BATCH = 16
 
 @dataclass
 class Position:
-    """Where the data stream stands: the next batch to load is `batch` of `epoch`."""
+    """Where the data stream stands: the next batch to load is `batch` of `epoch`, counted
+    from global sample `start` of that epoch's permutation (0 unless the run resumed in
+    this epoch under another process count or batch size: `resume_position`)."""
 
     epoch: int = 0
     batch: int = 0
+    start: int = 0
+
+    def samples(self, world: int, batch_size: int) -> int:
+        """Samples of this epoch's permutation consumed by all processes together."""
+        return self.start + self.batch * world * batch_size
+
+
+def resume_position(saved: Position, saved_world: int, saved_batch_size: int, world: int,
+                    batch_size: int) -> Position:
+    """Where a resumed stream starts so that the global sample stream continues exactly.
+
+    Every process draws from the same per-epoch permutation and the processes of one step
+    together take its next `world · batch_size` samples (`BatchStream`), so a stream is
+    fully described by (epoch, samples consumed); a new process count or batch size
+    regroups the rest of the epoch from there, and later epochs are as they would have been.
+    """
+    if (saved_world, saved_batch_size) == (world, batch_size):
+        return saved
+    return Position(saved.epoch, 0, saved.samples(saved_world, saved_batch_size))
 
 
 class BatchStream:
     """Endless, resumable stream of this process's batches.
 
-    Each epoch is a permutation seeded by (seed, epoch), the same on every process; process
-    r takes every world-th index (DistributedSampler's split), cut so that all processes
-    get the same number of full batches. Starting from `pos` skips the consumed batches
-    without loading them.
+    Each epoch is a permutation seeded by (seed, epoch), the same on every process; from
+    `pos.start` on, process r takes every world-th index (DistributedSampler's split), cut
+    so that all processes get the same number of full batches: step k of all processes
+    together reads samples [start + k·world·B, start + (k+1)·world·B) of the permutation.
+    Starting from `pos` skips the consumed batches without loading them.
 
     Args:
         dataset: map-style dataset of dicts (see `energytta.data.dataset.collate`).
@@ -55,11 +77,11 @@ class BatchStream:
             raise UserError(f"the training set has {n} clips, fewer than data.batch_size="
                             f"{batch_size} × {world} processes; lower data.batch_size")
 
-    def epoch_batches(self, epoch: int) -> list[list[int]]:
-        """This process's index batches for `epoch`."""
+    def epoch_batches(self, epoch: int, start: int = 0) -> list[list[int]]:
+        """This process's index batches for `epoch`, from global sample `start` on."""
         g = torch.Generator().manual_seed(derive_seed(self.seed, epoch))
-        perm = torch.randperm(len(self.dataset), generator=g).tolist()
-        per_rank = self.batches_per_epoch * self.batch_size
+        perm = torch.randperm(len(self.dataset), generator=g).tolist()[start:]
+        per_rank = len(perm) // (self.batch_size * self.world) * self.batch_size
         mine = perm[self.rank::self.world][:per_rank]
         return [mine[i:i + self.batch_size] for i in range(0, per_rank, self.batch_size)]
 
@@ -71,7 +93,7 @@ class BatchStream:
                 self.dataset.set_epoch(epoch)
             # worker seeds depend on the epoch only, not on the global RNG at resume time
             gen = torch.Generator().manual_seed(derive_seed(self.seed, epoch, self.rank, 1))
-            order = self.epoch_batches(epoch)[self.pos.batch:]
+            order = self.epoch_batches(epoch, self.pos.start)[self.pos.batch:]
             loader = DataLoader(self.dataset, batch_sampler=order, collate_fn=self.collate,
                                 num_workers=self.num_workers, generator=gen)
             for indices, batch in zip(order, loader):  # the loader keeps the sampler's order

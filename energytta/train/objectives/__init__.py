@@ -16,11 +16,11 @@ objective plugs in with `register_objective` (or an entry here) without touching
 """
 from __future__ import annotations
 
-import importlib
 from typing import Union
 
 from energytta.config import Config
 from energytta.errors import UserError
+from energytta.plugins import load_object
 from energytta.train.objectives.base import Objective, TrainContext, ValContext
 
 CODEC_PARTS = ("vae", "vocoder")
@@ -56,15 +56,19 @@ def objective_name(cfg: Config) -> str:
 
 def build_objective(cfg: Config, ctx: TrainContext) -> Objective:
     """The objective `cfg` asks for, built (with its model) on `ctx.device`."""
+    return objective_class(cfg).build(cfg, ctx)
+
+
+def objective_class(cfg: Config) -> type[Objective]:
+    """The class of the objective `cfg` asks for (imported, not built)."""
     name = objective_name(cfg)
     if name not in OBJECTIVES:
         raise UserError(f"unknown train.objective '{name}' (valid: {', '.join(OBJECTIVES)})")
     target = OBJECTIVES[name]
     if isinstance(target, str):
-        module, cls = target.split(":")
-        target = getattr(importlib.import_module(module), cls)
-    return target.build(cfg, ctx)
+        target = load_object(target)
+    return target
 
 
 __all__ = ["CODEC_PARTS", "OBJECTIVES", "Objective", "TrainContext", "ValContext",
-           "build_objective", "objective_name", "register_objective"]
+           "build_objective", "objective_class", "objective_name", "register_objective"]

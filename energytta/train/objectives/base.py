@@ -100,10 +100,13 @@ class Objective:
         model: the module being trained (set by `build`).
         codec: a frozen codec saved beside the model in checkpoints, or None.
         text: captions -> text states, or None; text_dim: the text width, or None.
+        unused_parameters: some trainable parameter can get no gradient in a step, so
+            several processes need DDP's `find_unused_parameters` (a graph walk per step).
     """
 
     kind = ""
     ema = False
+    unused_parameters = False
     model: nn.Module
     codec: nn.Module | None = None
     text: Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]] | None = None

@@ -41,6 +41,7 @@ from energytta.train.objectives.student import (TEACHER_GROUP, check_compatible,
                                                 init_student_from_teacher, load_frozen_teacher,
                                                 teacher_path)
 from energytta.train.objectives.tokens import TokenObjective, TokenParts
+from energytta.train.seeds import PARTS_SEED, derive_seed
 
 KIND = "captiononly"
 
@@ -119,6 +120,9 @@ class CaptionOnlyObjective(nn.Module, TokenObjective):
         teacher: the frozen teacher TTAModel; teacher_cfg: its config.
     """
 
+    # the generator never drops captions, so its learned null text gets no gradient
+    unused_parameters = True
+
     def __init__(self, cfg: Config, model: nn.Module, teacher: nn.Module) -> None:
         super().__init__()
         v = cfg.vsd
@@ -132,7 +136,11 @@ class CaptionOnlyObjective(nn.Module, TokenObjective):
         if make_lora is None:
             raise UserError(f"no LoRA teacher is installed (entry point '{TEACHER_GROUP}: "
                             "lora_teacher'); reinstall energytta: pip install -e .")
-        self.fake = make_lora(teacher, v.lora_rank, v.lora_alpha)
+        # the LoRA's random init from (train.seed, PARTS_SEED) alone: the global RNG here
+        # depends on what the process ran before (a first teacher load, lazy imports)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(cfg.train.seed, PARTS_SEED))
+            self.fake = make_lora(teacher, v.lora_rank, v.lora_alpha)
 
     @property
     def kind(self) -> str:  # type: ignore[override]

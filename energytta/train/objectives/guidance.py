@@ -1,5 +1,5 @@
 """Single-pass guidance distillation: one conditional backbone pass at scale w gives what
-the two-pass classifier-free guidance gave (issue 20; docs/guidance.md).
+the two-pass classifier-free guidance gave (docs/guidance.md).
 
 MAR-family students guide in *feature* space: the energy head reads
 z_g = z_u + w·(z_c − z_u) (EAR's `ScoreLoss.sample`), which costs a second, unconditional
@@ -40,13 +40,13 @@ from energytta.train.objectives.tokens import TokenObjective, TokenParts
 
 def reference_path(cfg: Config) -> Path:
     """`guide.init` as a path; a bare "student" names the shipped student."""
-    from energytta.pipeline import KINDS, resolve_checkpoint
+    from energytta.checkpoint import MODEL_KINDS, resolve_checkpoint
 
     name = cfg.guide.init.strip()
     if not name:
         raise UserError("guide.init is empty: set guide.init=PATH (a trained student) or "
                         "'student' (the shipped one)")
-    path = resolve_checkpoint(name) if name in KINDS else Path(name)
+    path = resolve_checkpoint(name) if name in MODEL_KINDS else Path(name)
     if not path.exists():
         raise UserError(f"guide.init={name} does not exist: set guide.init=PATH to a trained "
                         "student checkpoint (or 'student', the shipped one)")

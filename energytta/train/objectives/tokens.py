@@ -38,9 +38,9 @@ class TokenParts:
     def build(cls, cfg: Config, device: torch.device) -> "TokenParts":
         from energytta.audio.codec import build_codec
         from energytta.models.tta import TTAModel
-        from energytta.text import TextEncoder
+        from energytta.text import build_text_encoder
 
-        encoder = TextEncoder(cfg.text.model, cfg.text.max_length).to(device).eval()
+        encoder = build_text_encoder(cfg.text).to(device).eval()
         codec = build_codec(cfg).to(device).eval()
         model = TTAModel(cfg, int(encoder.dim)).to(device)
         return cls(TextCache(encoder), int(encoder.dim), codec, model, device)

@@ -1,0 +1,181 @@
+"""Markdown for research/reports/quality.md from the rows `quality` computed (no computing here)."""
+from __future__ import annotations
+
+from typing import Any
+
+from research.rows import accuracy, display_path
+
+# The quality targets: the student's attribute accuracy within 3 points of the teacher's
+# and its FD (the FAD stand-in) within 1.2x the teacher's, at 64 iterations.
+TARGET_K, TARGET_ACC_POINTS, TARGET_FD_RATIO = 64, 3.0, 1.2
+
+COLUMNS = ("model", "K", "FD clf ↓", "FD mel ↓", "KL ↓", "IS ↑", "attributes ↑", "seen ↑",
+           "held-out ↑", "type ↑", "all right ↑", "wall s/clip", "CPU s/clip")
+
+
+def _headline(rows: dict) -> list[tuple[str, dict]]:
+    """(model, row) compared with real clips and per check: teacher and student at
+    TARGET_K, the caption-only student at its one pass."""
+    keys = [("teacher", TARGET_K), ("student", TARGET_K), ("guided", TARGET_K),
+            ("captiononly", 1)]
+    return [(m, rows[(m, k)]) for m, k in keys if (m, k) in rows]
+
+
+def _f(x: float | None, digits: int = 2) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def cells(name: str, k: str, result: dict, gen: dict | None) -> list[str]:
+    clf, mel = result["metrics"]["synth-classifier"], result["metrics"]["mel-stats"]
+    is_ = f"{clf['is_mean']:.2f} ± {clf['is_std']:.2f}" if "is_mean" in clf else "–"
+    return [name, k, _f(clf["fd"]), _f(mel["fd"]), _f(clf.get("kl_softmax"), 3), is_,
+            _f(accuracy(result, "all"), 3), _f(accuracy(result, "seen"), 3),
+            _f(accuracy(result, "heldout"), 3), _f(accuracy(result, "all", "type"), 3),
+            _f(accuracy(result, "all", "clips_all_correct"), 3),
+            _f(gen and gen["wall_s_per_clip"]), _f(gen and gen["cpu_s_per_clip"])]
+
+
+def _knobs(rows: dict) -> str:
+    """'teacher CFG 5, temperature 1; student CFG 3, temperature 0.5' from the rows."""
+    seen: dict[str, list[str]] = {}
+    for (m, _), r in rows.items():
+        g = r["generation"]
+        knob = f"CFG {g['cfg']:g}{' in one pass' if g.get('one_pass_cfg') else ''}, " \
+            f"temperature {g['temperature']:g}"
+        if knob not in seen.setdefault(m, []):
+            seen[m].append(knob)
+    return "; ".join(f"{m} {' or '.join(k)}" for m, k in seen.items())
+
+
+def markdown_table(header: tuple[str, ...], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def _targets(rows: dict) -> list[str]:
+    t, s = rows.get(("teacher", TARGET_K)), rows.get(("student", TARGET_K))
+    if not (t and s):
+        return [f"(Needs both models at K = {TARGET_K}.)"]
+    ta, sa = accuracy(t, "all"), accuracy(s, "all")
+    tf, sf = t["metrics"]["synth-classifier"]["fd"], s["metrics"]["synth-classifier"]["fd"]
+    gap, ratio = 100 * (ta - sa), sf / tf
+    ok = ("**met**", "**not met**")
+    where = f"{gap:.1f} points behind" if gap > 0 else f"{-gap:.1f} points ahead"
+    return [
+        f"- Attribute accuracy: student {sa:.3f} vs teacher {ta:.3f}, {where} "
+        f"(target: at most {TARGET_ACC_POINTS:g} behind) — "
+        f"{ok[0] if gap <= TARGET_ACC_POINTS else ok[1]}.",
+        f"- FD (synth-classifier; the FAD stand-in): student {sf:.2f} vs teacher {tf:.2f}, "
+        f"{ratio:.2f}× (target: at most {TARGET_FD_RATIO:g}×) — "
+        f"{ok[0] if ratio <= TARGET_FD_RATIO else ok[1]}."]
+
+
+def _against_real(rows: dict, real: dict | None) -> list[str]:
+    """One plain sentence per model: how far its headline row is from the real clips."""
+    if not real:
+        return []
+    ra, rf = accuracy(real, "all"), real["metrics"]["synth-classifier"]["fd"]
+    out = []
+    for m, r in _headline(rows):
+        if r:
+            out.append(f"- Against real clips, the {m}: attribute accuracy "
+                       f"{accuracy(r, 'all'):.3f} vs {ra:.3f}, type "
+                       f"{accuracy(r, 'all', 'type'):.3f} vs "
+                       f"{accuracy(real, 'all', 'type'):.3f}, FD "
+                       f"{r['metrics']['synth-classifier']['fd']:.1f} vs {rf:.1f}.")
+    return out
+
+
+def _per_attribute(rows: dict, real: dict | None, vocoded: dict | None,
+                   trained: dict | None = None) -> list[str]:
+    cols = _headline(rows)
+    cols += [(name, r) for name, r in (("real clips", real), ("real → mel → GL", vocoded),
+                                       ("real → mel → trained vocoder", trained)) if r]
+    names = []
+    for _, r in cols:
+        names += [n for n in (r.get("attributes") or {}).get("all", {}) if n not in names]
+    out = []
+    for n in names:
+        cells = [n]
+        for _, r in cols:
+            for split in ("seen", "heldout"):
+                a = (r.get("attributes") or {}).get(split, {}).get(n)
+                cells.append("–" if a is None else f"{a['accuracy']:.3f} ({a['n']})")
+        out.append(cells)
+    header = ("check", *(f"{name} {split}" for name, _ in cols for split in ("seen", "held-out")))
+    return markdown_table(header, out)
+
+
+def render(args: Any, rows: dict, real: dict | None, meta: dict,
+           vocoded: dict | None = None, trained: dict | None = None) -> str:
+    """The whole page. rows: {(model, K): saved row}; real: score() of the --real clips;
+    vocoded: the same clips through the codec and Griffin-Lim (research/quality.py)."""
+    any_row = next(iter(rows.values()))
+    gen, key = any_row["generation"], any_row["key"]
+    all_n = (any_row.get("attributes") or {}).get("all", {}).get("clips_all_correct", {})
+    held = (any_row.get("attributes") or {}).get("heldout", {}).get("clips_all_correct", {})
+    ckpts = {m: (display_path(meta["checkpoints"][m]), r["key"]["sha256"][:12])
+             for (m, _), r in rows.items()}
+    table = [cells(m, str(k), r, r["generation"]) for (m, k), r in rows.items()]
+    if real:
+        table.append(cells("real clips", "–", real, None))
+    if vocoded:
+        table.append(cells("real → mel → GL", "–", vocoded, None))
+    if trained:
+        table.append(cells("real → mel → trained vocoder", "–", trained, None))
+    lines = [
+        "# Quality: the shipped models (teacher, student, "
+        + ("guided student, " if any(m == "guided" for m, _ in rows) else "")
+        + "caption-only student)",
+        "",
+        "<!-- Written by research/quality.py; edit that tool, not this page. -->",
+        f"Regenerate with `{meta['command']}` ({meta['date']}, {meta['machine']}). Rows are "
+        f"saved in `{args.work}` and reused while their settings and checkpoints are "
+        f"unchanged; computing the rows below took {meta['seconds']} s in all (generation "
+        "and scoring, summed over rows).",
+        "",
+        f"Test set: the first {all_n.get('n', '?')} captions of `{key['reference']}` "
+        f"({held.get('n', 0)} of them held-out attribute combinations), {gen['duration']:g} s "
+        f"each, seed {key['seed']}, batch {key['batch_size']}, each checkpoint's sampling "
+        f"defaults ({_knobs(rows)}; linear CFG schedule). Checkpoints: "
+        + ", ".join(f"{m} `{p}` (sha256 {h}…)" for m, (p, h) in ckpts.items()) + ".",
+        "",
+        *markdown_table(COLUMNS, table),
+        "",
+        "Columns: FD on the synth-classifier's 128-d features (clf) and on log-mel statistics "
+        "(mel) against the test clips; KL of the classifier's type probabilities between each "
+        "test clip and its generation; IS of the type logits; caption-attribute accuracy over "
+        "every check of every clip (analytic detectors for pitch, count, tempo, loudness, "
+        "direction, envelope, plus the classifier's type check), split into seen and "
+        "held-out combinations; `type`: the classifier's type check alone; `all right`: "
+        "clips with every check right. Latency: generation only (text, decoding, latent "
+        "decode, Griffin-Lim), wall and process-CPU seconds per clip at the batch size above, "
+        f"{'/'.join(sorted({str(r.get('threads', '?')) for r in rows.values()}))} torch "
+        "thread(s) per row; rows computed side by side share the machine, so read wall "
+        "times as upper bounds. "
+        f"`real clips`: {args.limit} real clips of `{args.real}` scored as if generated "
+        "(FD between two finite samples is not 0; this is what a perfect generator gets). "
+        "`real → mel → GL`: the same clips analysed to log-mels and turned back into audio by "
+        "the models' codec and Griffin-Lim vocoder: what a perfect *mel* generator gets "
+        "here, so the gap between it and `real clips` is the vocoder's, not the models'."
+        + (" `real → mel → trained vocoder`: the same with the trained vocoder "
+           f"`{display_path(args.vocoder)}` in place of Griffin-Lim; vocoder time per 4-s "
+           f"clip, one at a time: Griffin-Lim {vocoded.get('vocode_s_per_clip', 0):.3f} s, "
+           f"trained {trained.get('vocode_s_per_clip', 0):.3f} s." if trained and vocoded
+           else ""),
+        "",
+        f"## Targets at K = {TARGET_K} (the caption-only student: its one pass)",
+        "",
+        *_targets(rows),
+        *_against_real(rows, real),
+        "",
+        f"## Per check at K = {TARGET_K} (the caption-only student: K = 1; accuracy, number "
+        "of checks)",
+        "",
+        *_per_attribute(rows, real, vocoded, trained),
+        "",
+        "FAD proper needs VGGish weights, which cannot be fetched here; the synth-classifier "
+        "FD above stands in for it (docs/evaluation.md has the VGGish path for when the file "
+        "is on disk).",
+        ""]
+    return "\n".join(lines)
