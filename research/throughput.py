@@ -49,7 +49,7 @@ ARMS: dict[str, list[str]] = {
     "threads2": [],
     # compact tokens: 5 mel frames x 64 bins on their top 64 principal components
     "pca64": ["codec.name=pca", "codec.pca_dim=64", "codec.pca_frames=5", "model.patch_t=1",
-              "model.patch_f=1", "data.train=data/cache/synth10k_pca_train"],
+              "model.patch_f=1"],  # on its own cache: --pca-train
 }
 ARM_NOTES = {
     "base": "the shipped teacher recipe (batch 32, 1 noise draw per token, eager)",
@@ -81,8 +81,10 @@ def _run_arm(arm: str, args: argparse.Namespace) -> dict:
     out = Path(args.work) / arm
     overrides = [f"train.out_dir={out}", f"data.train={args.train}", f"data.val={args.val}",
                  "train.val_every=0", "train.ckpt_every=0", "train.log_every=1000000",
-                 f"train.steps={args.max_steps}", *ARMS[arm]]
-    cfg = load_config(BASE_CONFIG, overrides)
+                 f"train.steps={args.max_steps}", *args.set, *ARMS[arm]]
+    if arm == "pca64":  # compact tokens are cached by their own codec
+        overrides.append(f"data.train={args.pca_train}")
+    cfg = load_config(args.config, overrides)
     trainer = Trainer(cfg, resume=False)
     if arm == "compile":
         import torch._inductor.config as inductor
@@ -209,10 +211,14 @@ def _ctx(validation, trainer, generator):
 
 # ------------------------------------------------------------------ the study (parent)
 def _child(arm: str, args: argparse.Namespace, log: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "research.throughput", "--_arm", arm, "--work", args.work, "--train", args.train,
-           "--val", args.val, "--cpu-minutes", str(args.cpu_minutes),
+    absolute = [str(Path(p).resolve()) for p in (args.work, args.train, args.val,
+                                                 args.pca_train)]
+    cmd = [sys.executable, "-m", "research.throughput", "--_arm", arm, "--config", args.config,
+           "--work", absolute[0], "--train", absolute[1], "--val", absolute[2],
+           "--pca-train", absolute[3],
+           "--cpu-minutes", str(args.cpu_minutes),
            "--eval-every", str(args.eval_every), "--val-batches", str(args.val_batches),
-           "--max-steps", str(args.max_steps)]
+           "--max-steps", str(args.max_steps), *(f"--set={kv}" for kv in args.set)]
     env = {**os.environ, "OMP_NUM_THREADS": "2" if arm == "threads2" else "1",
            "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log.open("w"),
@@ -262,7 +268,7 @@ def render(records: list[dict], args: argparse.Namespace) -> str:
         f"Regenerate: `{cmd}` (arms run as separate processes, {args.jobs} at a time; each",
         "arm's budget is CPU time of its training thread, torch pinned to one thread, so the",
         "arms stay comparable while other work shares the machine).", "",
-        f"Base: `{BASE_CONFIG}` (the shipped teacher recipe) on `{args.train}`. Two held-out",
+        f"Base: `{args.config}` (the shipped teacher recipe) on `{args.train}`. Two held-out",
         f"numbers on the first {args.val_batches} batches of `{args.val}`, raw weights (the EMA",
         "of a run this short lags its weights), fixed masks and noise: the arm's own loss",
         "(v-MSE; comparable between arms on the same tokens) and the **x̂₀ error** of 70 %-",
@@ -302,12 +308,17 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--arms", default=",".join(a for a in ARMS if a != "threads2"))
+    p.add_argument("--config", default=BASE_CONFIG, help="the recipe every arm changes")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config override for every arm (repeatable)")
     p.add_argument("--cpu-minutes", type=float, default=6.0, help="budget per arm")
     p.add_argument("--eval-every", type=float, default=60.0, help="CPU-seconds between evals")
     p.add_argument("--val-batches", type=int, default=4)
     p.add_argument("--max-steps", type=int, default=100000)
     p.add_argument("--train", default="data/cache/synth10k_train")
     p.add_argument("--val", default="data/synth10k/val.jsonl")
+    p.add_argument("--pca-train", default="data/cache/synth10k_pca_train",
+                   help="the pca64 arm's training data (a cache made with its codec)")
     p.add_argument("--work", default="runs/throughput", help="per-arm results (a cache)")
     p.add_argument("--jobs", type=int, default=2, help="arms at a time")
     p.add_argument("--out", default="", help="the markdown page")
@@ -320,13 +331,15 @@ def main(argv: list[str] | None = None) -> int:
         path.write_text(json.dumps(record, indent=1))
         return 0
     records = run_study(args)
+    if not records:
+        raise SystemExit("no arm finished (see the logs in --work)")
     page = render(records, args)
     if args.out:
         Path(args.out).write_text(page)
     if args.json:
         Path(args.json).write_text(json.dumps(records, indent=1))
     print(page)
-    return 0
+    return 0 if len(records) == len([a for a in args.arms.split(",") if a.strip()]) else 1
 
 
 if __name__ == "__main__":
