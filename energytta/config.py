@@ -85,7 +85,7 @@ class AudioConfig:
 
 @dataclass
 class CodecConfig:
-    name: str = "mel"  # "mel" (normalised log-mel) | "vae" (trained here) | "audioldm"
+    name: str = "mel"  # "mel" (normalised log-mel) | "pca" | "vae" (trained here) | "audioldm"
     path: str = ""  # vae: codec .safetensors from energytta-train; audioldm: folder with vae/
     # audioldm: how a waveform becomes the VAE's mel. "audioldm" = AudioLDM's own
     # preprocessing (tools.py / stft.py: mean removed, peak 0.5, TacotronSTFT framing);
@@ -93,6 +93,10 @@ class CodecConfig:
     # this key existed load with it)
     preprocess: str = "audioldm"
     griffin_lim_iters: int = 32
+    # pca: compact tokens, `pca_frames` mel frames x n_mels on their top `pca_dim` principal
+    # components, fitted with the mel statistics (energytta/audio/pca.py)
+    pca_dim: int = 64
+    pca_frames: int = 5
     vocoder: str = "griffin-lim"  # "griffin-lim" | "trained" | "hifigan" (SpeechT5HifiGan)
     vocoder_path: str = ""  # trained: vocoder .safetensors; hifigan: folder (or its vocoder/)
     train: str = ""  # "vae" | "vocoder": energytta-train trains this instead of a TTA model
@@ -275,6 +279,10 @@ class TrainConfig:
     # wall-clock budget of one energytta-train invocation in minutes (0 = none): at the
     # budget the run saves, validates and exports as at train.steps; --resume continues
     max_minutes: float = 0.0
+    # start a fresh run from a model file's weights (a path, a step or run folder, or a
+    # shipped name: teacher, student, guided, captiononly) with a fresh optimizer and
+    # schedule; "" = the objective's own initialisation. --resume ignores it.
+    init_from: str = ""
     sample_prompts: list[str] = field(default_factory=lambda: [
         "a high beep repeats three times",
         "a dog-like bark with rain in the background",

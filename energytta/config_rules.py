@@ -42,7 +42,7 @@ RULES: dict[str, Rule] = {
        for k in ("sample_rate", "n_fft", "win_length", "hop_length", "n_mels")},
     "audio.f_min": _FINITE_NONNEG, "audio.f_max": _FINITE_POS,
     "audio.max_seconds": _FINITE_POS, "audio.crop_seconds": _FINITE_POS,
-    "codec.griffin_lim_iters": _POS,
+    "codec.griffin_lim_iters": _POS, "codec.pca_dim": _POS, "codec.pca_frames": _POS,
     "text.max_length": _POS,
     **{f"model.{k}": _POS
        for k in ("width", "num_heads", "encoder_depth", "patch_t", "patch_f")},

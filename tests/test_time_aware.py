@@ -203,7 +203,8 @@ def test_diagnostics_command_reproduces_the_runs_last_validation_row(
                              "--iterations", "2", "--json", str(out)]) == 0
     numbers = json.loads(out.read_text())
     assert json.loads(capsys.readouterr().out.splitlines()[-1]) == numbers
-    assert {"shuffle_gap", "pos_spread", "gen_type", "gen_attributes"} <= set(numbers)
+    assert {"shuffle_gap", "pos_spread", "gen_type", "gen_attributes", "gen_active",
+            "gen_events", "real_active", "real_events"} <= set(numbers)
     for key, value in numbers.items():  # the same batches, seeds and weights as the loop
         assert row[f"val/{key}"] == pytest.approx(value, rel=1e-5, abs=1e-7), key
     with pytest.raises(UserError, match="--batches"):
@@ -256,3 +257,21 @@ def test_yaml_files_keep_boolean_words_for_string_keys(tmp_path):
     assert cfg.train.mixed_precision == "no" and cfg.model.grad_checkpointing is True
     with pytest.raises(UserError, match="model.grad_checkpointing"):
         load_config("tiny", ["model.grad_checkpointing=maybe"])
+
+
+def test_activity_counts_active_frames_and_events_at_an_absolute_level():
+    """Three 0.2-s beeps at -6 dBFS in 2 s of silence: 30 % active (plus the 64-ms window's
+    smear at each edge), three events; the same clip 40 dB quieter is silent (an absolute
+    level, not relative to the clip's peak)."""
+    from energytta.audio.mel import MelFrontend
+    from energytta.config import AudioConfig
+    from energytta.eval.activity import activity, reference_db
+
+    audio, sr = AudioConfig(), 16000
+    t = torch.arange(2 * sr) / sr
+    gate = ((t % 0.6) < 0.2) & (t < 1.8)
+    wav = 0.5 * torch.sin(2 * math.pi * 880.0 * t) * gate
+    mel = MelFrontend(audio)(torch.stack([wav, 0.005 * wav]))
+    active, events = activity(mel, reference_db(audio), sr / audio.hop_length)
+    assert 0.3 <= float(active[0]) <= 0.37
+    assert events.tolist() == [3.0, 0.0] and float(active[1]) == 0.0

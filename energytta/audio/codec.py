@@ -191,13 +191,13 @@ class MelCodec(Codec):
             data: a tensor or an iterable of tensors (e.g. batches from a loader), each
                 either wav (B, S) / (S,) or log-mel (B, n_mels, T). Statistics pool all frames.
         """
-        total = torch.zeros(self.latent_freq, dtype=torch.float64)
+        total = torch.zeros(self.mean.numel(), dtype=torch.float64)
         total_sq = torch.zeros_like(total)
         count = 0
         for x in [data] if isinstance(data, torch.Tensor) else data:
             mel = x if x.dim() == 3 else self.mel(x.to(self.mean.device))
-            if mel.shape[1] != self.latent_freq:
-                raise ValueError(f"expected log-mels (B, {self.latent_freq}, T), "
+            if mel.shape[1] != self.mean.numel():
+                raise ValueError(f"expected log-mels (B, {self.mean.numel()}, T), "
                                  f"got {tuple(mel.shape)}")
             mel = mel.detach().double().cpu()
             total += mel.sum(dim=(0, 2))
@@ -216,6 +216,7 @@ class MelCodec(Codec):
 # use: vae and pretrained subclass `Codec` from this module, and diffusers stays optional.
 CODECS: dict[str, str] = {"mel": f"{__name__}:MelCodec",
                           "vae": "energytta.audio.vae:VAECodec",
+                          "pca": "energytta.audio.pca:PCACodec",
                           "audioldm": "energytta.audio.pretrained:AudioLDMCodec"}
 
 

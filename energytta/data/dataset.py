@@ -220,6 +220,8 @@ def cache_settings(cfg: Config) -> dict[str, Any]:
     codec = {"name": cfg.codec.name, "path": cfg.codec.path}
     if cfg.codec.name == "audioldm":  # older caches of other codecs stay valid
         codec["preprocess"] = cfg.codec.preprocess
+    if cfg.codec.name == "pca":  # its latents' shape (older caches never name these keys)
+        codec.update(pca_dim=cfg.codec.pca_dim, pca_frames=cfg.codec.pca_frames)
     text = {"model": cfg.text.model, "max_length": cfg.text.max_length}
     if cfg.text.extra_model:
         text["extra_model"] = cfg.text.extra_model

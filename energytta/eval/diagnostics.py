@@ -161,7 +161,8 @@ def score_mels(mels: Tensor, attributes: list[dict[str, Any]]) -> dict[str, floa
 
 @torch.no_grad()
 def generation_check(cfg: Any, model: nn.Module, codec: nn.Module, text_fn: Any,
-                     items: list[Any], iterations: int, seed: int) -> dict[str, float]:
+                     items: list[Any], iterations: int, seed: int,
+                     real: Tensor | None = None) -> dict[str, float]:
     """Generate one clip per item's caption and score its decoded mel.
 
     Args:
@@ -171,7 +172,11 @@ def generation_check(cfg: Any, model: nn.Module, codec: nn.Module, text_fn: Any,
         items: manifest Items with `caption` and `attributes`.
         iterations: decoding iterations K.
         seed: generator seed (same seed, same clips).
-    Returns {"gen_type", "gen_attributes", "gen_count"} accuracies.
+        real: the items' real latents (B, C, T, F), or None.
+    Returns {"gen_type", "gen_attributes", "gen_count"} accuracies and how eventful the
+    clips are (`energytta.eval.activity`): "gen_active" (mean active fraction) and
+    "gen_events" (mean events per clip), with "real_active" / "real_events" of the same
+    captions' real clips when `real` is given.
     """
     from energytta.sampling import decode
 
@@ -186,7 +191,20 @@ def generation_check(cfg: Any, model: nn.Module, codec: nn.Module, text_fn: Any,
                     temperature=s.temperature, generator=g)  # (B, N, d)
     mel = codec.decode(model.geometry.unpatchify(tokens))  # (B, 64, T)
     acc = score_mels(mel, [dict(it.attributes) for it in items])
-    return {f"gen_{k}": v for k, v in acc.items()}
+    out = {f"gen_{k}": v for k, v in acc.items()}
+    out.update(_activity("gen", mel, cfg, model))
+    if real is not None:
+        out.update(_activity("real", codec.decode(real), cfg, model))
+    return out
+
+
+def _activity(prefix: str, mel: Tensor, cfg: Any, model: nn.Module) -> dict[str, float]:
+    """Mean active fraction and events per clip of log-mels (B, M, T)."""
+    from energytta.eval.activity import activity, reference_db
+
+    fps = cfg.audio.sample_rate / cfg.audio.hop_length
+    active, events = activity(mel, reference_db(cfg.audio), fps)
+    return {f"{prefix}_active": float(active.mean()), f"{prefix}_events": float(events.mean())}
 
 
 # ------------------------------------------------------------------ the hook
@@ -217,10 +235,15 @@ def validate_tta(cfg: Any, model: nn.Module, ctx: Any) -> dict[str, float]:
         rows.append((tokens.shape[0], r))
     out = _weighted_mean(rows)
     n = cfg.train.val_generate
-    items = [it for it in (ctx.items or []) if it.attributes][:n]
-    if n > 0 and items:
-        out.update(generation_check(cfg, model, ctx.codec, ctx.text, items,
-                                    cfg.train.val_iterations, seed=cfg.train.seed))
+    # each caption with its own real clip (batches carry their items), for the activity
+    pairs = [(it, lat) for b in ctx.batches for it, lat in zip(b.get("items") or [],
+                                                                b["latents"]) if it.attributes]
+    pairs = pairs or [(it, None) for it in (ctx.items or []) if it.attributes]
+    if n > 0 and pairs:
+        items, real = zip(*pairs[:n])
+        out.update(generation_check(
+            cfg, model, ctx.codec, ctx.text, list(items), cfg.train.val_iterations,
+            seed=cfg.train.seed, real=None if real[0] is None else torch.stack(real)))
     return out
 
 

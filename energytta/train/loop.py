@@ -39,6 +39,7 @@ from energytta.config_rules import validate
 from energytta.errors import UserError
 from energytta.locks import folder_lock
 from energytta.train.ema import EMA
+from energytta.train.init_from import check_codec, load_init
 from energytta.train.interrupt import StopRequest, Stopped
 from energytta.train.logging import MetricsLog, Window, format_stats, make_progress, read_metrics
 from energytta.train.objectives import (TrainContext, build_objective, objective_class,
@@ -121,6 +122,9 @@ class Trainer:
         self.context = TrainContext(self.device, self.dataset, collate)
         self.objective = build_objective(cfg, self.context)
         self.model = self.objective.model
+        # a fresh run may start from any model file's weights (before the EMA copies them)
+        init = load_init(cfg, self.model, self.objective.kind) if (
+            ckpt is None and t.init_from) else None
         self.ema = EMA(self.model, t.ema_decay) if self.objective.ema else None
         self.opt, self.sched = build_optimizer(self.model, cfg, extra=self.objective)
         self.step, self.elapsed, self.last_lr, pos = 0, 0.0, 0.0, Position()
@@ -129,6 +133,10 @@ class Trainer:
             pos = self._load(ckpt, loaded)
         else:
             self._fit()
+            if init is not None:
+                check_codec(t.init_from, self.objective.codec, init[1],
+                            hasattr(self.dataset, "codec_state"))
+                self.console.print(f"initialised from {init[0]} (train.init_from)")
         self.loss_module, self.acc_opt = self.acc.prepare(
             LossModule(self.model, self.objective), self.opt)
         self.stream = BatchStream(self.dataset, collate, cfg.data.batch_size, t.seed,
