@@ -27,14 +27,13 @@ SHAPE_SECTIONS = ("model", "head")
 
 def resolve_init(spec: str) -> Path:
     """A shipped model's name (teacher, student, guided, captiononly) or a path -> the path."""
-    from energytta.checkpoint import resolve_checkpoint
+    from energytta.checkpoint import SHIPPED, resolve_checkpoint
 
-    path = resolve_checkpoint(spec)
-    if not path.exists():
+    if spec not in SHIPPED and not Path(spec).exists():
         raise UserError(f"train.init_from={spec}: no such file or folder; name a model "
                         "file, a step-XXXXXXX folder, a run folder or a shipped model "
-                        "(teacher, student, guided, captiononly)")
-    return path
+                        f"({', '.join(SHIPPED)})")
+    return resolve_checkpoint(spec)
 
 
 def _differences(run: Config, src: Config, keys: tuple[str, ...]) -> list[str]:
