@@ -51,17 +51,21 @@ SHIPPED = {"student": ASSETS / "student.safetensors", "teacher": ASSETS / "teach
            "captiononly": ASSETS / "captiononly.safetensors",
            # the student with its guidance distilled into one pass (docs/guidance.md)
            "guided": ASSETS / "guided.safetensors"}
-DEFAULT_CKPT = SHIPPED["student"]
+# what `energytta-sample` and `TextToAudio.from_pretrained()` use with no checkpoint named:
+# the caption-only student, best of the students on every headline check of
+# research/reports/quality.md, level with the teacher within noise, and the fastest
+DEFAULT_NAME = "captiononly"
+DEFAULT_CKPT = SHIPPED[DEFAULT_NAME]
 # the shipped trained vocoder (research/reports/codecs.md); `vocoder="trained"` picks it
 SHIPPED_VOCODER = ASSETS / "vocoder.safetensors"
 
 
 def resolve_checkpoint(path: str | Path | None) -> Path:
-    """`path` itself, or the shipped model it names (None = "student"; see SHIPPED). A bare
+    """`path` itself, or the shipped model it names (None = DEFAULT_NAME; see SHIPPED). A bare
     shipped name always means the shipped model, whatever the working folder holds (as
     bare config names do, `config.resolve_config_path`): write `./student` for a local
     file. A path that does not exist is refused with the shipped names listed."""
-    name = "student" if path is None else str(path)
+    name = DEFAULT_NAME if path is None else str(path)
     if name in SHIPPED:
         if not SHIPPED[name].is_file():
             raise UserError(f"the shipped {name} model is missing ({SHIPPED[name]}); "

@@ -3,7 +3,7 @@
 Works for student (energy head, one pass per token) and teacher (diffusion head)
 checkpoints alike: the sampler only calls `head.sample`.
 
-    pipe = TextToAudio.from_pretrained()  # the shipped student; or a path, or "teacher"
+    pipe = TextToAudio.from_pretrained()  # the shipped default; or a path, or "teacher"
     wavs, sr = pipe(["a high beep repeats three times"], seed=0, num_samples=2)
     audio_write("beep", wavs[0], sr)  # beep.wav (energytta.outputs.audio_write)
 
@@ -224,10 +224,10 @@ class TextToAudio:
         named by its config loads on first use.
 
         Args:
-            path: checkpoint; None or "student" = the shipped student
-                (`energytta/assets/student.safetensors`), "teacher" = the shipped teacher,
-                "captiononly" = the shipped caption-only student, "guided" = the shipped
-                student with its guidance distilled into one pass (SHIPPED).
+            path: checkpoint; None or "captiononly" = the shipped caption-only student
+                (`energytta/assets/captiononly.safetensors`, the default), "student" = the
+                shipped energy-head student, "teacher" = the shipped teacher, "guided" =
+                that student with its guidance distilled into one pass (SHIPPED).
             device: "auto" (cuda if available), "cpu", "cuda:1", ...
             dtype: "fp32" | "bf16" | "fp16" autocast for text encoding and decoding.
             vocoder: "checkpoint" (the one it was trained with; Griffin-Lim for the shipped

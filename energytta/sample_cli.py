@@ -72,10 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="text file, one prompt a line; '-' reads standard input "
                           "(default: none, give --prompt or --prompts)")
     p.add_argument("--ckpt", metavar="PATH", default=None,
-                   help="a shipped model: student (the default), teacher, captiononly (the "
-                        "caption-only one-pass student), guided (guidance distilled into "
-                        "one pass); or an inference .safetensors, step-XXXXXXX/ folder or "
-                        "run folder")
+                   help="a shipped model: captiononly (the default: the caption-only "
+                        "one-pass student), student (the energy-head student), teacher, "
+                        "guided (guidance distilled into one pass); or an inference "
+                        ".safetensors, step-XXXXXXX/ folder or run folder")
     p.add_argument("--out-dir", metavar="DIR", default="samples", help="output folder")
     p.add_argument("--num-samples", type=int, default=1, metavar="N",
                    help="takes per prompt, with seeds --seed, --seed+1, ... (each seed's "

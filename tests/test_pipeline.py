@@ -10,6 +10,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from energytta.checkpoint import DEFAULT_NAME
 from energytta.cli import sample_main
 from energytta.errors import UserError
 from energytta import pipeline
@@ -210,7 +211,7 @@ def test_unwritable_output_folder_exit_2(student, prompts_file, tmp_path, capsys
 
 
 def test_missing_shipped_model_is_user_error(monkeypatch, tmp_path):
-    monkeypatch.setitem(pipeline.SHIPPED, "student", tmp_path / "gone.safetensors")
+    monkeypatch.setitem(pipeline.SHIPPED, DEFAULT_NAME, tmp_path / "gone.safetensors")
     with pytest.raises(UserError, match="reinstall energytta or pass --ckpt"):
         TextToAudio.from_pretrained(None, "cpu")
 
@@ -219,7 +220,7 @@ def test_shipped_models_fit_the_budget_and_generate():
     sizes = sum(p.stat().st_size for p in pipeline.ASSETS.glob("*.safetensors"))
     assert sizes <= 60 * 1024 * 1024  # every shipped weight together <= 60 MB
     for name in ("student", "teacher", "captiononly", "guided"):
-        pipe = TextToAudio.from_pretrained(None if name == "student" else name, "cpu")
+        pipe = TextToAudio.from_pretrained(None if name == DEFAULT_NAME else name, "cpu")
         kind = "student" if name == "guided" else name
         assert pipe.kind == kind and pipe.checkpoint == pipeline.SHIPPED[name]
         # the guidance-distilled student guides in one pass by default, the others in two
@@ -275,7 +276,8 @@ def test_the_vocoder_can_be_chosen_per_run(student, prompts_file, tmp_path, caps
     assert len(err) == 1 and err[0].startswith("error: "), err
 
 
-def test_sample_cli_uses_the_shipped_student(tmp_path, capsys):
+def test_sample_cli_uses_the_default_model(tmp_path, capsys):
+    """With no --ckpt: the shipped caption-only student (one pass)."""
     prompts = tmp_path / "p.txt"
     prompts.write_text("a high beep repeats three times\n", encoding="utf-8")
     code = sample_main(["--prompts", str(prompts), "--out-dir", str(tmp_path / "out"),
@@ -283,7 +285,7 @@ def test_sample_cli_uses_the_shipped_student(tmp_path, capsys):
     assert code == 0
     record = json.loads((tmp_path / "out" / "000-a-high-beep-repeats-three-times-seed0.json")
                         .read_text())
-    assert record["kind"] == "student"
+    assert record["kind"] == DEFAULT_NAME == "captiononly"
     assert Path(record["checkpoint"]) == pipeline.DEFAULT_CKPT
 
 
