@@ -288,6 +288,14 @@ def render(records: list[dict], args: argparse.Namespace) -> str:
                      f"{r['samples_per_s']:.1f} | {r['first_step_s']:.1f} | {at:.4f} | "
                      f"{x0:.4f} | {r['curve'][-1]['x0_mel']:.4f} "
                      f"({r.get('truncation_floor', 0.0):.4f}) |")
+    cpu_arms = [r for r in records if r["clock"] == "cpu"]
+    if cpu_arms:
+        best = min(cpu_arms, key=lambda r: _loss_at(r["curve"], common, "x0_mel"))
+        lines += ["", f"**Most learned per CPU-minute: `{best['arm']}`** (lowest x̂₀ error at "
+                  f"{common:.0f} CPU-s, the budget every arm reached). A budget this short "
+                  f"({by.get('base', best)['steps']} steps of the base recipe) ranks what "
+                  "learns fastest now; a lever that pays off only later in a run (more noise "
+                  "draws per token) would need a longer arm to show it."]
     if "threads2" in by and "base" in by:
         b, t = by["base"], by["threads2"]
         lines += ["", f"Two threads: {t['steps_per_s']:.3f} steps per wall-second against "

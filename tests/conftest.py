@@ -8,7 +8,9 @@ import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
 from energytta.errors import run_cli
@@ -171,3 +173,16 @@ def tiny_ckpts(tmp_path_factory, tiny_text_dir) -> dict[str, Path]:
         out[kind] = save_inference(folder / f"{kind}.safetensors", model, build_codec(cfg),
                                    cfg, kind)
     return out
+
+
+@pytest.fixture(scope="session")
+def tones(tmp_path_factory) -> Path:
+    """Four 1.2-s tones with captions (`tone number i`): a tiny training manifest."""
+    folder = tmp_path_factory.mktemp("tones")
+    sr, t, lines = 16000, np.arange(int(1.2 * 16000)) / 16000, []
+    for i in range(4):
+        wav = 0.3 * np.sin(2 * np.pi * 300.0 * (i + 1) * t)
+        sf.write(folder / f"{i}.wav", wav.astype(np.float32), sr)
+        lines.append(json.dumps({"audio": f"{i}.wav", "caption": f"tone number {i}"}))
+    (folder / "train.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return folder / "train.jsonl"

@@ -9,7 +9,6 @@ clean-up runs, exactly as under `kill -9` or a power cut. The resume runs in thi
 from __future__ import annotations
 
 import errno
-import json
 import os
 import subprocess
 import sys
@@ -17,9 +16,7 @@ import textwrap
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
-import soundfile as sf
 import torch
 
 import energytta.train.loop as loop
@@ -94,19 +91,6 @@ FAULTS = ["before-files", "torn-optim", "before-state", "state-unrenamed", "afte
           "mid-prune", "torn-log"]
 EXTRA = ("train.steps=4", "train.ckpt_every=2", "train.keep_last=1", "data.batch_size=2",
          "model.dropout=0.1", "model.text_dropout=0.5", "train.val_every=0")
-
-
-@pytest.fixture(scope="module")
-def tones(tmp_path_factory) -> Path:
-    """Four 1.2-s tones with captions."""
-    folder = tmp_path_factory.mktemp("tones")
-    sr, t, lines = 16000, np.arange(int(1.2 * 16000)) / 16000, []
-    for i in range(4):
-        wav = 0.3 * np.sin(2 * np.pi * 300.0 * (i + 1) * t)
-        sf.write(folder / f"{i}.wav", wav.astype(np.float32), sr)
-        lines.append(json.dumps({"audio": f"{i}.wav", "caption": f"tone number {i}"}))
-    (folder / "train.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return folder / "train.jsonl"
 
 
 def _overrides(text_dir: Path, manifest: Path, out: Path) -> list[str]:

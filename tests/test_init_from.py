@@ -2,12 +2,9 @@
 schedule), and a file that cannot seed the run is one line naming what differs."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile as sf
 import torch
 
 import energytta.train.loop as loop
@@ -17,37 +14,24 @@ from energytta.config import load_config
 from energytta.train.logging import read_metrics
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    """Four 1.2-s tones, one caption each."""
-    folder = tmp_path_factory.mktemp("corpus")
-    sr, t, lines = 16000, np.arange(19200) / 16000, []
-    for i in range(4):
-        sf.write(folder / f"{i}.wav", (0.3 * np.sin(2 * np.pi * 300.0 * (i + 1) * t)
-                                       ).astype(np.float32), sr)
-        lines.append(json.dumps({"audio": f"{i}.wav", "caption": f"tone number {i}"}))
-    (folder / "train.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return folder / "train.jsonl"
-
-
-def _args(text_dir: Path, corpus: Path, out: Path, *extra: str) -> list[str]:
-    return [f"text.model={text_dir}", f"data.train={corpus}", f"data.val={corpus}",
+def _args(text_dir: Path, tones: Path, out: Path, *extra: str) -> list[str]:
+    return [f"text.model={text_dir}", f"data.train={tones}", f"data.val={tones}",
             f"train.out_dir={out}", "train.log_every=1", "train.sample_prompts=[]",
             "data.batch_size=2", *extra]
 
 
 @pytest.fixture(scope="module")
-def teacher_run(tiny_text_dir, corpus, tmp_path_factory) -> Path:
+def teacher_run(tiny_text_dir, tones, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("init") / "teacher"
-    loop.train(load_config("tiny", _args(tiny_text_dir, corpus, out, "train.steps=3")))
+    loop.train(load_config("tiny", _args(tiny_text_dir, tones, out, "train.steps=3")))
     return out
 
 
 @pytest.mark.slow
 def test_a_run_starts_from_the_files_weights_with_a_fresh_schedule(
-        tiny_text_dir, corpus, teacher_run, tmp_path):
+        tiny_text_dir, tones, teacher_run, tmp_path):
     out = tmp_path / "finetune"
-    cfg = load_config("tiny", _args(tiny_text_dir, corpus, out, "train.steps=1",
+    cfg = load_config("tiny", _args(tiny_text_dir, tones, out, "train.steps=1",
                                     f"train.init_from={teacher_run / 'model.safetensors'}",
                                     "train.seed=5"))
     model = loop.Trainer(cfg, resume=False).model
@@ -55,7 +39,7 @@ def test_a_run_starts_from_the_files_weights_with_a_fresh_schedule(
     trained = src.state_dict()
     assert all(torch.equal(v, trained[k]) for k, v in model.state_dict().items())
     # a different seed would fit the same statistics here, but they must be the file's
-    cfg2 = load_config("tiny", _args(tiny_text_dir, corpus, tmp_path / "ft2", "train.steps=2",
+    cfg2 = load_config("tiny", _args(tiny_text_dir, tones, tmp_path / "ft2", "train.steps=2",
                                      f"train.init_from={teacher_run}", "train.lr=1e-3",
                                      "train.warmup_steps=2"))
     loop.train(cfg2)
@@ -74,12 +58,12 @@ def test_a_run_starts_from_the_files_weights_with_a_fresh_schedule(
     (["train.init_from={teacher}", "model.width=48"], r"model.width=48 \(the file has 32\)"),
     (["train.init_from={teacher}", "audio.n_mels=32"], r"audio.n_mels=32 \(the file has 64\)"),
 ])
-def test_a_file_that_cannot_seed_the_run_is_one_line(tiny_text_dir, corpus, teacher_run,
+def test_a_file_that_cannot_seed_the_run_is_one_line(tiny_text_dir, tones, teacher_run,
                                                      tmp_path, capsys, extra, message):
     teacher = teacher_run / "model.safetensors"
     extra = [e.format(teacher=teacher, missing=tmp_path / "nope.safetensors") for e in extra]
     rc = train_main(["--config", "tiny",
-                     *_args(tiny_text_dir, corpus, tmp_path / "run", "train.steps=1", *extra)])
+                     *_args(tiny_text_dir, tones, tmp_path / "run", "train.steps=1", *extra)])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc != 0 and len(err) == 1, err
     assert __import__("re").search(message, err[0]), err[0]

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
 
 import energytta.train.loop as loop
@@ -25,19 +24,6 @@ from energytta.train.logging import read_metrics
 from energytta.train.objectives.tokens import TokenObjective
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def tones(tmp_path_factory) -> Path:
-    """Four 1.2-s tones with captions."""
-    folder = tmp_path_factory.mktemp("tones")
-    sr, t, lines = 16000, np.arange(int(1.2 * 16000)) / 16000, []
-    for i in range(4):
-        wav = 0.3 * np.sin(2 * np.pi * 300.0 * (i + 1) * t)
-        sf.write(folder / f"{i}.wav", wav.astype(np.float32), sr)
-        lines.append(json.dumps({"audio": f"{i}.wav", "caption": f"tone number {i}"}))
-    (folder / "train.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return folder / "train.jsonl"
 
 
 def _overrides(text_dir: Path, manifest: Path, out: Path, *extra: str) -> list[str]:

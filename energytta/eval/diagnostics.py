@@ -236,8 +236,8 @@ def validate_tta(cfg: Any, model: nn.Module, ctx: Any) -> dict[str, float]:
     out = _weighted_mean(rows)
     n = cfg.train.val_generate
     # each caption with its own real clip (batches carry their items), for the activity
-    pairs = [(it, lat) for b in ctx.batches for it, lat in zip(b.get("items") or [],
-                                                                b["latents"]) if it.attributes]
+    pairs = [(it, lat) for b in ctx.batches
+             for it, lat in zip(b.get("items") or [], b["latents"]) if it.attributes]
     pairs = pairs or [(it, None) for it in (ctx.items or []) if it.attributes]
     if n > 0 and pairs:
         items, real = zip(*pairs[:n])
