@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import shlex
+import signal
 import subprocess
 import sys
 import threading
@@ -56,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", default="1,4,16,64", help="client counts (default 1,4,16,64)")
     p.add_argument("--duration", type=float, default=1.0, help="clip seconds (default 1)")
     p.add_argument("--level-requests", type=int, default=128,
-                   help="most requests per level (default 128; at least 2 per client)")
+                   help="most requests per level (default 128; at least 1 per client)")
     p.add_argument("--level-seconds", type=float, default=120.0,
                    help="no new requests after this long in a level (default 120)")
     p.add_argument("--teacher-level-requests", type=int, default=32,
@@ -144,6 +145,7 @@ class Level:
     latencies: list[float] = field(default_factory=list)  # seconds, 200s only
     wall: float = 0.0
     max_latency: float = 0.0  # any answer
+    clips_per_call: float = 0.0  # the server's batches during the level (from /metrics)
 
     def clips_per_s(self) -> float:
         return len(self.latencies) / self.wall if self.wall else 0.0
@@ -185,10 +187,15 @@ def levels(server: ServerProcess, args: argparse.Namespace, counts: list[int],
            cap: int) -> list[Level]:
     out = []
     for clients in counts:
-        total = max(2 * clients, min(cap, 8 * clients))
+        total = max(clients, min(cap, 8 * clients))
+        before = server.metrics()
         out.append(drive(server.port, clients, total, args.level_seconds, args.duration,
                          args.deadline + 30))
-        print(f"  {clients:3d} clients: {out[-1].clips_per_s():.2f} clips/s", flush=True)
+        after = server.metrics()
+        calls = after["batches"] - before["batches"]
+        out[-1].clips_per_call = (after["clips_served"] - before["clips_served"]) / max(1, calls)
+        print(f"  {clients:3d} clients: {out[-1].clips_per_s():.2f} clips/s, "
+              f"{out[-1].clips_per_call:.1f} clips per model call", flush=True)
     return out
 
 
@@ -209,12 +216,13 @@ def memory(server: ServerProcess, args: argparse.Namespace) -> list[tuple[int, f
 
 # ---------------------------------------------------------------------- page
 def _table(name: str, rows: list[Level]) -> list[str]:
-    out = [f"| {name} | clients | clips/s | p50 s | p95 s | p99 s | answers (200 / other) |",
-           "|---|---:|---:|---:|---:|---:|---|"]
+    out = [f"| {name} | clients | clips/s | p50 s | p95 s | p99 s | clips per call | "
+           "answers (200 / other) |", "|---|---:|---:|---:|---:|---:|---:|---|"]
     for lv in rows:
         ok = sum(s == 200 for s in lv.statuses)
         out.append(f"| | {lv.clients} | {lv.clips_per_s():.2f} | {lv.pct(50):.2f} | "
-                   f"{lv.pct(95):.2f} | {lv.pct(99):.2f} | {ok} / {len(lv.statuses) - ok} |")
+                   f"{lv.pct(95):.2f} | {lv.pct(99):.2f} | {lv.clips_per_call:.1f} | "
+                   f"{ok} / {len(lv.statuses) - ok} |")
     return out
 
 
@@ -250,8 +258,11 @@ def _targets(arms: dict[str, list[Level]]) -> list[str]:
     ratio = at16.clips_per_s() / base if base else float("nan")
     verdict = "met" if ratio >= 4 else "not met"
     return [f"**Batching**: {at16.clips_per_s():.2f} clips/s batched at {at16.clients} "
-            f"clients vs {base:.2f} unbatched at 1 client: **{ratio:.1f}x** (target >= 4x: "
-            f"{verdict})."]
+            f"clients ({at16.clips_per_call:.1f} clips per model call) vs {base:.2f} "
+            f"unbatched at 1 client: **{ratio:.1f}x** (target >= 4x: {verdict}). Batching "
+            "saves the per-call work (text encoding, Python, kernel launches) and fills wide "
+            "hardware; where the processor is already busy with one clip, a batch of n "
+            "costs close to n clips and the gain is small."]
 
 
 def _overload(args: argparse.Namespace, lv: Level, m: dict) -> list[str]:
@@ -283,6 +294,7 @@ def _memory(args: argparse.Namespace, rows: list[tuple[int, float]]) -> list[str
 # ---------------------------------------------------------------------- main
 def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # servers stop on the way out
     counts = [int(c) for c in args.concurrency.split(",") if c.strip()]
     if not counts or min(counts) < 1 or args.requests < 1 or args.duration <= 0:
         raise UserError("--concurrency needs client counts >= 1, --requests >= 1 and "

@@ -35,8 +35,10 @@ def test_load_script_measures_every_arm_and_writes_the_page(tiny_ckpts, tmp_path
     text = out.read_text()
     assert "python research/serve_load.py --out" in text.splitlines()[3]
     assert "| batched |" in text and "| unbatched |" in text and "| teacher" not in text
-    rows = re.findall(r"^\| \| (\d+) \| ([\d.]+) \|.*\| (\d+) / (\d+) \|$", text, re.M)
-    assert len(rows) == 4 and all(float(r[1]) > 0 and r[3] == "0" for r in rows)
+    rows = re.findall(r"^\| \| (\d+) \| ([\d.]+) \|.*\| ([\d.]+) \| (\d+) / (\d+) \|$",
+                      text, re.M)
+    assert len(rows) == 4 and all(float(r[1]) > 0 and r[4] == "0" for r in rows)
+    assert all(float(r[2]) == 1.0 for r in rows[2:])  # unbatched: one clip per call
     overload = re.search(r"\*\*(\d+) answered 200, (\d+) answered 503\*\*.*?, (\d+) lost", text)
     assert overload and int(overload[1]) + int(overload[2]) == 6 and overload[3] == "0"
     assert "every answer within it" in text

@@ -110,7 +110,8 @@ class Engine:
         audio = req.audio
         if req.audio_rate != self.pipe.sample_rate:
             audio = resample(audio, req.audio_rate, self.pipe.sample_rate)
-        knobs = dict(seed=s.seed, iterations=req.iterations, cfg=req.cfg,
+        seed = req.seed if req.seed is not None else secrets.randbelow(2 ** 63)
+        knobs = dict(seed=seed, iterations=req.iterations, cfg=req.cfg,
                      temperature=req.temperature, negative_prompt=req.negative_prompt,
                      batch_size=req.num_samples)
         prompts = [req.prompt] * req.num_samples
