@@ -9,8 +9,8 @@ answers; unseeded requests, varied prompts):
 
 1. throughput (clips/s) and p50/p95/p99 latency per concurrency, for the default model
    with dynamic batching, without it (`--no-batching`), and for the teacher (batched);
-2. 2x overload: twice as many clients as the server holds (running batch + queue), each
-   sending `--overload-rounds` requests: every answer must be 200 or 503 within the
+2. 2x overload: `--overload-rounds` bursts of twice as many simultaneous requests as the
+   server holds (running batch + queue): every answer must be 200 or 503 within the
    deadline, none lost or hung;
 3. resident memory of the server process over `--requests` requests (default 10,000).
 
@@ -183,6 +183,24 @@ def drive(port: int, clients: int, total: int, seconds: float, duration: float,
     return level
 
 
+def bursts(port: int, clients: int, rounds: int, duration: float, timeout: float) -> Level:
+    """`rounds` times: `clients` requests at once, the next round after all answered."""
+    level = Level(clients)
+    t0 = time.monotonic()
+    for r in range(rounds):
+        with ThreadPoolExecutor(clients) as pool:
+            answers = list(pool.map(lambda c: request(port, "POST", "/v1/generate", {
+                "prompt": CAPTIONS[(r + c) % len(CAPTIONS)], "duration": duration}, timeout),
+                range(clients)))
+        for status, took, _ in answers:
+            level.statuses.append(status)
+            level.max_latency = max(level.max_latency, took)
+            if status == 200:
+                level.latencies.append(took)
+    level.wall = time.monotonic() - t0
+    return level
+
+
 def levels(server: ServerProcess, args: argparse.Namespace, counts: list[int],
            cap: int) -> list[Level]:
     out = []
@@ -271,8 +289,8 @@ def _overload(args: argparse.Namespace, lv: Level, m: dict) -> list[str]:
     lost = len(lv.statuses) - ok - busy
     within = lv.max_latency <= args.deadline + 1
     return ["## 2x overload", "",
-            f"{lv.clients} clients against a server that holds {args.max_batch} running + "
-            f"{args.queue_size} queued requests, {args.overload_rounds} requests each: "
+            f"{args.overload_rounds} rounds of {lv.clients} simultaneous requests against a "
+            f"server that holds {args.max_batch} running + {args.queue_size} queued: "
             f"**{ok} answered 200, {busy} answered 503** (Retry-After), {lost} lost or "
             f"hung; slowest answer {lv.max_latency:.1f} s (deadline {args.deadline:g} s: "
             f"{'every answer within it' if within else 'NOT within it'}). Server counts: "
@@ -317,8 +335,8 @@ def _main(argv: list[str]) -> int:
     overload_opts = [*common[:-2], "--queue-size", str(args.queue_size)]
     with ServerProcess(args.ckpt, args.device, *overload_opts) as server:
         clients = 2 * (args.max_batch + args.queue_size)
-        overload = drive(server.port, clients, clients * args.overload_rounds, float("inf"),
-                         args.duration, args.deadline + 30)
+        overload = bursts(server.port, clients, args.overload_rounds, args.duration,
+                          args.deadline + 30)
         over_metrics = server.metrics()
         mem = memory(server, args)
     atomic_write_text(Path(args.out), page(args, argv, arms, overload, over_metrics, mem,

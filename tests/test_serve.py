@@ -209,6 +209,22 @@ def test_a_client_that_disconnects_while_queued_costs_no_batch_row(engine):
     assert m["batches"] == 1 and m["clips_served"] == 1 and m["queue_depth"] == 0
 
 
+def test_a_client_that_disconnects_mid_generation_leaves_the_server_serving(engine):
+    opened = gate(engine)
+    with running(engine, max_batch=4, window_ms=0) as srv:
+        body = json.dumps({"prompt": "gone", "duration": DUR}).encode()
+        with socket.create_connection(("127.0.0.1", srv.port)) as sock:
+            sock.sendall(b"POST /v1/generate HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                         b"application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            wait_for(lambda: srv.state.batcher.running_rows == 1)
+        opened.set()  # its batch finishes for nobody
+        wait_for(lambda: srv.state.batcher.running_rows == 0)
+        status, _, answer = srv.generate({"prompt": "next", "duration": DUR})
+        assert status == 200 and _wav(answer)[0].size == round(DUR * 16000)
+        m = srv.metrics()
+    assert m["queue_depth"] == 0 and m["failed"] == 0 and m["batches"] == 2
+
+
 def test_deadlines_answer_503_in_the_queue_and_504_in_a_batch(engine):
     opened = gate(engine)
     with running(engine, max_batch=1, window_ms=0, deadline_s=0.8) as srv:

@@ -4,11 +4,12 @@ once).
 
 Reproducibility: the sampler draws a batch's noise and decoding orders together from
 one generator, so a clip depends on its batch-mates. Hence a request that names a
-`seed` is never batched with other requests: its clips equal
-`pipe.generate([prompt] * num_samples, pipe.settings(seed=seed, ..., batch_size=num_samples))`
-on any server, byte for byte. Requests without a seed share batches (that is where the
-throughput comes from) and get a fresh random seed per batch; their `seed` answer
-reproduces them only together with the batch-mates (`batch_rows` > num_samples says so).
+`seed` is never batched with other requests: its answer is the same bytes every time,
+on any server, batched or not: `pipe.generate([prompt] * num_samples,
+pipe.settings(seed=seed, ..., batch_size=num_samples))` as 16-bit WAV. Requests without
+a seed share batches (that is where the throughput comes from) and get a fresh random
+seed per batch; their `seed` answer reproduces them only together with the batch-mates
+(`batch_rows` > num_samples says so).
 """
 from __future__ import annotations
 

@@ -47,7 +47,8 @@ def build_server(engine: Engine, opts: ServeOptions) -> Server:
     server = Server(config, on_exit)
 
     def ready() -> None:
-        print(f"energytta-serve: {engine.name} ready at {server.url()} (Ctrl-C stops)",
+        token = "; clients send 'Authorization: Bearer TOKEN'" if opts.token else ""
+        print(f"energytta-serve: {engine.name} ready at {server.url()} (Ctrl-C stops{token})",
               flush=True)
     state.on_ready = ready
     return server
