@@ -246,12 +246,15 @@ def _table(name: str, rows: list[Level]) -> list[str]:
 
 def page(args: argparse.Namespace, argv: list[str], arms: dict[str, list[Level]],
          overload: Level, over_metrics: dict, mem: list[tuple[int, float]],
-         started: float) -> str:
+         started: tuple[float, float, float]) -> str:
+    """The markdown page; `started` = (time.time(), time.monotonic(), 1-min load) at the
+    start of the run."""
     cmd = shlex.join(["python", "research/serve_load.py", *argv])
     lines = ["# Serving under load", "", "```", cmd, "```", "",
-             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {platform.node()}: "
-             f"{os.cpu_count()} CPU cores, load average "
-             f"{os.getloadavg()[0]:.1f} at the start. The machine's CPU was shared with "
+             f"Run started {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started[0]))}; "
+             f"{platform.node()}: {os.cpu_count()} CPU cores, load average "
+             f"{started[2]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end. The "
+             "machine's CPU was shared with "
              "other work during the run, so absolute numbers are low and noisy; the "
              "ratios between arms, run back to back, are the result.", "",
              f"Clips of {args.duration:g} s, the model's default iterations and guidance, "
@@ -263,7 +266,7 @@ def page(args: argparse.Namespace, argv: list[str], arms: dict[str, list[Level]]
         lines += _table(name, rows) + [""]
     lines += _targets(arms) + [""] + _overload(args, overload, over_metrics) + [""]
     lines += _memory(args, mem)
-    lines += ["", f"Whole run: {(time.monotonic() - started) / 60:.1f} min.", ""]
+    lines += ["", f"Whole run: {(time.monotonic() - started[1]) / 60:.1f} min.", ""]
     return "\n".join(lines)
 
 
@@ -317,7 +320,7 @@ def _main(argv: list[str]) -> int:
     if not counts or min(counts) < 1 or args.requests < 1 or args.duration <= 0:
         raise UserError("--concurrency needs client counts >= 1, --requests >= 1 and "
                         "--duration > 0")
-    started = time.monotonic()
+    started = (time.time(), time.monotonic(), os.getloadavg()[0])
     common = ["--max-batch", str(args.max_batch), "--window-ms", str(args.window_ms),
               "--deadline", str(args.deadline), "--queue-size", str(max(counts) * 2)]
     if args.threads:

@@ -269,6 +269,17 @@ def test_a_token_guards_everything_but_the_page_and_health(engine):
         assert ok[0] == 200
 
 
+def test_a_failed_warm_up_is_reported_not_hung_on(engine, monkeypatch):
+    def broken() -> None:
+        raise RuntimeError("out of memory")
+    monkeypatch.setattr(engine, "warm_up", broken)
+    with running(engine, expect_warm=False) as srv:
+        status, _, body = srv.call("GET", "/health")
+        assert status == 503 and "out of memory" in json.loads(body)["status"]
+        status, _, body = srv.generate({"prompt": "x", "duration": DUR})
+        assert status == 503 and "failed to warm up" in _error(body)
+
+
 def test_non_local_binds_need_a_token_and_caps_are_checked():
     with pytest.raises(UserError, match="--token"):
         ServeOptions(host="0.0.0.0")

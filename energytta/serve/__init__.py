@@ -2,5 +2,6 @@
 a bounded queue and metrics, plus a web page (docs/serving.md).
 
 Modules: `options` (knobs), `request` (body checks), `engine` (the model side),
-`batcher` (dynamic batching), `metrics`, `encode` (answers), `app` (routes), `cli`.
+`batcher` (dynamic batching), `metrics`, `encode` (answers), `app` (routes), `server`
+(uvicorn, graceful shutdown), `cli`.
 """

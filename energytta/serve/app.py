@@ -143,6 +143,9 @@ def _routes(app: FastAPI, state: State) -> None:
     @app.post("/v1/generate")
     async def generate(request: Request) -> Response:
         t0 = time.monotonic()
+        if state.warmup_error:
+            raise BadRequest(f"the model failed to warm up ({state.warmup_error}); fix it and "
+                             "restart the server", 503)
         req = parse(await _body(request, state.opts.max_body_bytes), state.opts)
         s = state.engine.settings(req)
         job = Job((req, s), state.engine.key(req, s), req.num_samples, t0 + state.opts.deadline_s)
