@@ -256,7 +256,8 @@ def page(args: argparse.Namespace, argv: list[str], arms: dict[str, list[Level]]
              f"{started[2]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end. The "
              "machine's CPU was shared with "
              "other work during the run, so absolute numbers are low and noisy; the "
-             "ratios between arms, run back to back, are the result.", "",
+             "ratios between arms, run back to back, are the result. The servers' torch "
+             f"threads: {_threads(args)}.", "",
              f"Clips of {args.duration:g} s, the model's default iterations and guidance, "
              f"unseeded requests; batching window {args.window_ms:g} ms, at most "
              f"{args.max_batch} clips per call. Each level: at most "
@@ -268,6 +269,13 @@ def page(args: argparse.Namespace, argv: list[str], arms: dict[str, list[Level]]
     lines += _memory(args, mem)
     lines += ["", f"Whole run: {(time.monotonic() - started[1]) / 60:.1f} min.", ""]
     return "\n".join(lines)
+
+
+def _threads(args: argparse.Namespace) -> str:
+    if args.threads:
+        return f"--threads {args.threads}"
+    omp = os.environ.get("OMP_NUM_THREADS")
+    return f"OMP_NUM_THREADS={omp} (inherited)" if omp else "torch's default (one per core)"
 
 
 def _targets(arms: dict[str, list[Level]]) -> list[str]:
