@@ -339,3 +339,21 @@ def test_the_command_prints_its_url_and_stops_gracefully(tiny_ckpts):
     bad = subprocess.run([sys.executable, "-m", "energytta.serve", "--host", "0.0.0.0"],
                          capture_output=True, text=True, env=env, timeout=60)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--token" in bad.stderr
+
+
+def test_the_command_and_page_are_packaged_and_help_skips_heavy_imports():
+    import configparser
+
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    assert "energytta-serve = energytta.serve.cli:main" in cfg["options.entry_points"][
+        "console_scripts"]
+    patterns = [p.strip() for p in cfg["options.package_data"]["energytta"].split(",")]
+    assert "serve/page.html" in patterns and (ROOT / "energytta/serve/page.html").is_file()
+    code = ("import sys\nfrom energytta.serve.cli import main\ntry:\n    main(['--help'])\n"
+            "except SystemExit:\n    pass\nprint(sorted({'torch', 'fastapi', 'uvicorn'} & "
+            "set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0 and "(default: 127.0.0.1)" in out.stdout
+    assert out.stdout.strip().endswith("[]"), out.stdout[-200:]
