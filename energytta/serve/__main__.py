@@ -1,0 +1,4 @@
+"""`python -m energytta.serve` == `energytta-serve`."""
+from energytta.serve.cli import main
+
+raise SystemExit(main())
