@@ -1,6 +1,6 @@
 """Load test of `energytta-serve`: throughput, latency, overload and memory, on 127.0.0.1.
 
-    python research/serve_load.py --out research/reports/serving.md \
+    python -m research.serve_load --out research/reports/serving.md \
         [--requests 10000] [--concurrency 1,4,16,64] [--duration 1]
 
 Starts real servers (`python -m energytta.serve`, one model each, loopback only) and
@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="research/serve_load.py",
+    p = argparse.ArgumentParser(prog="python -m research.serve_load",
                                 description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
@@ -249,7 +249,7 @@ def page(args: argparse.Namespace, argv: list[str], arms: dict[str, list[Level]]
          started: tuple[float, float, float]) -> str:
     """The markdown page; `started` = (time.time(), time.monotonic(), 1-min load) at the
     start of the run."""
-    cmd = shlex.join(["python", "research/serve_load.py", *argv])
+    cmd = shlex.join(["python", "-m", "research.serve_load", *argv])
     lines = ["# Serving under load", "", "```", cmd, "```", "",
              f"Run started {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started[0]))}; "
              f"{platform.node()}: {os.cpu_count()} CPU cores, load average "

@@ -12,6 +12,7 @@ from energytta.data.cli import _parser as data_parser
 from energytta.eval.cli import build_parser as eval_parser
 from energytta.eval.train_classifier import build_parser as classifier_parser
 from energytta.export import build_parser as export_parser
+from energytta.serve.cli import build_parser as serve_parser
 from energytta.sample_cli import build_parser as sample_parser
 from energytta.train.cli import build_parser as train_parser
 
@@ -20,7 +21,7 @@ def _parsers() -> list[argparse.ArgumentParser]:
     data = data_parser()
     subs = next(a for a in data._actions if isinstance(a, argparse._SubParsersAction))
     return [sample_parser(), train_parser(), eval_parser(), classifier_parser(),
-            export_parser(), data, *subs.choices.values()]
+            export_parser(), serve_parser(), data, *subs.choices.values()]
 
 
 @pytest.mark.parametrize("parser", _parsers(), ids=lambda p: p.prog)
@@ -62,3 +63,10 @@ def test_help_never_imports_torch_and_names_each_command():
     assert usage[2] == ["energytta-data", "synth"]
     assert usage[6] == ["energytta-eval", "train-classifier"]
     assert usage[7][0] == "energytta-export"
+
+
+def test_the_server_serves_the_package_default_model():
+    from energytta.checkpoint import DEFAULT_NAME
+    from energytta.serve.options import ServeOptions
+
+    assert ServeOptions().ckpt == DEFAULT_NAME

@@ -1,29 +1,17 @@
-"""research/serve_load.py end to end at a toy size: real server processes on 127.0.0.1,
+"""research.serve_load end to end at a toy size: real server processes on 127.0.0.1,
 the batched and unbatched arms, overload and memory measured, the page written with its
 command on top (the teacher arm is the same code with another --ckpt: skipped here to
 save a server start)."""
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "research" / "serve_load.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("research_serve_load", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.mark.slow
-def test_load_script_measures_every_arm_and_writes_the_page(tiny_ckpts, tmp_path):
+def test_load_script_measures_every_arm_and_writes_the_page(tiny_ckpts, tmp_path,
+                                                            research_command):
     out = tmp_path / "serving.md"
     argv = ["--out", str(out), "--ckpt", str(tiny_ckpts["student"]), "--teacher", "",
             "--concurrency", "1,3", "--duration", "0.6",
@@ -31,9 +19,9 @@ def test_load_script_measures_every_arm_and_writes_the_page(tiny_ckpts, tmp_path
             "--memory-duration", "0.6", "--memory-concurrency", "2", "--max-batch", "2",
             "--queue-size", "1", "--overload-rounds", "1", "--window-ms", "50",
             "--deadline", "60"]
-    assert _load().main(argv) == 0
+    assert research_command("serve_load").main(argv) == 0
     text = out.read_text()
-    assert "python research/serve_load.py --out" in text.splitlines()[3]
+    assert "python -m research.serve_load --out" in text.splitlines()[3]
     assert "| batched |" in text and "| unbatched |" in text and "| teacher" not in text
     rows = re.findall(r"^\| \| (\d+) \| ([\d.]+) \|.*\| ([\d.]+) \| (\d+) / (\d+) \|$",
                       text, re.M)
@@ -45,6 +33,7 @@ def test_load_script_measures_every_arm_and_writes_the_page(tiny_ckpts, tmp_path
     assert re.search(r"^\| 8 \| \d+ \|$", text, re.M)  # the memory table reached the end
 
 
-def test_bad_arguments_are_one_line(tmp_path, capsys):
-    assert _load().main(["--out", str(tmp_path / "x.md"), "--concurrency", "0"]) == 2
+def test_bad_arguments_are_one_line(tmp_path, capsys, research_command):
+    argv = ["--out", str(tmp_path / "x.md"), "--concurrency", "0"]
+    assert research_command("serve_load").main(argv) == 2
     assert capsys.readouterr().err.count("\n") == 1

@@ -9,6 +9,7 @@ import argparse
 import os
 import sys
 
+from energytta.cli_help import DefaultsHelpFormatter
 from energytta.errors import UserError, run_cli
 from energytta.serve.options import ServeOptions
 
@@ -18,13 +19,13 @@ TOKEN_ENV = "ENERGYTTA_SERVE_TOKEN"
 def build_parser() -> argparse.ArgumentParser:
     d = ServeOptions()
     p = argparse.ArgumentParser(
-        prog="energytta-serve", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog="energytta-serve", formatter_class=DefaultsHelpFormatter,
         description="Serve one energytta model over HTTP: POST /v1/generate, GET /health, "
                     "/v1/models, /metrics, and a web page at /. Requests arriving within "
                     "--window-ms of each other with the same settings share one model call. "
                     "See docs/serving.md.")
-    p.add_argument("--ckpt", default=d.ckpt, help="shipped model (student, teacher, "
-                   "captiononly, guided) or a checkpoint path")
+    p.add_argument("--ckpt", default=d.ckpt, help="shipped model (captiononly, the default; "
+                   "student, teacher, guided) or a checkpoint path")
     p.add_argument("--host", default=d.host, help="address to bind; anything but loopback "
                    "needs --token")
     p.add_argument("--port", type=int, default=d.port, help="0 picks a free port")
@@ -38,16 +39,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="most waiting requests; more get 503 + Retry-After")
     p.add_argument("--deadline", type=float, default=d.deadline_s,
                    help="seconds a request may take in all (queued: 503, running: 504)")
-    p.add_argument("--max-prompt-chars", type=int, default=d.max_prompt_chars)
+    p.add_argument("--max-prompt-chars", type=int, default=d.max_prompt_chars,
+                   help="longest prompt a request may send (characters)")
     p.add_argument("--max-duration", type=float, default=d.max_duration,
                    help="longest clip (s) a request may ask for")
-    p.add_argument("--max-num-samples", type=int, default=d.max_num_samples)
-    p.add_argument("--max-iterations", type=int, default=d.max_iterations)
+    p.add_argument("--max-num-samples", type=int, default=d.max_num_samples,
+                   help="most clips one request may ask for")
+    p.add_argument("--max-iterations", type=int, default=d.max_iterations,
+                   help="most decoding iterations a request may ask for")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1 ...")
     p.add_argument("--vocoder", default="checkpoint",
                    help="checkpoint | griffin-lim | trained | a vocoder file")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads "
-                   "(default: torch's choice)")
+                   "(none: torch's choice)")
     p.add_argument("--no-warmup", action="store_true", help="skip the warm-up generation")
     return p
 
