@@ -305,7 +305,7 @@ def render(records: list[dict], args: argparse.Namespace) -> str:
               "| CPU-s | " + " | ".join(r["arm"] for r in records if r["clock"] == "cpu") + " |",
               "|---" * (1 + sum(r["clock"] == "cpu" for r in records)) + "|"]
     marks = [k * args.eval_every for k in range(int(common // args.eval_every) + 1)]
-    for s in marks + ([common] if common not in marks else []):
+    for s in marks + ([common] if common - marks[-1] > 0.5 else []):
         row = [f"{_loss_at(r['curve'], s, 'x0_mel'):.4f}" for r in records
                if r["clock"] == "cpu"]
         lines.append(f"| {s:.0f} | " + " | ".join(row) + " |")
