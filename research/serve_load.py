@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--out", required=True, help="markdown page to write")
-    p.add_argument("--ckpt", default="student", help="the default model (default: student)")
+    p.add_argument("--ckpt", default="captiononly",
+                   help="the default model (default: captiononly, the package default)")
     p.add_argument("--teacher", default="teacher", help="the teacher ('' skips it)")
     p.add_argument("--concurrency", default="1,4,16,64", help="client counts (default 1,4,16,64)")
     p.add_argument("--duration", type=float, default=1.0, help="clip seconds (default 1)")
