@@ -62,6 +62,22 @@ ARM_NOTES = {
     "threads2": "two intra-op threads (wall clock)",
     "pca64": "64-dim tokens: mel patches on their top 64 principal components (codec.name=pca)",
 }
+# The student's A/B (AudioDEAR): the energy head on the teacher's frozen backbone (the shipped
+# recipe, `student_rope_v`) against the backbone trained too, from the teacher's weights,
+# with λ · feature distillation toward the frozen teacher (the paper's main recipe)
+STUDENT_CONFIG = "student_rope_v"
+STUDENT_ARMS: dict[str, list[str]] = {
+    "freeze": [],
+    "joint_l100": ["distill.freeze_backbone=false", "distill.weight=100"],
+    "joint_l1000": ["distill.freeze_backbone=false", "distill.weight=1000"],
+}
+STUDENT_NOTES = {
+    "freeze": "energy head on the teacher's frozen backbone (the shipped student's recipe)",
+    "joint_l100": "backbone trained too, λ = 100 feature distillation toward the teacher",
+    "joint_l1000": "backbone trained too, λ = 1000 feature distillation toward the teacher",
+}
+STUDIES = {"teacher": (BASE_CONFIG, ARMS, ARM_NOTES),
+           "student": (STUDENT_CONFIG, STUDENT_ARMS, STUDENT_NOTES)}
 # x̂₀ error of the masked tokens (70 % masked) at these training timesteps, in normalised-mel
 # units per value: comparable across token spaces, unlike each arm's own loss
 X0_TIMESTEPS = (500, 900)
@@ -78,13 +94,14 @@ def _run_arm(arm: str, args: argparse.Namespace) -> dict:
     from energytta.config import load_config
     from energytta.train.loop import Trainer
 
+    config, arms, notes = STUDIES[args.study]
     out = Path(args.work) / arm
     overrides = [f"train.out_dir={out}", f"data.train={args.train}", f"data.val={args.val}",
                  "train.val_every=0", "train.ckpt_every=0", "train.log_every=1000000",
-                 f"train.steps={args.max_steps}", *args.set, *ARMS[arm]]
+                 f"train.steps={args.max_steps}", *args.set, *arms[arm]]
     if arm == "pca64":  # compact tokens are cached by their own codec
         overrides.append(f"data.train={args.pca_train}")
-    cfg = load_config(args.config, overrides)
+    cfg = load_config(args.config or config, overrides)
     trainer = Trainer(cfg, resume=False)
     if arm == "compile":
         import torch._inductor.config as inductor
@@ -111,13 +128,37 @@ def _run_arm(arm: str, args: argparse.Namespace) -> dict:
                           "x0_mel": _x0_mel(trainer, val, floor)})
             next_eval += every
             print(f"[{arm}] {used:7.1f} s  step {trainer.step:5d}  "
-                  f"val {curve[-1]['val_loss']:.4f}  x0 {curve[-1]['x0_mel']:.4f}", flush=True)
-    return {"arm": arm, "overrides": ARMS[arm], "note": ARM_NOTES[arm], "threads": threads,
+                  f"val {curve[-1]['val_loss']:.4f}  x0 {curve[-1]['x0_mel']}", flush=True)
+    return {"arm": arm, "overrides": arms[arm], "note": notes[arm], "threads": threads,
             "clock": "wall" if threads > 1 else "cpu", "batch_size": cfg.data.batch_size,
             "steps": trainer.step, "seconds": round(used, 2), "first_step_s": round(t_first, 2),
             "steps_per_s": round(trainer.step / max(used, 1e-9), 4),
             "samples_per_s": round(trainer.step * cfg.data.batch_size / max(used, 1e-9), 2),
-            "truncation_floor": round(floor, 5), "curve": curve}
+            "truncation_floor": round(floor, 5), "curve": curve,
+            "generation": _generation(trainer, val, args.generate)}
+
+
+def _generation(trainer, validation, n: int) -> dict[str, float]:
+    """The validation stage's generation check (sound type, attributes, counts, how eventful)
+    of the raw weights at the end of the budget, on the first `n` validation captions."""
+    if n <= 0:
+        return {}
+    import torch
+
+    from energytta.eval.diagnostics import generation_check
+
+    pairs = [(it, lat) for b in validation.batches
+             for it, lat in zip(b.get("items") or [], b["latents"]) if it.attributes][:n]
+    if not pairs:
+        return {}
+    items, real = zip(*pairs)
+    model = trainer.model.eval()
+    with torch.no_grad():
+        out = generation_check(trainer.cfg, model, trainer.objective.codec,
+                               trainer.objective.text, list(items),
+                               trainer.cfg.train.val_iterations, seed=trainer.cfg.train.seed,
+                               real=torch.stack(real))
+    return {k: round(float(v), 4) for k, v in out.items()}
 
 
 def _val_context(cfg, trainer, args):
@@ -177,11 +218,14 @@ def _truncation_floor(trainer, cfg) -> float:
     return float(rest.square().mean())
 
 
-def _x0_mel(trainer, validation, floor: float) -> float:
+def _x0_mel(trainer, validation, floor: float) -> float | None:
     """x̂₀ MSE of 70 %-masked held-out tokens at X0_TIMESTEPS (fixed masks and noise), in
-    normalised-mel units per value, plus the codec's truncation floor."""
+    normalised-mel units per value, plus the codec's truncation floor (None for a head
+    without a noise chain to probe: the energy student)."""
     import torch
 
+    if not hasattr(trainer.model.head, "probe_error"):
+        return None
     from energytta.masking import ratio_mask
 
     model, errs = trainer.model, []
@@ -213,8 +257,9 @@ def _ctx(validation, trainer, generator):
 def _child(arm: str, args: argparse.Namespace, log: Path) -> subprocess.Popen:
     absolute = [str(Path(p).resolve()) for p in (args.work, args.train, args.val,
                                                  args.pca_train)]
-    cmd = [sys.executable, "-m", "research.throughput", "--_arm", arm, "--config", args.config,
-           "--work", absolute[0], "--train", absolute[1], "--val", absolute[2],
+    cmd = [sys.executable, "-m", "research.throughput", "--_arm", arm, "--study", args.study,
+           "--config", args.config, "--generate", str(args.generate), "--work", absolute[0],
+           "--train", absolute[1], "--val", absolute[2],
            "--pca-train", absolute[3],
            "--cpu-minutes", str(args.cpu_minutes),
            "--eval-every", str(args.eval_every), "--val-batches", str(args.val_batches),
@@ -229,10 +274,10 @@ def run_study(args: argparse.Namespace) -> list[dict]:
     """Every arm's record, from the cache in `--work` or by running it (`--jobs` at once)."""
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
-    unknown = [a for a in arms if a not in ARMS]
+    arms, table = _arms(args), STUDIES[args.study][1]
+    unknown = [a for a in arms if a not in table]
     if unknown:
-        raise SystemExit(f"unknown arm(s) {unknown}; choose from {', '.join(ARMS)}")
+        raise SystemExit(f"unknown arm(s) {unknown}; choose from {', '.join(table)}")
     todo = [a for a in arms if not (work / f"{a}.json").is_file()]
     running: dict[str, subprocess.Popen] = {}
     while todo or running:
@@ -249,6 +294,13 @@ def run_study(args: argparse.Namespace) -> list[dict]:
             if (work / f"{a}.json").is_file()]
 
 
+def _arms(args: argparse.Namespace) -> list[str]:
+    """The arms asked for (default: all of the study's, but the wall-clock one)."""
+    if args.arms:
+        return [a.strip() for a in args.arms.split(",") if a.strip()]
+    return [a for a in STUDIES[args.study][1] if a != "threads2"]
+
+
 def _loss_at(curve: list[dict], seconds: float, key: str = "val_loss") -> float:
     """The curve's `key` at `seconds` of the arm's clock, linearly interpolated."""
     pts = [(p["cpu_s"], p[key]) for p in curve]
@@ -258,8 +310,48 @@ def _loss_at(curve: list[dict], seconds: float, key: str = "val_loss") -> float:
     return pts[-1][1]
 
 
+def render_student(records: list[dict], args: argparse.Namespace) -> str:
+    """The student A/B's page: speed, held-out energy score and the generation check."""
+    cmd = " ".join(["python -m research.throughput", *sys.argv[1:]])
+    common = min(r["seconds"] for r in records)
+    lines = [
+        "# The student A/B: frozen teacher backbone vs backbone + feature distillation", "",
+        f"Regenerate: `{cmd}` (arms run as separate processes, {args.jobs} at a time, each on",
+        f"{args.cpu_minutes:g} CPU-minutes of its training thread, torch pinned to one thread).",
+        "",
+        f"Base: `{args.config or STUDENT_CONFIG}` (the shipped student's recipe: the energy head "
+        "on the shipped", f"teacher's backbone) on `{args.train}`. Held-out energy score on "
+        f"the first {args.val_batches} batches", f"of `{args.val}` (fixed noise; lower is "
+        "better), then the validation stage's generation check of",
+        f"the raw weights at the budget: {args.generate} validation captions at K = 16, sound "
+        "type, every named", "attribute and counts by the shipped synth-classifier, and how "
+        "eventful the clips are (frames", "above −30 dB of full scale) against the same "
+        "captions' real clips.", "",
+        f"| arm | change | steps | steps / CPU-s | energy score at {common:.0f} CPU-s | type | "
+        "attributes | count | active (real) | events (real) |",
+        "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        g = r.get("generation") or {}
+        cell = (lambda k: f"{g[k]:.3f}" if k in g else "–")
+        lines.append(f"| {r['arm']} | {r['note']} | {r['steps']} | {r['steps_per_s']:.3f} | "
+                     f"{_loss_at(r['curve'], common):.4f} | {cell('gen_type')} | "
+                     f"{cell('gen_attributes')} | {cell('gen_count')} | "
+                     f"{cell('gen_active')} ({cell('real_active')}) | "
+                     f"{cell('gen_events')} ({cell('real_events')}) |")
+    with_gen = [r for r in records if r.get("generation")]
+    if with_gen:
+        best = max(with_gen, key=lambda r: (r["generation"].get("gen_attributes", 0.0),
+                                            -_loss_at(r["curve"], common)))
+        lines += ["", f"**Best at this budget: `{best['arm']}`** (most attribute checks right; "
+                  f"{args.generate} captions, so differences under about "
+                  f"{100 / max(1, args.generate) ** 0.5:.0f} points are noise)."]
+    return "\n".join(lines) + "\n"
+
+
 def render(records: list[dict], args: argparse.Namespace) -> str:
     """The page: one row per arm, the curve points, and the choice."""
+    if args.study == "student":
+        return render_student(records, args)
     cmd = " ".join(["python -m research.throughput", *sys.argv[1:]])
     by = {r["arm"]: r for r in records}
     common = min((r["seconds"] for r in records if r["clock"] == "cpu"), default=0.0)
@@ -268,7 +360,8 @@ def render(records: list[dict], args: argparse.Namespace) -> str:
         f"Regenerate: `{cmd}` (arms run as separate processes, {args.jobs} at a time; each",
         "arm's budget is CPU time of its training thread, torch pinned to one thread, so the",
         "arms stay comparable while other work shares the machine).", "",
-        f"Base: `{args.config}` (the shipped teacher recipe) on `{args.train}`. Two held-out",
+        f"Base: `{args.config or BASE_CONFIG}` (the shipped teacher recipe) on `{args.train}`. "
+        "Two held-out",
         f"numbers on the first {args.val_batches} batches of `{args.val}`, raw weights (the EMA",
         "of a run this short lags its weights), fixed masks and noise: the arm's own loss",
         "(v-MSE; comparable between arms on the same tokens) and the **x̂₀ error** of 70 %-",
@@ -315,8 +408,13 @@ def render(records: list[dict], args: argparse.Namespace) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--arms", default=",".join(a for a in ARMS if a != "threads2"))
-    p.add_argument("--config", default=BASE_CONFIG, help="the recipe every arm changes")
+    p.add_argument("--study", choices=tuple(STUDIES), default="teacher",
+                   help="teacher: the throughput levers; student: the student A/B")
+    p.add_argument("--arms", default="", help="comma-separated (default: the study's all)")
+    p.add_argument("--config", default="", help="the recipe every arm changes (default: "
+                   f"{BASE_CONFIG} / {STUDENT_CONFIG} by study)")
+    p.add_argument("--generate", type=int, default=0, help="validation captions generated "
+                   "and checked at the end of each arm (0 = none)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a config override for every arm (repeatable)")
     p.add_argument("--cpu-minutes", type=float, default=6.0, help="budget per arm")
@@ -347,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(records, indent=1))
     print(page)
-    return 0 if len(records) == len([a for a in args.arms.split(",") if a.strip()]) else 1
+    return 0 if len(records) == len(_arms(args)) else 1
 
 
 if __name__ == "__main__":

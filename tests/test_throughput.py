@@ -32,3 +32,29 @@ def test_the_study_runs_arms_and_writes_their_curves(tiny_text_dir, corpus, tmp_
     before = (tmp_path / "work" / "base.json").stat().st_mtime_ns
     assert research_command("throughput").main(argv) == 0
     assert (tmp_path / "work" / "base.json").stat().st_mtime_ns == before
+
+
+@pytest.mark.slow
+def test_the_student_study_scores_each_arm_with_the_generation_check(
+        tiny_text_dir, tiny_ckpts, corpus, tmp_path, research_command):
+    manifest = corpus / "test.jsonl"
+    out, js = tmp_path / "s.md", tmp_path / "s.json"
+    argv = ["--study", "student", "--config", "tiny", "--arms", "freeze,joint_l100",
+            "--cpu-minutes", "0.02", "--eval-every", "1", "--val-batches", "1", "--jobs", "2",
+            "--generate", "3", "--train", str(manifest), "--val", str(manifest),
+            "--work", str(tmp_path / "work"), "--out", str(out), "--json", str(js),
+            "--set", f"text.model={tiny_text_dir}", "--set", "data.batch_size=4",
+            "--set", "head.kind=energy", "--set", f"teacher.ckpt={tiny_ckpts['teacher']}",
+            "--set", "train.sample_prompts=[]", "--set", "train.val_iterations=2",
+            "--set", "sample.duration=1.0"]
+    assert research_command("throughput").main(argv) == 0
+    records = {r["arm"]: r for r in json.loads(js.read_text())}
+    assert set(records) == {"freeze", "joint_l100"}
+    for r in records.values():
+        assert r["steps"] >= 1 and all(p["x0_mel"] is None for p in r["curve"])
+        gen = r["generation"]
+        assert {"gen_type", "gen_attributes", "gen_active", "real_active"} <= set(gen)
+    assert records["joint_l100"]["overrides"] == ["distill.freeze_backbone=false",
+                                                  "distill.weight=100"]
+    page = out.read_text()
+    assert "The student A/B" in page and "| joint_l100 |" in page and "Best at this budget" in page
