@@ -342,9 +342,11 @@ def render_student(records: list[dict], args: argparse.Namespace) -> str:
     if with_gen:
         best = max(with_gen, key=lambda r: (r["generation"].get("gen_attributes", 0.0),
                                             -_loss_at(r["curve"], common)))
-        lines += ["", f"**Best at this budget: `{best['arm']}`** (most attribute checks right; "
-                  f"{args.generate} captions, so differences under about "
-                  f"{100 / max(1, args.generate) ** 0.5:.0f} points are noise)."]
+        lines += ["", f"**Best at this budget: `{best['arm']}`** (most attribute checks "
+                  f"right). With {args.generate} clips, two standard errors of the type check "
+                  f"are up to {100 / max(1, args.generate) ** 0.5:.0f} points, of the attribute "
+                  "checks (a few per clip) fewer: read the ranking as a lead to test at a "
+                  "longer budget, not a verdict."]
     return "\n".join(lines) + "\n"
 
 
