@@ -135,9 +135,8 @@ def main(argv: list[str]) -> int:
     Returns:
         0; bad input raises UserError.
     """
-    from energytta.checkpoint import load_model
+    from energytta.checkpoint import load_model, resolve_checkpoint
     from energytta.eval.embedders import get_embedder
-    from energytta.checkpoint import resolve_checkpoint
 
     args = build_parser().parse_args(argv)
     cfgs, temps = _floats(args.cfg, "--cfg"), _floats(args.temperature, "--temperature")
