@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from energytta.audio.level import CEILING_DB
 from energytta.errors import UserError
 from research.rows import (EMBEDDERS, MemoEmbedder, accuracy, generate_row, save,
                            saved, score, sha256)
@@ -38,6 +39,9 @@ from research.rows import (EMBEDDERS, MemoEmbedder, accuracy, generate_row, save
 MODELS = ("teacher", "student", "guided", "captiononly")
 # what each row's checkpoint must hold: the guidance-distilled student is a student
 KIND_OF = {"guided": "student"}
+# how clips are rendered and scored: rows saved under another key are recomputed
+# (level.CEILING_DB: the decoded mel's frame ceiling; "active": rows carry the active fraction)
+RENDER_KEY = {"ceiling_db": CEILING_DB, "scores": ["attributes", "active"]}
 ONE_PASS = (1,)  # the caption-only student's iterations, whatever --iterations says
 
 
@@ -88,7 +92,7 @@ def row_key(args: argparse.Namespace, model: str, ckpt: Path, k: int) -> dict[st
     reuses its rows."""
     return {"model": model, "sha256": sha256(ckpt), "iterations": k,
             "seed": args.seed, "limit": args.limit, "batch_size": args.batch_size,
-            "reference": str(args.reference)}
+            "reference": str(args.reference), **RENDER_KEY}
 
 
 def get_row(args: argparse.Namespace, model: str, ckpt: Path, k: int,
@@ -137,7 +141,7 @@ def vocoded_row(args: argparse.Namespace, ckpt: Path, embedders: dict,
     work, name = Path(args.work), "real-vocoded" + ("-trained" if vocoder else "")
     path = work / f"{name}.json"
     key = {"real": str(args.real), "limit": args.limit, "seed": args.seed,
-           "sha256": sha256(ckpt), "reference": str(args.reference)}
+           "sha256": sha256(ckpt), "reference": str(args.reference), **RENDER_KEY}
     if vocoder:
         key["vocoder"] = sha256(Path(vocoder))
     row = saved(path, key)

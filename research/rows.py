@@ -57,7 +57,18 @@ def score(generated: Path | str, reference: str, limit: int, embedders: dict,
     pairs = data if attributes_of is None else runner.collect(generated, attributes_of).limit(limit)
     out["attributes"] = runner.attribute_accuracy(pairs, None, None, False,
                                                   embedders["synth-classifier"])
+    out["active"] = active_fraction([data.generated[s] for s in data.paired])
     return out
+
+
+def active_fraction(paths: list[Path]) -> float:
+    """Mean fraction of frames above -30 dBFS over the clips at `paths`: how eventful the
+    audio a listener gets is (real clips are scored the same way)."""
+    from energytta.audio.io import load_audio
+    from energytta.eval.activity import waveform_active_fraction
+
+    return float(sum(float(waveform_active_fraction(load_audio(p, 16000))) for p in paths)
+                 / max(1, len(paths)))
 
 
 def generate_row(args: argparse.Namespace, model: str, ckpt: Path, k: int, folder: Path,

@@ -32,7 +32,11 @@ def test_rows_page_and_reuse(tiny_ckpts, corpus, tmp_path, research_command, cap
     assert len(first) == 10
     assert sf.info(first[0]).frames == sf.info(next((work / "student-k2").glob("*.wav"))).frames
     assert vocoded["metrics"]["mel-stats"]["fd"] < row["metrics"]["mel-stats"]["fd"]
-    assert "(Needs both models at K = 64.)" in text
+    from energytta.checkpoint import DEFAULT_NAME
+    assert f"- The default model ({DEFAULT_NAME}): sound type " in text
+    assert "- Active fraction (frames above −30 dBFS) " in text
+    assert "Energy-score student" not in text  # needs teacher and student at K = 64
+    assert 0.0 <= row["active"] <= 1.0 and 0.0 < vocoded["active"] <= 1.0
     assert "sampling defaults (teacher CFG " in text and "; student CFG " in text
     capsys.readouterr()
     # a second run reuses every row; another seed recomputes them
@@ -58,11 +62,13 @@ def test_targets_are_judged_from_the_k64_rows(tiny_ckpts, corpus, tmp_path):
     def row(fd, acc):
         return {"metrics": {"synth-classifier": {"fd": fd}},
                 "attributes": {"all": {"overall": {"accuracy": acc, "n": 10}}}}
-    lines = report._targets({("teacher", 64): row(10.0, 0.80), ("student", 64): row(11.0, 0.78)})
-    assert "2.0 points behind" in lines[0] and "**met**" in lines[0]
-    assert "1.10×" in lines[1] and "**met**" in lines[1]
-    lines = report._targets({("teacher", 64): row(10.0, 0.80), ("student", 64): row(13.0, 0.70)})
-    assert "**not met**" in lines[0] and "**not met**" in lines[1]
+    rows = {("teacher", 64): row(10.0, 0.80), ("student", 64): row(11.0, 0.78)}
+    lines = report._targets(rows, None, "captiononly")
+    assert lines[0] == "- (No row of the default model, captiononly, at its defaults.)"
+    assert "2.0 points behind" in lines[-1] and "**met**" in lines[-1]
+    rows[("student", 64)] = row(13.0, 0.70)
+    assert "10.0 points behind" in report._targets(rows, None, "captiononly")[-1]
+    assert "**not met**" in report._targets(rows, None, "captiononly")[-1]
 
 
 def test_per_check_table_names_columns_like_the_main_table():
@@ -158,3 +164,28 @@ def test_sampling_sweep_cells_table_and_reuse(tiny_ckpts, corpus, tmp_path, rese
     assert "generating" not in capsys.readouterr().err
     assert tool.main(args[:1] + ["--cfg", "1,x", "--reference", str(corpus / "test.jsonl")]) == 2
     assert "--cfg" in capsys.readouterr().err
+
+
+def _row(acc: dict, active: float, seen: float = 0.8, held: float = 0.7) -> dict:
+    res = {n: {"accuracy": a, "n": 10} for n, a in acc.items()}
+    return {"attributes": {"all": {**res, "overall": {"accuracy": 0.8, "n": 60}},
+                           "seen": {"overall": {"accuracy": seen, "n": 40}},
+                           "heldout": {"overall": {"accuracy": held, "n": 20}}},
+            "active": active}
+
+
+def test_targets_name_each_check_and_activity():
+    from research.quality_report import _targets
+
+    good = _row({"type": 0.9, "loudness": 0.8, "pitch": 0.9, "count": 0.6}, active=0.40)
+    real = {"active": 0.42}
+    lines = "\n".join(_targets({("captiononly", 1): good}, real, "captiononly"))
+    assert "sound type 0.900 (target ≥ 0.85) — **met**" in lines
+    assert "counts ≥ 0.5 — **met**." in lines
+    assert "0.95× (target within 25 %) — **met**" in lines
+    assert "10.0 points (target ≤ 8) — **not met**" in lines
+    bad = _row({"type": 0.5, "loudness": 0.7, "count": 0.2}, active=0.1, seen=0.8, held=0.75)
+    lines = "\n".join(_targets({("captiononly", 1): bad}, real, "captiononly"))
+    assert "(below: loudness 0.700, count 0.200)" in lines
+    assert "0.24× (target within 25 %) — **not met**" in lines
+    assert "5.0 points (target ≤ 8) — **met**" in lines

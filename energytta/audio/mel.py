@@ -13,6 +13,8 @@ gives exactly S // hop frames under either framing:
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from torch import nn
@@ -115,6 +117,17 @@ class MelFrontend(nn.Module):
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
         """wav (B, S) float in [-1, 1] -> log-mel (B, n_mels, S // hop) float32."""
         return torch.log(torch.clamp(self.mel(wav), min=LOG_FLOOR))
+
+    def full_scale_db(self) -> float:
+        """Frame power (dB, `energytta.audio.level.frame_db`) of a full-scale 1 kHz sine:
+        the reference of absolute frame levels (the mel analogue of 0 dBFS)."""
+        if not hasattr(self, "_full_scale_db"):
+            from energytta.audio.level import frame_db
+
+            t = torch.arange(self.sample_rate, dtype=torch.float32) / self.sample_rate
+            sine = torch.sin(2 * math.pi * 1000.0 * t)[None].to(self.window.device)
+            self._full_scale_db = float(frame_db(self(sine))[0, 2:-2].median())
+        return self._full_scale_db
 
 
 def padded_window(n_fft: int, win_length: int) -> torch.Tensor:

@@ -17,14 +17,10 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
+from energytta.audio.level import frame_db
+
 ACTIVE_DB = -30.0  # dB below a full-scale sine's frame
 MIN_GAP_S = 0.05  # shorter silences do not split an event
-
-
-def frame_db(logmel: Tensor) -> Tensor:
-    """log-magnitude mel (B, M, T) -> frame power in dB (B, T)."""
-    power = torch.logsumexp(2.0 * logmel.float(), dim=1)  # log Σ_m |mel_m|²
-    return power * (10.0 / math.log(10.0))
 
 
 @lru_cache(maxsize=8)
@@ -36,9 +32,7 @@ def full_scale_db(sample_rate: int, n_fft: int, win_length: int, hop_length: int
 
     audio = AudioConfig(sample_rate=sample_rate, n_fft=n_fft, win_length=win_length,
                         hop_length=hop_length, n_mels=n_mels, f_min=f_min, f_max=f_max)
-    t = torch.arange(sample_rate) / sample_rate
-    mel = MelFrontend(audio)(torch.sin(2 * math.pi * 1000.0 * t)[None])
-    return float(frame_db(mel)[0, 2:-2].median())
+    return MelFrontend(audio).full_scale_db()
 
 
 def reference_db(audio_cfg) -> float:
@@ -67,3 +61,14 @@ def _runs(active: list[bool], gap: int) -> int:
         else:
             quiet += 1
     return count
+
+
+def waveform_active_fraction(wav: Tensor, frame: int = 1024, hop: int = 160) -> Tensor:
+    """wav (B, S) or (S,) in [-1, 1] -> the fraction of frames above `ACTIVE_DB` dBFS (B,)
+    or (), a frame's level being its RMS relative to a full-scale sine's (1/√2): what a
+    listener gets after rendering, where `activity` reads the mel before the vocoder."""
+    x = torch.as_tensor(wav, dtype=torch.float32)
+    frames = x.unfold(-1, frame, hop)  # (..., T, frame)
+    rms = frames.pow(2).mean(dim=-1).sqrt()  # (..., T)
+    dbfs = 20.0 * torch.log10(rms.clamp(min=1e-10) * math.sqrt(2.0))
+    return (dbfs > ACTIVE_DB).float().mean(dim=-1)
