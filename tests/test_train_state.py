@@ -49,7 +49,7 @@ def test_run_folder_state_keeps_its_format_and_resumes_on_the_same_ema_and_lr(
     straight = loop.train(_cfg(tiny_text_dir, corpus, straight_dir, *extra))
     cfg = _cfg(tiny_text_dir, corpus, straight_dir, *extra)
 
-    # the state every step folder holds, as run folders have always held it
+    # the state every step folder holds, in the format --resume reads
     ratio = cfg.train.min_lr / cfg.train.lr
     for step in range(1, 6):
         folder = _step_folder(straight_dir, step)

@@ -2,9 +2,10 @@
 
 torch's `AveragedModel` holds the copy and counts the updates; `get_ema_multi_avg_fn`
 does the averaging (one foreach lerp). The copy is a full module (gradients off, eval
-mode), so it can be sampled from, saved with `state_dict()` (the same keys as the model,
-as `ema.safetensors` always held) and loaded into a fresh TTAModel. Buffers are copied,
-not averaged (they are statistics or constants, not weights).
+mode), so it can be sampled from, saved with `state_dict()` (the model's own keys: what
+`ema.safetensors` holds) and loaded into a fresh TTAModel. Buffers are copied,
+not averaged (they are statistics or constants, not weights). The trained weights are
+fp32 (mixed precision autocasts, it does not cast them), as the lerp needs one dtype.
 """
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ class EMA:
 
     def _lerp(self, ema: list[torch.Tensor], params: list[torch.Tensor], _n: torch.Tensor
               ) -> None:
-        """ema <- ema + (1 − d)·(θ − ema), d this update's decay (the same lerp as before)."""
+        """ema <- ema + (1 − d)·(θ − ema), with d this update's decay."""
         get_ema_multi_avg_fn(self.current_decay())(ema, params, _n)
 
     @torch.no_grad()

@@ -26,8 +26,8 @@ def seed_globals(seed: int) -> None:
     """Seed python, numpy, torch and every accelerator backend (accelerate's `set_seed`).
 
     numpy's global seed is 32-bit, so `set_seed` gets `seed mod 2**32`; torch is then
-    seeded with the whole seed (up to 63 bits, as `derive_seed` gives), as it always was,
-    so dropout and initial weights keep their draws.
+    seeded with the whole seed (up to 63 bits, as `derive_seed` gives): CUDA generators use
+    all 64 bits, so a step's dropout draws are those of its whole seed.
     """
     set_seed(seed % 2**32)
     if seed >= 2**32:
