@@ -1,15 +1,13 @@
-"""Small shared helpers: atomic file writes, seeding, device choice."""
+"""Small shared helpers: atomic file writes, device choice."""
 from __future__ import annotations
 
 import contextlib
 import os
-import random
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
 import torch
 
 # the disk-full test lives with the errors it becomes (re-exported for writers here)
@@ -190,14 +188,6 @@ def check_writable(path: str | Path, flag: str, folder: bool = False) -> None:
     except OSError as e:
         raise UserError(f"{flag} {path}: cannot write in {existing} "
                         f"({e.strerror or e}); pick a writable place") from None
-
-
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed python, numpy and torch; return a CPU generator seeded with `seed`."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
 
 
 def pick_device(name: str = "auto") -> torch.device:

@@ -1,15 +1,17 @@
 """Exponential moving average of the weights, kept in fp32 (MAR `ema_params`, ema_rate).
 
-The EMA copy is a full module (a deep copy of the raw model, gradients off, eval mode),
-so it can be sampled from, saved with `state_dict()` and loaded into a fresh TTAModel.
-Buffers are copied, not averaged (they are statistics or constants, not weights).
+torch's `AveragedModel` holds the copy and counts the updates; `get_ema_multi_avg_fn`
+does the averaging (one foreach lerp). The copy is a full module (gradients off, eval
+mode), so it can be sampled from, saved with `state_dict()` (the model's own keys: what
+`ema.safetensors` holds) and loaded into a fresh TTAModel. Buffers are copied,
+not averaged (they are statistics or constants, not weights). The trained weights are
+fp32 (mixed precision autocasts, it does not cast them), as the lerp needs one dtype.
 """
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 
 class EMA:
@@ -25,8 +27,20 @@ class EMA:
 
     def __init__(self, model: nn.Module, decay: float, warmup: bool = True) -> None:
         self.decay, self.warmup = float(decay), warmup
-        self.module = copy.deepcopy(model).float().eval().requires_grad_(False)
-        self.num_updates = 0
+        self._avg = AveragedModel(model, multi_avg_fn=self._lerp, use_buffers=False)
+        self.module = self._avg.module.float().eval().requires_grad_(False)
+        # AveragedModel's first update copies the weights: the EMA starts at the model,
+        # and its counter then reads 1 + the number of averaging updates
+        self._avg.update_parameters(model)
+
+    @property
+    def num_updates(self) -> int:
+        """Averaging updates so far (`ema_updates` in a run's state.json)."""
+        return int(self._avg.n_averaged) - 1
+
+    @num_updates.setter
+    def num_updates(self, n: int) -> None:
+        self._avg.n_averaged.fill_(int(n) + 1)
 
     def current_decay(self) -> float:
         if not self.warmup:
@@ -34,17 +48,15 @@ class EMA:
         n = self.num_updates
         return min(self.decay, (1 + n) / (10 + n))
 
+    def _lerp(self, ema: list[torch.Tensor], params: list[torch.Tensor], _n: torch.Tensor
+              ) -> None:
+        """ema <- ema + (1 − d)·(θ − ema), with d this update's decay."""
+        get_ema_multi_avg_fn(self.current_decay())(ema, params, _n)
+
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         """ema <- d·ema + (1 − d)·θ for every parameter; buffers are copied."""
-        d = self.current_decay()
-        ema_params = dict(self.module.named_parameters())
-        for name, p in model.named_parameters():
-            ema_params[name].lerp_(p.detach().float(), 1.0 - d)
-        ema_buffers = dict(self.module.named_buffers())
-        for name, b in model.named_buffers():
-            ema_buffers[name].copy_(b)
-        self.num_updates += 1
+        self._avg.update_parameters(model)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.module.state_dict()

@@ -45,9 +45,9 @@ from energytta.train.logging import MetricsLog, Window, format_stats, make_progr
 from energytta.train.objectives import (TrainContext, build_objective, objective_class,
                                         objective_name)
 from energytta.train.optim import build_optimizer, keep_config_schedule
-from energytta.train.seeds import seed_step
+from energytta.train.seeds import seed_globals, seed_step
 from energytta.train.stream import BatchStream, Position, resume_position
-from energytta.utils import atomic_write_text, seed_everything
+from energytta.utils import atomic_write_text
 
 # codec runs before the one loop kept their state in this file; it cannot be resumed
 LEGACY_CODEC_STATE = "train_state.safetensors"
@@ -110,7 +110,7 @@ class Trainer:
         from energytta.data.dataset import build_dataset, collate
 
         self.cfg, t = validate(cfg), cfg.train  # also a Config built in code, not loaded
-        seed_everything(t.seed)  # the model's initial weights depend on train.seed only
+        seed_globals(t.seed)  # the model's initial weights depend on train.seed only
         self.acc = _build_accelerator(cfg)  # 1
         self.device, self.main = self.acc.device, self.acc.is_main_process
         self.console = Console(quiet=not self.main)

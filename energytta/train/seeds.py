@@ -7,10 +7,9 @@ repeats an uninterrupted one bit for bit, and validation never moves a training 
 """
 from __future__ import annotations
 
-import random
-
 import numpy as np
 import torch
+from accelerate.utils import set_seed
 
 FIT_SEED = 2**31  # the clips that fit data statistics (codec normalisation) at step 0
 VAL_SEED = 2**31 + 1  # the validation stage's generator
@@ -23,11 +22,21 @@ def derive_seed(*parts: int) -> int:
     return int(state[0] >> np.uint64(1))
 
 
+def seed_globals(seed: int) -> None:
+    """Seed python, numpy, torch and every accelerator backend (accelerate's `set_seed`).
+
+    numpy's global seed is 32-bit, so `set_seed` gets `seed mod 2**32`; torch is then
+    seeded with the whole seed (up to 63 bits, as `derive_seed` gives): CUDA generators use
+    all 64 bits, so a step's dropout draws are those of its whole seed.
+    """
+    set_seed(seed % 2**32)
+    if seed >= 2**32:
+        torch.manual_seed(seed)
+
+
 def seed_step(device: torch.device, *parts: int) -> torch.Generator:
     """Seed the global RNGs (dropout, any draw without a generator) from `parts` and return
     a generator on `device` seeded the same way, for the draws that take one."""
     seed = derive_seed(*parts)
-    torch.manual_seed(seed)
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
+    seed_globals(seed)
     return torch.Generator(device=device).manual_seed(seed)
