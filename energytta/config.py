@@ -5,6 +5,11 @@ parent is loaded first and the child's keys override it. Overrides from the comm
 use dotted keys (`train.lr=3e-4`, `sample.iterations=16`), are parsed as YAML scalars and
 type-checked against the dataclass field. Errors are `ConfigError` with one line that
 names the key and what to do.
+
+A config holds only what its run reads: the `head` section's class follows `head.kind`
+(`HEAD_SECTIONS`), and the objective sections (`teacher`, `distill`, `vsd`, `guide`,
+`classifier`) exist only where the objective reads them (`OBJECTIVE_SECTIONS`). Configs
+saved in the older flat layout migrate on load (`migrate_saved`).
 """
 from __future__ import annotations
 
