@@ -110,6 +110,22 @@ def test_a_child_removes_a_section_of_its_parent_with_null(tmp_path):
     assert cfg.section("distill") is None and cfg.guide.max_scale == 5.0
 
 
+def test_a_plugin_objective_declares_the_sections_it_reads(monkeypatch):
+    import energytta.config as config
+    import energytta.train.objectives as objectives
+
+    monkeypatch.setattr(objectives, "OBJECTIVES", dict(objectives.OBJECTIVES))
+    monkeypatch.setattr(config, "OBJECTIVE_SECTIONS", dict(config.OBJECTIVE_SECTIONS))
+    monkeypatch.setattr(objectives, "OBJECTIVE_SECTIONS", config.OBJECTIVE_SECTIONS)
+    # undeclared: its config keeps the sections it sets
+    assert load_config("tiny", ["train.objective=mine", "vsd.t_min=5"]).vsd.t_min == 5
+    objectives.register_objective("mine", "x:Y", sections=("teacher",))
+    cfg = load_config("tiny", ["train.objective=mine"])
+    assert cfg.teacher.ckpt == "" and cfg.section("vsd") is None
+    with pytest.raises(ConfigError, match="'vsd' is set but the objective 'mine'"):
+        load_config("tiny", ["train.objective=mine", "vsd.t_min=5"])
+
+
 # ------------------------------------------------------------------ migration
 def _stored(asset: str) -> dict:
     with safe_open(str(ASSETS / f"{asset}.safetensors"), framework="pt") as f:

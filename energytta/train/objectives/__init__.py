@@ -13,6 +13,9 @@
 `train.objective` picks one; empty, the config implies it: `codec.train` names a codec
 part, else `head.kind=energy` trains the student and any other head the teacher. A new
 objective plugs in with `register_objective` (or an entry here) without touching the loop.
+The config sections each reads (`energytta.config.OBJECTIVE_SECTIONS`; a run's config has
+those and no other objective section): student `teacher`, `distill`; captiononly `teacher`,
+`vsd`; guidance `guide`; classifier `classifier`; the others none.
 """
 from __future__ import annotations
 
