@@ -415,7 +415,7 @@ class Config:
             readers = [o for o, secs in OBJECTIVE_SECTIONS.items() if name in secs]
             raise MissingSectionError(
                 f"config section '{name}' is not in this config: its objective '{objective}' "
-                f"does not read it (read by: {', '.join(readers)})")
+                f"does not read it (read by: {', '.join(readers) or 'no objective'})")
         return value
 
     def objective(self) -> str:
@@ -447,7 +447,9 @@ class Config:
         return {f.name: self.section(f.name) for f in dataclasses.fields(self)}
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is Config and self._sections() == other._sections()
+        if not isinstance(other, Config):
+            return NotImplemented
+        return self._sections() == other._sections()
 
     def __repr__(self) -> str:
         return f"Config({', '.join(f'{k}={v!r}' for k, v in self._sections().items())})"
