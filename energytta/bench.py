@@ -33,7 +33,7 @@ import platform
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import torch
 
@@ -127,11 +127,11 @@ class Generator:
 def _random_model(cfg, kind: str, text_dim: int, device: torch.device,
                   guided: bool = False):
     from energytta.audio.codec import build_codec
-    from energytta.config import from_dict
+    from energytta.config import from_dict, with_head_kind
     from energytta.models.tta import TTAModel
 
     data = cfg.to_dict()
-    data["head"]["kind"] = kind
+    data["head"] = asdict(with_head_kind(from_dict(data).head, kind))
     data["model"]["noise_inputs"] = kind == "onestep"  # the caption-only student's input
     data["model"]["guidance_embed"] = guided  # the guidance-distilled student's output head
     cfg_k = from_dict(data)

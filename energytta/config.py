@@ -5,6 +5,11 @@ parent is loaded first and the child's keys override it. Overrides from the comm
 use dotted keys (`train.lr=3e-4`, `sample.iterations=16`), are parsed as YAML scalars and
 type-checked against the dataclass field. Errors are `ConfigError` with one line that
 names the key and what to do.
+
+A config holds only what its run reads: the `head` section's class follows `head.kind`
+(`HEAD_SECTIONS`), and the objective sections (`teacher`, `distill`, `vsd`, `guide`,
+`classifier`) exist only where the objective reads them (`OBJECTIVE_SECTIONS`). Configs
+saved in the older flat layout migrate on load (`migrate_saved`).
 """
 from __future__ import annotations
 
@@ -159,10 +164,18 @@ class ModelConfig:
 
 @dataclass
 class HeadConfig:
-    kind: str = "diffusion"  # "diffusion" (teacher, teachers/) or "energy" (student)
+    """The keys every head kind has. `head.kind` picks the section's class (`HEAD_SECTIONS`),
+    so a run's config carries only its own head's keys."""
+    kind: str = "diffusion"  # "diffusion" (teacher, teachers/), "onestep" or "energy" (student)
     depth: int = 3  # residual AdaLN blocks
     width: int = 512
-    # diffusion head (MAR DiffLoss / IMPACT)
+    lr_mult: float = 1.0
+
+
+@dataclass
+class DiffusionHeadConfig(HeadConfig):
+    """The diffusion head (MAR DiffLoss / IMPACT; teachers/diffusion_head.py), and the
+    one-step head that runs its network once (teachers/onestep.py)."""
     num_timesteps: int = 1000
     noise_schedule: str = "cosine"
     sampling_steps: int = 100
@@ -178,13 +191,48 @@ class HeadConfig:
     # than one dimension, so shift > 1 spends more training steps where the backbone must
     # say what is there. 1 = the plain schedule.
     schedule_shift: float = 1.0
-    # energy head (EAR)
+
+
+@dataclass
+class EnergyHeadConfig(HeadConfig):
+    """The energy-score head (EAR; energytta/models/energy_head.py)."""
+    kind: str = "energy"
     noise_dim: int = 64
     noise_type: str = "gaussian"  # "gaussian" | "uniform"
     num_samples: int = 2  # m >= 2 samples per token for the energy score
     alpha: float = 1.0  # energy-score exponent, in (0, 2)
     train_temperature: float = 1.0  # tau on the sample-to-sample term
-    lr_mult: float = 1.0
+
+
+# head.kind -> its section's class. Data, not code: the heads themselves register with
+# `energytta.models.heads` (plugins included), and a plugin head with keys of its own adds
+# its section here with `register_head_section`; a kind not listed gets the common keys only.
+HEAD_SECTIONS: dict[str, type[HeadConfig]] = {
+    "diffusion": DiffusionHeadConfig,
+    "onestep": DiffusionHeadConfig,  # the diffusion head's network, run once
+    "energy": EnergyHeadConfig,
+}
+
+
+def register_head_section(kind: str, section: type[HeadConfig]) -> None:
+    """Make `head.kind=<kind>` configs carry `section`'s keys (a `HeadConfig` subclass)."""
+    HEAD_SECTIONS[kind] = section
+
+
+def head_section_class(kind: str) -> type[HeadConfig]:
+    return HEAD_SECTIONS.get(kind, HeadConfig)
+
+
+def with_head_kind(head: HeadConfig, kind: str) -> HeadConfig:
+    """`head` as a `kind` section: the keys both kinds have keep their values, the others
+    take the new kind's defaults."""
+    cls = head_section_class(kind)
+    if type(head) is not cls:
+        names = {f.name for f in dataclasses.fields(cls)}
+        head = cls(**{f.name: getattr(head, f.name) for f in dataclasses.fields(head)
+                      if f.name in names})
+    head.kind = kind
+    return head
 
 
 @dataclass
@@ -314,24 +362,101 @@ class SampleConfig:
     one_pass_cfg: bool = True
 
 
+# objective -> the sections it reads (`train.objective`; "" resolves with `objective_of`).
+# Only these sections exist in a run's config: `validate` adds them with their defaults
+# and refuses the others. An objective not listed here (a plugin that declared none with
+# `register_objective`) keeps whatever sections its config sets.
+OBJECTIVE_SECTIONS: dict[str, tuple[str, ...]] = {
+    "teacher": (),
+    "student": ("teacher", "distill"),
+    "captiononly": ("teacher", "vsd"),
+    "guidance": ("guide",),
+    "vae": (),
+    "vocoder": (),
+    "classifier": ("classifier",),
+}
+SECTION_CLASSES: dict[str, type] = {
+    "teacher": TeacherConfig, "distill": DistillConfig, "vsd": VSDConfig,
+    "guide": GuideConfig, "classifier": ClassifierConfig}
+
+
+def objective_of(objective: str, codec_train: str, head_kind: str) -> str:
+    """The objective a config trains: `train.objective`, else `codec.train`'s part, else
+    the student for an energy head and the teacher for any other."""
+    return objective or codec_train or ("student" if head_kind == "energy" else "teacher")
+
+
+class MissingSectionError(ConfigError, AttributeError):
+    """A section the config's objective does not read was asked for (an AttributeError too,
+    so `getattr(cfg, "vsd", None)` is None)."""
+
+
 @dataclass
 class Config:
     audio: AudioConfig = field(default_factory=AudioConfig)
     codec: CodecConfig = field(default_factory=CodecConfig)
     text: TextConfig = field(default_factory=TextConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    head: HeadConfig = field(default_factory=HeadConfig)
-    teacher: TeacherConfig = field(default_factory=TeacherConfig)
-    distill: DistillConfig = field(default_factory=DistillConfig)
-    vsd: VSDConfig = field(default_factory=VSDConfig)
-    guide: GuideConfig = field(default_factory=GuideConfig)
+    head: HeadConfig = field(default_factory=DiffusionHeadConfig)  # class by head.kind
+    # objective sections: None where the objective does not read them (OBJECTIVE_SECTIONS)
+    teacher: TeacherConfig | None = None
+    distill: DistillConfig | None = None
+    vsd: VSDConfig | None = None
+    guide: GuideConfig | None = None
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
-    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    classifier: ClassifierConfig | None = None
+
+    def __getattribute__(self, name: str) -> Any:
+        value = object.__getattribute__(self, name)
+        if value is None and name in SECTION_CLASSES:
+            objective = object.__getattribute__(self, "objective")()
+            readers = [o for o, secs in OBJECTIVE_SECTIONS.items() if name in secs]
+            raise MissingSectionError(
+                f"config section '{name}' is not in this config: its objective '{objective}' "
+                f"does not read it (read by: {', '.join(readers) or 'no objective'})")
+        return value
+
+    def objective(self) -> str:
+        """The objective this config trains (`objective_of`)."""
+        return objective_of(self.train.objective, self.codec.train, self.head.kind)
+
+    def fit_sections(self) -> None:
+        """Objective sections exist where the objective reads them (`OBJECTIVE_SECTIONS`):
+        missing ones get their defaults; one it does not read is a ConfigError (it would
+        have no effect). An objective that declared no sections keeps what it is given."""
+        objective = self.objective()
+        reads = OBJECTIVE_SECTIONS.get(objective)
+        for name, cls in SECTION_CLASSES.items() if reads is not None else ():
+            present = self.section(name) is not None
+            if name in reads and not present:
+                setattr(self, name, cls())
+            elif present and name not in reads:
+                users = [o for o, secs in OBJECTIVE_SECTIONS.items() if name in secs]
+                raise ConfigError(
+                    f"config section '{name}' is set but the objective '{objective}' does not "
+                    f"read it ({name} is read by: {', '.join(users)}); remove the section "
+                    f"('{name}: null' in a child config) or set train.objective")
+
+    def section(self, name: str) -> Any:
+        """The section called `name`, or None where this config has none."""
+        return object.__getattribute__(self, name)
+
+    def _sections(self) -> dict[str, Any]:
+        return {f.name: self.section(f.name) for f in dataclasses.fields(self)}
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Config):
+            return NotImplemented
+        return self._sections() == other._sections()
+
+    def __repr__(self) -> str:
+        return f"Config({', '.join(f'{k}={v!r}' for k, v in self._sections().items())})"
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every present section as a dict (absent objective sections are left out)."""
+        return {k: dataclasses.asdict(v) for k, v in self._sections().items() if v is not None}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -394,12 +519,45 @@ def _merge(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
     for key, value in data.items():
         full = f"{prefix}{key}"
         if key not in hints:
-            valid = ", ".join(hints)
-            raise ConfigError(f"unknown config key '{full}' (valid here: {valid})")
-        if dataclasses.is_dataclass(hints[key]):
+            raise ConfigError(_unknown_key(obj, key, full, hints))
+        if isinstance(obj, Config) and key == "head":
+            _merge_head(obj, value, f"{full}.")
+        elif isinstance(obj, Config) and key in SECTION_CLASSES:
+            _merge_optional(obj, key, value, f"{full}.")
+        elif dataclasses.is_dataclass(hints[key]):
             _merge(getattr(obj, key), value, f"{full}.")
         else:
             setattr(obj, key, _check(value, hints[key], full))
+
+
+def _unknown_key(obj: Any, key: str, full: str, hints: dict[str, Any]) -> str:
+    if isinstance(obj, HeadConfig):
+        kinds = [k for k, cls in HEAD_SECTIONS.items()
+                 if key in {f.name for f in dataclasses.fields(cls)}]
+        if kinds:
+            return (f"config key '{full}' belongs to head.kind={' or '.join(kinds)}; this "
+                    f"config's head.kind is {obj.kind}")
+    return f"unknown config key '{full}' (valid here: {', '.join(hints)})"
+
+
+def _merge_head(cfg: Config, data: Any, prefix: str) -> None:
+    """`head.kind` first, whatever the order of the layer's keys: it picks the section's
+    class (`with_head_kind`), then the other keys are checked against that class."""
+    if isinstance(data, dict) and "kind" in data:
+        cfg.head = with_head_kind(cfg.head, _check(data["kind"], str, f"{prefix}kind"))
+        data = {k: v for k, v in data.items() if k != "kind"}
+    _merge(cfg.head, data, prefix)
+
+
+def _merge_optional(cfg: Config, name: str, data: Any, prefix: str) -> None:
+    """An objective section: set, it exists (defaults first); `name: null` removes it (a
+    child config whose objective does not read its parent's section)."""
+    if data is None:
+        setattr(cfg, name, None)
+        return
+    section = cfg.section(name) or SECTION_CLASSES[name]()
+    _merge(section, data, prefix)
+    setattr(cfg, name, section)
 
 
 # ---------------------------------------------------------------------------- loading
@@ -486,33 +644,68 @@ def from_dict(data: dict[str, Any]) -> Config:
 # the key meant, when) -- a checkpoint must keep its old behaviour, not take the new default
 _SAVED_DEFAULTS = (("codec", "preprocess", "legacy",
                     lambda d: d.get("codec", {}).get("name") == "audioldm"),)
+# the head section as configs were saved before it had one class per head.kind: every
+# kind's keys. A YAML layer whose head holds all of them is such a saved config.
+_FLAT_HEAD_KEYS = frozenset(
+    f.name for cls in (DiffusionHeadConfig, EnergyHeadConfig) for f in dataclasses.fields(cls))
+
+
+def migrate_saved(data: dict[str, Any]) -> dict[str, Any]:
+    """A saved config dict (checkpoint, state.json, a run's config.yaml) in today's layout,
+    in place: configs were once saved with every head kind's keys and every objective's
+    section. The head keeps its own kind's keys and the objective only the sections it
+    reads (`OBJECTIVE_SECTIONS`). What goes is dropped whatever its value: most of it held
+    its defaults, and where a run had set a value (the shipped student's
+    `head.sample_max_t`, the guided student's `distill` section) nothing read it, so it
+    never had an effect. Keys no head kind has stay (and are refused as unknown)."""
+    head, train, codec = (data.get(k) for k in ("head", "train", "codec"))
+    head, train, codec = (d if isinstance(d, dict) else {} for d in (head, train, codec))
+    kind = str(head.get("kind", "diffusion"))
+    if head:
+        own = {f.name for f in dataclasses.fields(head_section_class(kind))}
+        data["head"] = {k: v for k, v in head.items() if k in own or k not in _FLAT_HEAD_KEYS}
+    objective = objective_of(str(train.get("objective", "")), str(codec.get("train", "")),
+                             str(kind))
+    if objective in OBJECTIVE_SECTIONS:
+        for name in SECTION_CLASSES:
+            if name not in OBJECTIVE_SECTIONS[objective]:
+                data.pop(name, None)
+    return data
 
 
 def from_saved_dict(data: dict[str, Any]) -> Config:
     """`from_dict` for a config stored in a checkpoint: missing keys that changed a default
-    get the value the checkpoint was trained with."""
+    get the value the checkpoint was trained with; the old flat layout migrates
+    (`migrate_saved`)."""
     data = json.loads(json.dumps(data))  # a deep copy; the caller's dict stays as it was
     for section, key, value, applies in _SAVED_DEFAULTS:
         if isinstance(data.get(section), dict) and key not in data[section] and applies(data):
             data[section][key] = value
-    return from_dict(data)
+    return from_dict(migrate_saved(data))
+
+
+def _is_flat_saved(layer: dict[str, Any]) -> bool:
+    head = layer.get("head")
+    return isinstance(head, dict) and _FLAT_HEAD_KEYS <= set(head)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Load a YAML config (or the defaults when `path` is None) and apply overrides."""
+    """Load a YAML config (or the defaults when `path` is None) and apply overrides. A run
+    folder's config.yaml saved in the old flat layout loads migrated (`migrate_saved`)."""
     cfg = Config()
     if path is not None:
         for layer in _read_yaml(resolve_config_path(str(path))):
-            _merge(cfg, layer)
+            _merge(cfg, migrate_saved(layer) if _is_flat_saved(layer) else layer)
     return apply_overrides(cfg, overrides or [])
 
 
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
     """Apply `key=value` overrides to `cfg` in place (type-checked), check every value's
-    range (`energytta.config_rules`) and return it."""
+    range (`energytta.config_rules`) and return it. `head.kind=` overrides apply first, so
+    `head.noise_dim=8 head.kind=energy` reads as `head.kind=energy head.noise_dim=8`."""
     from energytta.config_rules import validate
 
-    for text in overrides:
-        key, value = parse_override(text)
+    parsed = [parse_override(text) for text in overrides]
+    for key, value in sorted(parsed, key=lambda kv: kv[0] != "head.kind"):
         _merge(cfg, _nest(key, value))
     return validate(cfg)

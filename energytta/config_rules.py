@@ -97,10 +97,15 @@ RULES: dict[str, Rule] = {
 }
 
 
+_ABSENT = object()
+
+
 def _get(cfg: Any, key: str) -> Any:
-    for part in key.split("."):
-        cfg = getattr(cfg, part)
-    return cfg
+    """The value at dotted `key`, or _ABSENT where this config has no such section or key
+    (an objective section it does not read; another head kind's key)."""
+    section, name = key.split(".")
+    part = cfg.section(section) if hasattr(cfg, "section") else getattr(cfg, section, None)
+    return _ABSENT if part is None else getattr(part, name, _ABSENT)
 
 
 def check_value(key: str, value: Any, name: str = "") -> None:
@@ -133,21 +138,28 @@ def check_section(section: Any, prefix: str) -> None:
     """`check_value` for every rule of one section (`check_section(cfg.head, "head")`), for
     code that builds a part from a section without a whole config (the Python API)."""
     for key in RULES:
-        if key.startswith(prefix + "."):
-            check_value(key, getattr(section, key[len(prefix) + 1:]))
+        name = key[len(prefix) + 1:]
+        if key.startswith(prefix + ".") and hasattr(section, name):
+            check_value(key, getattr(section, name))
 
 
 def validate(cfg: Any) -> Any:
-    """Raise a one-line ConfigError naming the first out-of-range key; return `cfg`."""
+    """Give `cfg` the objective sections its objective reads (with their defaults), refuse
+    the others, and raise a one-line ConfigError naming the first out-of-range key;
+    return `cfg`."""
+    cfg.fit_sections()
     for key in RULES:
-        check_value(key, _get(cfg, key))
+        value = _get(cfg, key)
+        if value is not _ABSENT:
+            check_value(key, value)
     _check_audio(cfg.audio)
     m, t = cfg.model, cfg.train
     if m.width % m.num_heads:
         raise ConfigError(f"config key 'model.width'={m.width} is not divisible by "
                           f"model.num_heads={m.num_heads}; change one of them")
     h = cfg.head
-    if h.sample_max_t != -1 and not 0 <= h.sample_max_t < h.num_timesteps:
+    if hasattr(h, "sample_max_t") and h.sample_max_t != -1 and \
+            not 0 <= h.sample_max_t < h.num_timesteps:
         raise ConfigError(f"config key 'head.sample_max_t'={h.sample_max_t} must be -1 (the "
                           f"chain starts at T-1) or in [0, head.num_timesteps - 1 = "
                           f"{h.num_timesteps - 1}]")

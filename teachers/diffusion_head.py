@@ -12,7 +12,7 @@ import math
 import torch
 import torch.nn as nn
 
-from energytta.config import HeadConfig
+from energytta.config import DiffusionHeadConfig
 from energytta.models.adaln import FinalLayer, ResBlock, init_adaln_mlp
 from teachers.diffusion import GaussianDiffusion, create_diffusion
 
@@ -72,13 +72,13 @@ class DiffusionHead(nn.Module):
     """Per-token diffusion head with the shared head interface (`loss`, `sample`).
 
     Args:
-        head_cfg: `HeadConfig` (depth, width, num_timesteps, noise_schedule,
+        head_cfg: `DiffusionHeadConfig` (depth, width, num_timesteps, noise_schedule,
             sampling_steps, learn_sigma, batch_mul).
         token_dim: d, channels of one audio token.
         cond_dim: D, width of the backbone features z.
     """
 
-    def __init__(self, head_cfg: HeadConfig, token_dim: int, cond_dim: int) -> None:
+    def __init__(self, head_cfg: DiffusionHeadConfig, token_dim: int, cond_dim: int) -> None:
         super().__init__()
         self.token_dim = token_dim
         self.batch_mul = max(1, head_cfg.batch_mul)

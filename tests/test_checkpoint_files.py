@@ -107,7 +107,8 @@ def test_integer_weights_are_refused_not_cast(good, tmp_path):
     ({"text_dim": "-5"}, None, "text_dim='-5'"),
     ({"text_dim": "2.5"}, None, "text_dim='2.5'"),
     (None, {"model": {"num_heads": 3}}, "model.num_heads"),
-    (None, {"head": {"sample_max_t": -50}}, "head.sample_max_t"),
+    # a diffusion-head key (the energy head's config has none)
+    (None, {"head": {"kind": "diffusion", "sample_max_t": -50}}, "head.sample_max_t"),
 ])
 def test_malformed_metadata_is_one_line(meta, config, needle, good, tmp_path):
     bad = _crafted(good, tmp_path / "bad.safetensors", meta=meta, config=config)

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from energytta.checkpoint import load_inference
-from energytta.config import ConfigError, load_config
+from energytta.config import HEAD_SECTIONS, SECTION_CLASSES, ConfigError, load_config
 from energytta.config_rules import RULES, validate
 
 ASSETS = Path(__file__).resolve().parents[1] / "energytta" / "assets"
@@ -38,10 +38,16 @@ BAD = [
 ]
 
 
+# the keys of an objective's section or of one head kind exist only with that objective / kind
+CONTEXT = {"distill": ["head.kind=energy"], "vsd": ["train.objective=captiononly"],
+           **{f"head.{k}": ["head.kind=energy"] for k in ("num_samples", "noise_type", "alpha")}}
+
+
 @pytest.mark.parametrize("override,key", BAD)
 def test_bad_value_names_its_key(override, key):
+    context = CONTEXT.get(key, CONTEXT.get(key.split(".")[0], []))
     with pytest.raises(ConfigError) as err:
-        load_config("tiny", [override])
+        load_config("tiny", [*context, override])
     msg = str(err.value)
     assert key in msg and "\n" not in msg
 
@@ -58,9 +64,12 @@ def test_every_packaged_config_and_shipped_checkpoint_is_valid():
 def test_rules_name_real_keys():
     cfg = load_config()
     for key in RULES:  # a typo in the table would never fire
-        obj = cfg
-        for part in key.split("."):
-            obj = getattr(obj, part)
+        section, name = key.split(".")
+        # an objective's section or a head kind's keys: a config that has them
+        obj = (SECTION_CLASSES[section]() if section in SECTION_CLASSES else
+               next((c() for c in HEAD_SECTIONS.values() if hasattr(c(), name)), cfg.head)
+               if section == "head" else getattr(cfg, section))
+        getattr(obj, name)
 
 
 def test_cli_exits_with_one_line_instead_of_hanging(tmp_path):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from energytta.config import HeadConfig, load_config
+from energytta.config import DiffusionHeadConfig, load_config
 from energytta.errors import UserError
 from teachers.diffusion import create_diffusion, space_timesteps
 from teachers.diffusion_head import DiffusionHead
@@ -19,7 +19,8 @@ def _gen(seed: int = 0) -> torch.Generator:
 
 def _head(token_dim: int = 2, cond_dim: int = 4, randomize: bool = True,
           **overrides) -> DiffusionHead:
-    cfg = dataclasses.replace(HeadConfig(), depth=2, width=32, sampling_steps=10, **overrides)
+    cfg = dataclasses.replace(DiffusionHeadConfig(), depth=2, width=32, sampling_steps=10,
+                              **overrides)
     torch.manual_seed(0)
     head = DiffusionHead(cfg, token_dim, cond_dim)
     if randomize:  # zero-init outputs would make ε̂ ≡ 0 and hide differences
@@ -228,7 +229,7 @@ def test_temperature_scales_only_the_posterior_noise():
 def test_head_learns_a_conditional_distribution(learn_sigma):
     """z = ±1 (one-hot-ish); target = z·(2, -1) + 0.1·noise. Samples must land on the means."""
     torch.manual_seed(0)
-    cfg = dataclasses.replace(HeadConfig(), depth=2, width=64, sampling_steps=50,
+    cfg = dataclasses.replace(DiffusionHeadConfig(), depth=2, width=64, sampling_steps=50,
                               learn_sigma=learn_sigma)
     head = DiffusionHead(cfg, token_dim=2, cond_dim=2)
     opt = torch.optim.Adam(head.parameters(), lr=3e-3)

@@ -7,14 +7,14 @@ import math
 import pytest
 import torch
 
-from energytta.config import HeadConfig
+from energytta.config import EnergyHeadConfig
 from energytta.errors import UserError
 from energytta.models.energy_head import EnergyHead
 
 
-def _cfg(**kw) -> HeadConfig:
+def _cfg(**kw) -> EnergyHeadConfig:
     base = dict(kind="energy", depth=2, width=32, noise_dim=8, num_samples=3)
-    return dataclasses.replace(HeadConfig(), **{**base, **kw})
+    return dataclasses.replace(EnergyHeadConfig(), **{**base, **kw})
 
 
 def _hand_energy_score(x: torch.Tensor, y: torch.Tensor, alpha: float, tau: float) -> list[float]:

@@ -13,9 +13,10 @@ import soundfile as sf
 from energytta.cli import data_main, sample_main, train_main
 
 TINY = ["model.width=32", "model.encoder_depth=1", "model.decoder_depth=1",
-        "model.num_heads=2", "head.width=32", "head.depth=1", "head.sampling_steps=2",
+        "model.num_heads=2", "head.width=32", "head.depth=1",
         "sample.iterations=2", "data.batch_size=2", "train.steps=1", "train.warmup_steps=0",
         "train.sample_prompts=[]"]
+TEACHER = ["head.sampling_steps=2"]  # the diffusion head's key (the teacher only)
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,7 @@ def test_audiocaps_end_to_end_as_the_page_runs_it(audiocaps, audioldm_dir, flan_
     # 3. the teacher on the cache
     teacher = tmp_path / "impact_base"
     assert train_main(["--config", "impact_base", f"data.train={cache}",
-                       f"train.out_dir={teacher}", *parts, *TINY]) == 0
+                       f"train.out_dir={teacher}", *parts, *TINY, *TEACHER]) == 0
     # 4. the student from the teacher
     student = tmp_path / "impact_base_student"
     assert train_main(["--config", "impact_base_student", f"data.train={cache}",

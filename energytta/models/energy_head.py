@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from energytta.config import HeadConfig
+from energytta.config import EnergyHeadConfig
 from energytta.config_rules import check_section
 from energytta.models.adaln import FinalLayer, ResBlock, init_adaln_mlp
 
@@ -32,7 +32,7 @@ class EnergyHead(nn.Module):
         cond_dim: D, the backbone's output width.
     """
 
-    def __init__(self, head_cfg: HeadConfig, token_dim: int, cond_dim: int) -> None:
+    def __init__(self, head_cfg: EnergyHeadConfig, token_dim: int, cond_dim: int) -> None:
         super().__init__()
         check_section(head_cfg, "head")  # the ranges of the config rules
         self.token_dim, self.cond_dim = token_dim, cond_dim

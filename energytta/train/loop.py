@@ -282,10 +282,12 @@ class Trainer:
     def _name_changed_keys(self, saved: Config, folder: Path) -> None:
         """A model that does not fit its checkpoint is usually an override on --resume:
         name the keys that differ from the run's saved config (UserError), if any."""
-        changed = [(f"{sec}.{k}", v, getattr(getattr(saved, sec), k))
+        # both configs in today's layout (`from_saved_dict` migrated the saved one): a
+        # head of another kind has other keys, so a key the run lacks reads as None
+        changed = [(f"{sec}.{k}", v, asdict(getattr(saved, sec)).get(k))
                    for sec in ("audio", "codec", "text", "model", "head")
                    for k, v in asdict(getattr(self.cfg, sec)).items()
-                   if getattr(getattr(saved, sec), k) != v]
+                   if asdict(getattr(saved, sec)).get(k) != v]
         if changed:
             keys = ", ".join(f"{k}={v!r} (the run has {was!r})" for k, v, was in changed[:3])
             raise UserError(f"--resume {folder}: {keys} changed since the run started; drop "

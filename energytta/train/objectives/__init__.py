@@ -13,12 +13,15 @@
 `train.objective` picks one; empty, the config implies it: `codec.train` names a codec
 part, else `head.kind=energy` trains the student and any other head the teacher. A new
 objective plugs in with `register_objective` (or an entry here) without touching the loop.
+The config sections each reads (`energytta.config.OBJECTIVE_SECTIONS`; a run's config has
+those and no other objective section): student `teacher`, `distill`; captiononly `teacher`,
+`vsd`; guidance `guide`; classifier `classifier`; the others none.
 """
 from __future__ import annotations
 
 from typing import Union
 
-from energytta.config import Config
+from energytta.config import OBJECTIVE_SECTIONS, Config, objective_of
 from energytta.errors import UserError
 from energytta.plugins import load_object
 from energytta.train.objectives.base import Objective, TrainContext, ValContext
@@ -37,10 +40,15 @@ OBJECTIVES: dict[str, Union[str, type[Objective]]] = {
 }
 
 
-def register_objective(name: str, target: str | type[Objective]) -> None:
+def register_objective(name: str, target: str | type[Objective],
+                       sections: tuple[str, ...] | None = None) -> None:
     """Make `train.objective=<name>` train with `target`: an Objective class, or where to
-    import it from ("module:class")."""
+    import it from ("module:class"). `sections`: the objective sections it reads
+    (`energytta.config.OBJECTIVE_SECTIONS`, e.g. ("teacher", "distill")); None leaves its
+    configs' objective sections as they are set."""
     OBJECTIVES[name] = target
+    if sections is not None:
+        OBJECTIVE_SECTIONS[name] = tuple(sections)
 
 
 def objective_name(cfg: Config) -> str:
@@ -51,7 +59,7 @@ def objective_name(cfg: Config) -> str:
     if chosen and part and chosen != part:
         raise UserError(f"train.objective={chosen} but codec.train={part} trains the {part}; "
                         "set one of them")
-    return chosen or part or ("student" if cfg.head.kind == "energy" else "teacher")
+    return objective_of(chosen, part, cfg.head.kind)
 
 
 def build_objective(cfg: Config, ctx: TrainContext) -> Objective:
