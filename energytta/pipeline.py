@@ -417,7 +417,7 @@ class TextToAudio:
         Returns wavs (B, S) with peaks <= 1 (pasted input samples kept as they are), and
         mels (B, n_mels, T)."""
         from energytta.audio.render import tokens_to_audio
-        from energytta.sampling import decode
+        from energytta.sampling import DecodeSettings, decode
 
         model, B = self.model, len(prompts)
         plans = self._row_plans(plan, s, B)
@@ -433,7 +433,7 @@ class TextToAudio:
         with self._autocast():
             states, mask = text_encoder(texts + negative)  # (T|T+B, L, Dt), (T|T+B, L)
             T = len(texts)
-            uncond, uncond_mask = (states[T:], mask[T:]) if negative else (None, None)
+            uncond = (states[T:], mask[T:]) if negative else None
 
             def text(window: int) -> tuple[torch.Tensor, torch.Tensor]:  # (B, L, Dt), (B, L)
                 if segments is None:
@@ -444,14 +444,13 @@ class TextToAudio:
             # 2. Decode tokens: K iterations of masked parallel decoding with the model's
             #    head, per window of the plan (one for a plain clip), the plan's known
             #    tokens (an input clip's kept spans) never changed.
+            how = DecodeSettings.of(s)
+
             def run(num_tokens: int, known: torch.Tensor | None, known_mask: torch.Tensor
                     | None, step: Callable[[int, int], None], window: int = 0) -> torch.Tensor:
-                return decode(model.backbone, model.head, *text(window), num_tokens,
-                              iterations=s.iterations, cfg=s.cfg,
-                              cfg_schedule=s.cfg_schedule, temperature=s.temperature,
-                              generator=g, uncond_text=uncond, uncond_mask=uncond_mask,
-                              known=known, known_mask=known_mask, progress=step,
-                              one_pass=s.one_pass_cfg)
+                return decode(model.backbone, model.head, *text(window), num_tokens, how,
+                              generator=g, negative=uncond, progress=step,
+                              known=None if known is None else (known, known_mask))
             if all(p.known is None for p in plans) and len(first.windows) == 1:  # plain
                 tokens = run(first.num_tokens, None, None, progress)  # (B, N, d)
             else:
