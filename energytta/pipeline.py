@@ -316,7 +316,7 @@ class TextToAudio:
 
     def _window_tokens(self, duration: float) -> int:
         """Tokens of one decoding window: longer clips are generated window by window."""
-        return self.model.tokens_for(min(duration, self.cfg.audio.max_seconds))
+        return self.model.geometry.tokens_for(min(duration, self.cfg.audio.max_seconds))
 
     def plan(self, s: SampleSettings, overlap: float | None = None) -> EditPlan:
         """The windows of a plain generation of `s.duration` (one unless it is longer
@@ -358,8 +358,9 @@ class TextToAudio:
             def step(done: int, total: int, _j: int = j) -> None:
                 if progress is not None:
                     progress(_j * total + done, len(seeds) * total)
+            plan = None if overlap is None else self.plan(s, overlap)
             takes.append(self.generate(prompts, dataclasses.replace(s, seed=take_seed),
-                                       step, self.plan(s, overlap)).wavs)
+                                       step, plan).wavs)
         wavs = np.stack(takes, axis=1)  # (B, N, S): prompt-major rows
         return wavs.reshape(-1, wavs.shape[-1]), self.sample_rate
 
@@ -375,11 +376,11 @@ class TextToAudio:
         wavs, mels = [], []
         self.generate_each(prompts, s, lambda _first, w, m: (wavs.append(w), mels.append(m)),
                            progress, plan)
-        plans = self._row_plans(plan, s, len(prompts))
+        plans = self._row_plans(plan, s, prompts) or [None]  # None: a plain clip
+        records = [None if p is None else p.public_record() for p in plans]
         return Generation(np.concatenate(wavs), np.concatenate(mels), self.sample_rate,
                           dataclasses.replace(s),
-                          [p.public_record() for p in plans] if isinstance(plan, list)
-                          else plans[0].public_record())
+                          records if isinstance(plan, list) else records[0])
 
     def generate_each(self, prompts: list[str] | str, settings: SampleSettings,
                       on_batch: Callable[[int, np.ndarray, np.ndarray], None],
@@ -398,10 +399,10 @@ class TextToAudio:
         """
         prompts, s = _prompt_list(prompts), settings
         self._validate(s)
-        plans = self._row_plans(plan, s, len(prompts))
-        # every prompt's '|' segments checked before the first batch costs anything
-        windows = editing.same_grid(plans).windows
-        editing.segment_prompts(prompts, windows)
+        plans = self._row_plans(plan, s, prompts)
+        windows = [None] if plans is None else editing.same_grid(plans).windows
+        if plans is not None:  # every prompt's '|' segments checked before the first batch
+            editing.segment_prompts(prompts, windows)
         bs = s.batch_size
         starts = [i for i in range(0, len(prompts), bs)
                   if skip is None or not skip(i, len(prompts[i:i + bs]))]
@@ -411,16 +412,22 @@ class TextToAudio:
                 if progress is not None:
                     progress(_b * per_batch + done, len(starts) * per_batch)
             wavs, mels = self.generate_batch(prompts[start:start + bs], s, start, step,
-                                             plans[start:start + bs])
+                                             plans and plans[start:start + bs])
             on_batch(start, wavs, mels)
 
     def _row_plans(self, plan: EditPlan | list[EditPlan] | None, s: SampleSettings,
-                   rows: int) -> list[EditPlan]:
-        """One plan per row: a list as given (checked), else the one plan repeated."""
+                   prompts: list[str]) -> list[EditPlan] | None:
+        """One plan per row: a list as given (checked), else the one plan repeated; None
+        for a plain clip of one window, which the decoder makes alone (per-segment
+        prompts, "a | b", get a plan: it says why they need a longer clip)."""
+        rows = len(prompts)
         if isinstance(plan, list):
             if len(plan) != rows:
                 raise UserError(f"{len(plan)} edit plans for {rows} prompts; give one each")
             return plan
+        if plan is None and s.duration <= self.cfg.audio.max_seconds and not any(
+                "|" in p for p in prompts):
+            return None
         return [plan or self.plan(s)] * rows
 
     def generate_batch(self, prompts: list[str], s: SampleSettings, first_index: int,
@@ -445,7 +452,7 @@ class TextToAudio:
         mels (B, n_mels, T)."""
         from energytta.audio.render import tokens_to_audio
 
-        B, plans = len(prompts), self._row_plans(plan, s, len(prompts))
+        B, plans = len(prompts), self._row_plans(plan, s, prompts)
         g = torch.Generator(device=self.device).manual_seed(batch_seed(s.seed, first_index))
         tokens = self._generate_tokens(prompts, s, plans, g, progress)  # (B, N, d)
         # 3. Tokens -> latents (B, C, T, F) by the model's geometry -> log-mel (B, n_mels,
@@ -461,23 +468,25 @@ class TextToAudio:
         #    of 10-100x. Quieter clips keep their level (loudness is part of a caption).
         wav = wav / wav.abs().amax(dim=-1, keepdim=True).clamp(min=1.0)
         # 6. Edits: the input's own samples back into the kept spans (short cross-fades).
-        wav = editing.paste_kept(wav, plans)
+        wav = wav if plans is None else editing.paste_kept(wav, plans)
         return (wav.float().cpu().numpy().astype(np.float32),
                 mel.float().cpu().numpy().astype(np.float32))
 
-    def _generate_tokens(self, prompts: list[str], s: SampleSettings, plans: list[EditPlan],
+    def _generate_tokens(self, prompts: list[str], s: SampleSettings,
+                         plans: list[EditPlan] | None,
                          g: torch.Generator, progress: Callable[[int, int], None]
                          ) -> torch.Tensor:
         """Prompts -> (B, N, d) tokens: plain generation is one call of the decoder; edits
         and long clips compose on it, window by window, with their known tokens."""
         from energytta.sampling import DecodeSettings, decode
 
-        model, B, first = self.model, len(prompts), editing.same_grid(plans)
+        model, B = self.model, len(prompts)
+        first = None if plans is None else editing.same_grid(plans)
         # 1. Encode the text once per batch; the negative prompt shares the call (and so
         #    the padding) with the prompts. Per-segment prompts ("a | b") encode each
         #    distinct segment once, and each window picks its rows' segments.
         negative = [s.negative_prompt] * B if s.negative_prompt and s.cfg != 1.0 else []
-        segments = editing.segment_prompts(prompts, first.windows)
+        segments = None if first is None else editing.segment_prompts(prompts, first.windows)
         texts = prompts if segments is None else segments[0]
         text_encoder = self.text_encoder  # loaded (and checked) outside autocast
         with self._autocast():
@@ -496,9 +505,11 @@ class TextToAudio:
             # 2. Decode tokens: K iterations of masked parallel decoding with the model's
             #    head, per window of the plan (one for a plain clip), the plan's known
             #    tokens (an input clip's kept spans) never changed.
-            if all(p.known is None for p in plans) and len(first.windows) == 1:  # plain
-                return run(first.num_tokens, None, None, progress)
-            known, kept = editing.row_known(plans, model.token_dim, g, self.device)
+            if first is None or (all(p.known is None for p in plans)
+                                 and len(first.windows) == 1):  # plain
+                N = self._window_tokens(s.duration) if first is None else first.num_tokens
+                return run(N, None, None, progress)
+            known, kept = editing.row_known(plans, model.geometry.token_dim, g, self.device)
             return editing.decode_windows(run, first, known, kept, progress, s.iterations)
 
     # ------------------------------------------------------------------ editing

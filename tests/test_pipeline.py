@@ -145,6 +145,24 @@ def test_generate_each_hands_over_each_batch_and_skips_what_it_is_told(student):
     assert ticks == [(1, 2), (2, 2)]  # progress counts the batches that run
 
 
+def test_plain_generation_calls_the_decoder_without_an_edit_plan(student, monkeypatch):
+    from energytta import editing
+
+    pipe = TextToAudio.from_pretrained(student, "cpu")
+    want, _ = pipe(["a bell rings"], seed=2, iterations=2)  # the same clip through a plan
+    planned = pipe.generate(["a bell rings"], pipe.settings(seed=2, iterations=2),
+                            plan=pipe.plan(pipe.settings(seed=2, iterations=2)))
+    assert np.array_equal(planned.wavs, want)
+
+    def no_editing(*args, **kwargs):
+        raise AssertionError("plain generation went through the editing code")
+    for name in ("plan_generate", "decode_windows", "row_known", "paste_kept", "same_grid"):
+        monkeypatch.setattr(editing, name, no_editing)
+    wavs, _ = pipe(["a bell rings"], seed=2, iterations=2)
+    assert np.array_equal(wavs, want)
+    assert pipe.generate(["a bell rings"], pipe.settings(seed=2, iterations=2)).edit is None
+
+
 def test_interrupted_cli_run_keeps_finished_batches_and_a_rerun_continues(
         student, prompts_file, tmp_path, monkeypatch, capsys):
     args = ("--seed", "3", "--iterations", "2", "--batch-size", "1")
