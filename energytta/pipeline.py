@@ -430,35 +430,28 @@ class TextToAudio:
             return None
         return [plan or self.plan(s)] * rows
 
+    @torch.no_grad()
     def generate_batch(self, prompts: list[str], s: SampleSettings, first_index: int,
                        progress: Callable[[int, int], None],
                        plan: EditPlan | list[EditPlan] | None = None
                        ) -> tuple[np.ndarray, np.ndarray]:
-        """`_generate_batch`, with running out of memory turned into one `UserError` that
-        names the memory and the knobs that shrink a batch (batch size, duration)."""
-        with out_of_memory_hint(len(prompts), s, self.device):
-            return self._generate_batch(prompts, s, first_index, progress, plan)
-
-    @torch.no_grad()
-    def _generate_batch(self, prompts: list[str], s: SampleSettings, first_index: int,
-                        progress: Callable[[int, int], None],
-                        plan: EditPlan | list[EditPlan] | None = None
-                        ) -> tuple[np.ndarray, np.ndarray]:
         """One batch through the numbered steps, seeded by (s.seed, `first_index`: the
         batch's first prompt's index in the whole list), so a caller that writes batch by
         batch gets what `generate` gives. `s` must come from `settings()` (validated);
-        `plan` as in `generate`; progress counts plan windows x iterations.
+        `plan` as in `generate`; progress counts plan windows x iterations. Running out
+        of memory is one `UserError` naming the knobs that shrink a batch.
         Returns wavs (B, S) with peaks <= 1 (pasted input samples kept as they are), and
         mels (B, n_mels, T)."""
         from energytta.audio.render import tokens_to_audio
 
         B, plans = len(prompts), self._row_plans(plan, s, prompts)
         g = torch.Generator(device=self.device).manual_seed(batch_seed(s.seed, first_index))
-        tokens = self._generate_tokens(prompts, s, plans, g, progress)  # (B, N, d)
-        # 3. Tokens -> latents (B, C, T, F) by the model's geometry -> log-mel (B, n_mels,
-        #    T_mel) by the codec -> 4. waveform (B, S) by the vocoder, whose random phase
-        #    uses `g` too.
-        mel, wav = tokens_to_audio(tokens, self.model.geometry, self.codec, generator=g)
+        with out_of_memory_hint(B, s, self.device):
+            tokens = self._generate_tokens(prompts, s, plans, g, progress)  # (B, N, d)
+            # 3. Tokens -> latents (B, C, T, F) by the model's geometry -> log-mel (B,
+            #    n_mels, T_mel) by the codec -> 4. waveform (B, S) by the vocoder, whose
+            #    random phase uses `g` too.
+            mel, wav = tokens_to_audio(tokens, self.model.geometry, self.codec, generator=g)
         if not (torch.isfinite(wav).all() and torch.isfinite(mel).all()):
             raise UserError(f"the generation of prompt(s) {first_index}..{first_index + B - 1}"
                             " is not finite (NaN/inf); lower cfg or temperature, or check "

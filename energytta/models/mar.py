@@ -67,20 +67,13 @@ class GuidanceHead(nn.Module):
 
 
 class Memory(NamedTuple):
-    """What the encoder hands the decoder.
+    """What the encoder hands the decoder (shapes: B rows, Lp text, V visible, N tokens)."""
 
-    Attributes:
-        x: (B, Lp + V, D) encoded text prefix ⊕ visible tokens, at the decoder's width.
-        text_mask: (B, Lp) key mask of the text prefix.
-        index: (B, V) positions of the visible tokens; valid: (B, V) which are real.
-        num_tokens: N, the length of the audio sequence.
-    """
-
-    x: torch.Tensor
-    text_mask: torch.Tensor
-    index: torch.Tensor
-    valid: torch.Tensor
-    num_tokens: int
+    x: torch.Tensor  # (B, Lp + V, D) encoded text ⊕ visible tokens, at the decoder's width
+    text_mask: torch.Tensor  # (B, Lp) key mask of the text prefix
+    index: torch.Tensor  # (B, V) positions of the visible tokens
+    valid: torch.Tensor  # (B, V) which of them are real (the rest pad shorter rows)
+    num_tokens: int  # N
 
 
 class MARBackbone(nn.Module):
