@@ -10,6 +10,9 @@ check on the new one, same machine.
 
     python tests/golden/generation.py --record /tmp/golden.json   # before a change
     python tests/golden/generation.py /tmp/golden.json            # after: exit 1 if any differs
+
+`reference.json` beside this script holds the outputs of the shipped models as the
+package made them before its generation path was narrowed (on the platform it names).
 """
 from __future__ import annotations
 
@@ -84,6 +87,12 @@ def _cli() -> str:
         return h.hexdigest()
 
 
+def _platform() -> str:
+    import platform
+
+    return f"{platform.machine()} {platform.processor() or '?'}, torch {torch.__version__}"
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("file", type=Path)
@@ -92,10 +101,15 @@ def main(argv: list[str]) -> int:
     torch.set_num_threads(1)
     got = outputs()
     if args.record:
-        args.file.write_text(json.dumps(got, indent=1) + "\n")
+        record = {"platform": _platform(), "outputs": got}
+        args.file.write_text(json.dumps(record, indent=1) + "\n")
         print(f"recorded {len(got)} outputs to {args.file}")
         return 0
-    want = json.loads(args.file.read_text())
+    recorded = json.loads(args.file.read_text())
+    want = recorded["outputs"]
+    if recorded["platform"] != _platform():
+        print(f"note: recorded on {recorded['platform']}, checked on {_platform()}: "
+              "float results may differ without any change to the code")
     bad = [k for k in want if got.get(k) != want[k]]
     for k in want:
         print(f"{'ok  ' if k not in bad else 'DIFF'} {k}")
