@@ -11,8 +11,8 @@ check on the new one, same machine.
     python tests/golden/generation.py --record /tmp/golden.json   # before a change
     python tests/golden/generation.py /tmp/golden.json            # after: exit 1 if any differs
 
-`reference.json` beside this script holds the outputs of the shipped models as the
-package made them before its generation path was narrowed (on the platform it names).
+`reference.json` beside this script holds the shipped models' outputs on the platform it
+names; a change that keeps generation byte-identical passes against it there.
 """
 from __future__ import annotations
 
