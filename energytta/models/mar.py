@@ -264,9 +264,11 @@ class MARBackbone(nn.Module):
         B, N, D = mask_tokens.shape
         Lp = memory.text_mask.shape[1]
         gidx = memory.index[..., None].expand(-1, -1, D)
-        # padded slots keep their own position's mask token
-        vis = torch.where(memory.valid[..., None], memory.x[:, Lp:],
-                          torch.gather(mask_tokens, 1, gidx))
+        # padded slots keep their own position's mask token; one token expanded over all
+        # positions (stride 0) is sliced, as the gradient of a plain backbone always was
+        pad = (mask_tokens[:, :gidx.shape[1]] if mask_tokens.stride(1) == 0
+               else torch.gather(mask_tokens, 1, gidx))
+        vis = torch.where(memory.valid[..., None], memory.x[:, Lp:], pad)
         full = torch.scatter(mask_tokens, 1, gidx, vis)  # (B, N, D)
         if self.decoder_pos is not None:
             full = full + self.decoder_pos[:, :N]
