@@ -196,7 +196,7 @@ def generate(gen: Generator, text_encoder, prompts: list[str], args, clock: Cloc
              device: torch.device) -> None:
     """One full generation; with a clock, each stage is timed (with syncs)."""
     from energytta.audio.render import tokens_to_audio
-    from energytta.sampling import decode
+    from energytta.sampling import DecodeSettings, decode
 
     clock = clock or _NoClock()
     model, s = gen.model, gen.cfg.sample
@@ -207,8 +207,8 @@ def generate(gen: Generator, text_encoder, prompts: list[str], args, clock: Cloc
     with torch.no_grad(), _autocast(device, args.dtype):
         text, mask = clock.timed("text", text_encoder, prompts)
         k = gen.extra.get("decode_iterations", args.iterations)
-        tokens = decode(backbone, head, text, mask, N, iterations=k, cfg=s.cfg,
-                        cfg_schedule=s.cfg_schedule, temperature=s.temperature, generator=g)
+        how = DecodeSettings.of(s, iterations=k, one_pass=None)
+        tokens = decode(backbone, head, text, mask, N, how, generator=g)
         # the pipeline's own rendering path, its two stages timed
         tokens_to_audio(tokens, model.geometry, _TimedCodec(gen.codec, clock), generator=g)
 

@@ -1,7 +1,7 @@
 """Editing and long audio: inpainting, continuation, variations and windowed generation.
 
 A masked-autoregressive model can keep any tokens fixed and generate the rest
-(`energytta.sampling.decode(known=, known_mask=)`). This module turns user requests into
+(`energytta.sampling.decode(known=(tokens, mask))`). This module turns user requests into
 those tensors and back:
 
 * **spans** ("0-1.5,3.0-4.0", seconds) are parsed, checked against the clip and snapped

@@ -123,6 +123,14 @@ def apply_vocoder(codec: torch.nn.Module, cfg: Config, vocoder: str) -> str:
     return replace_vocoder(codec, cfg, "trained", path)
 
 
+def _prompt_list(prompts: list[str] | str) -> list[str]:
+    """One prompt or a list -> a checked list (UserError for none or an empty one)."""
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
+        raise UserError("prompts must be a non-empty list of non-empty strings")
+    return prompts
+
+
 def sample_seeds(seed: int, num_samples: int) -> list[int]:
     """The seeds of `num_samples` takes: seed, seed+1, ... (each within [0, 2**63))."""
     if isinstance(num_samples, bool) or int(num_samples) != num_samples or num_samples < 1:
@@ -308,7 +316,7 @@ class TextToAudio:
 
     def _window_tokens(self, duration: float) -> int:
         """Tokens of one decoding window: longer clips are generated window by window."""
-        return self.model.tokens_for(min(duration, self.cfg.audio.max_seconds))
+        return self.model.geometry.tokens_for(min(duration, self.cfg.audio.max_seconds))
 
     def plan(self, s: SampleSettings, overlap: float | None = None) -> EditPlan:
         """The windows of a plain generation of `s.duration` (one unless it is longer
@@ -350,8 +358,9 @@ class TextToAudio:
             def step(done: int, total: int, _j: int = j) -> None:
                 if progress is not None:
                     progress(_j * total + done, len(seeds) * total)
+            plan = None if overlap is None else self.plan(s, overlap)
             takes.append(self.generate(prompts, dataclasses.replace(s, seed=take_seed),
-                                       step, self.plan(s, overlap)).wavs)
+                                       step, plan).wavs)
         wavs = np.stack(takes, axis=1)  # (B, N, S): prompt-major rows
         return wavs.reshape(-1, wavs.shape[-1]), self.sample_rate
 
@@ -362,106 +371,87 @@ class TextToAudio:
         `plan` (from `energytta.editing`, or `inpaint`/`continue_audio`/`vary`) fixes
         known tokens and windows, for every row or (a list) per row; None = plain
         generation of settings.duration."""
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
-            raise UserError("prompts must be a non-empty list of non-empty strings")
+        prompts = _prompt_list(prompts)
         s = settings or self.settings()
-        self._validate(s)
-        plans = self._row_plans(plan, s, len(prompts))
-        # every prompt's '|' segments checked before the first batch costs anything
-        editing.segment_prompts(prompts, editing.same_grid(plans).windows)
-        starts = range(0, len(prompts), s.batch_size)
-        per_batch = len(editing.same_grid(plans).windows) * s.iterations
-        total = len(starts) * per_batch
         wavs, mels = [], []
+        self.generate_each(prompts, s, lambda _first, w, m: (wavs.append(w), mels.append(m)),
+                           progress, plan)
+        plans = self._row_plans(plan, s, prompts) or [None]  # None: a plain clip
+        records = [None if p is None else p.public_record() for p in plans]
+        return Generation(np.concatenate(wavs), np.concatenate(mels), self.sample_rate,
+                          dataclasses.replace(s),
+                          records if isinstance(plan, list) else records[0])
+
+    def generate_each(self, prompts: list[str] | str, settings: SampleSettings,
+                      on_batch: Callable[[int, np.ndarray, np.ndarray], None],
+                      progress: Callable[[int, int], None] | None = None,
+                      plan: EditPlan | list[EditPlan] | None = None,
+                      skip: Callable[[int, int], bool] | None = None) -> None:
+        """Generate batch by batch, handing each to `on_batch(first, wavs, mels)` as it
+        finishes (rows first .. first + len(wavs) - 1; arrays as `Generation` holds them),
+        so a long prompt list streams to its consumer instead of piling up in memory.
+
+        Args:
+            prompts, settings, plan: as `generate`.
+            progress: progress(done, total) in decoding steps over the batches that run.
+            skip: skip(first, rows) True leaves that batch out (already written). A batch
+                is seeded by its first row's index, so the others come out the same.
+        """
+        prompts, s = _prompt_list(prompts), settings
+        self._validate(s)
+        plans = self._row_plans(plan, s, prompts)
+        windows = [None] if plans is None else editing.same_grid(plans).windows
+        if plans is not None:  # every prompt's '|' segments checked before the first batch
+            editing.segment_prompts(prompts, windows)
+        bs = s.batch_size
+        starts = [i for i in range(0, len(prompts), bs)
+                  if skip is None or not skip(i, len(prompts[i:i + bs]))]
+        per_batch = len(windows) * s.iterations
         for b, start in enumerate(starts):
             def step(done: int, _k: int, _b: int = b) -> None:
                 if progress is not None:
-                    progress(_b * per_batch + done, total)
-            w, m = self.generate_batch(prompts[start:start + s.batch_size], s, start, step,
-                                       plans[start:start + s.batch_size])
-            wavs.append(w)
-            mels.append(m)
-        return Generation(np.concatenate(wavs), np.concatenate(mels), self.sample_rate,
-                          dataclasses.replace(s),
-                          [p.public_record() for p in plans] if isinstance(plan, list)
-                          else plans[0].public_record())
+                    progress(_b * per_batch + done, len(starts) * per_batch)
+            wavs, mels = self.generate_batch(prompts[start:start + bs], s, start, step,
+                                             plans and plans[start:start + bs])
+            on_batch(start, wavs, mels)
 
     def _row_plans(self, plan: EditPlan | list[EditPlan] | None, s: SampleSettings,
-                   rows: int) -> list[EditPlan]:
-        """One plan per row: a list as given (checked), else the one plan repeated."""
+                   prompts: list[str]) -> list[EditPlan] | None:
+        """One plan per row: a list as given (checked), else the one plan repeated; None
+        for a plain clip of one window, which the decoder makes alone (per-segment
+        prompts, "a | b", get a plan: it says why they need a longer clip)."""
+        rows = len(prompts)
         if isinstance(plan, list):
             if len(plan) != rows:
                 raise UserError(f"{len(plan)} edit plans for {rows} prompts; give one each")
             return plan
+        if plan is None and s.duration <= self.cfg.audio.max_seconds and not any(
+                "|" in p for p in prompts):
+            return None
         return [plan or self.plan(s)] * rows
 
+    @torch.no_grad()
     def generate_batch(self, prompts: list[str], s: SampleSettings, first_index: int,
                        progress: Callable[[int, int], None],
                        plan: EditPlan | list[EditPlan] | None = None
                        ) -> tuple[np.ndarray, np.ndarray]:
-        """`_generate_batch`, with running out of memory turned into one `UserError` that
-        names the memory and the knobs that shrink a batch (batch size, duration)."""
-        with out_of_memory_hint(len(prompts), s, self.device):
-            return self._generate_batch(prompts, s, first_index, progress, plan)
-
-    @torch.no_grad()
-    def _generate_batch(self, prompts: list[str], s: SampleSettings, first_index: int,
-                        progress: Callable[[int, int], None],
-                        plan: EditPlan | list[EditPlan] | None = None
-                        ) -> tuple[np.ndarray, np.ndarray]:
         """One batch through the numbered steps, seeded by (s.seed, `first_index`: the
         batch's first prompt's index in the whole list), so a caller that writes batch by
         batch gets what `generate` gives. `s` must come from `settings()` (validated);
-        `plan` as in `generate`; progress counts plan windows x iterations.
+        `plan` as in `generate`; progress counts plan windows x iterations. Running out
+        of memory is one `UserError` naming the knobs that shrink a batch.
         Returns wavs (B, S) with peaks <= 1 (pasted input samples kept as they are), and
         mels (B, n_mels, T)."""
         from energytta.audio.render import tokens_to_audio
-        from energytta.sampling import decode
 
-        model, B = self.model, len(prompts)
-        plans = self._row_plans(plan, s, B)
-        first = editing.same_grid(plans)
+        B, plans = len(prompts), self._row_plans(plan, s, prompts)
         g = torch.Generator(device=self.device).manual_seed(batch_seed(s.seed, first_index))
-        # 1. Encode the text once per batch; the negative prompt shares the call (and so
-        #    the padding) with the prompts. Per-segment prompts ("a | b") encode each
-        #    distinct segment once, and each window picks its rows' segments.
-        negative = [s.negative_prompt] * B if s.negative_prompt and s.cfg != 1.0 else []
-        segments = editing.segment_prompts(prompts, first.windows)
-        texts = prompts if segments is None else segments[0]
-        text_encoder = self.text_encoder  # loaded (and checked) outside autocast
-        with self._autocast():
-            states, mask = text_encoder(texts + negative)  # (T|T+B, L, Dt), (T|T+B, L)
-            T = len(texts)
-            uncond, uncond_mask = (states[T:], mask[T:]) if negative else (None, None)
-
-            def text(window: int) -> tuple[torch.Tensor, torch.Tensor]:  # (B, L, Dt), (B, L)
-                if segments is None:
-                    return states[:B], mask[:B]
-                rows = torch.tensor(segments[1][window], device=states.device)
-                return states[rows], mask[rows]
-
-            # 2. Decode tokens: K iterations of masked parallel decoding with the model's
-            #    head, per window of the plan (one for a plain clip), the plan's known
-            #    tokens (an input clip's kept spans) never changed.
-            def run(num_tokens: int, known: torch.Tensor | None, known_mask: torch.Tensor
-                    | None, step: Callable[[int, int], None], window: int = 0) -> torch.Tensor:
-                return decode(model.backbone, model.head, *text(window), num_tokens,
-                              iterations=s.iterations, cfg=s.cfg,
-                              cfg_schedule=s.cfg_schedule, temperature=s.temperature,
-                              generator=g, uncond_text=uncond, uncond_mask=uncond_mask,
-                              known=known, known_mask=known_mask, progress=step,
-                              one_pass=s.one_pass_cfg)
-            if all(p.known is None for p in plans) and len(first.windows) == 1:  # plain
-                tokens = run(first.num_tokens, None, None, progress)  # (B, N, d)
-            else:
-                known, kept = editing.row_known(plans, model.token_dim, g, self.device)
-                tokens = editing.decode_windows(run, first, known, kept, progress,
-                                                s.iterations)  # (B, N, d)
-        # 3. Tokens -> latents (B, C, T, F) by the model's geometry -> log-mel (B, n_mels,
-        #    T_mel) by the codec -> 4. waveform (B, S) by the vocoder, whose random phase
-        #    uses `g` too.
-        mel, wav = tokens_to_audio(tokens, model.geometry, self.codec, generator=g)
+        with out_of_memory_hint(B, s, self.device):
+            tokens = self._generate_tokens(prompts, s, plans, g, progress)  # (B, N, d)
+            # 3. Tokens -> latents (B, C, T, F) by the model's geometry -> log-mel (B,
+            #    n_mels, T_mel) by the codec -> 4. waveform (B, S) by the vocoder, whose
+            #    random phase uses `g` too.
+            mel, wav = tokens_to_audio(tokens, self.model.geometry, self.codec, generator=g)
         if not (torch.isfinite(wav).all() and torch.isfinite(mel).all()):
             raise UserError(f"the generation of prompt(s) {first_index}..{first_index + B - 1}"
                             " is not finite (NaN/inf); lower cfg or temperature, or check "
@@ -471,9 +461,49 @@ class TextToAudio:
         #    of 10-100x. Quieter clips keep their level (loudness is part of a caption).
         wav = wav / wav.abs().amax(dim=-1, keepdim=True).clamp(min=1.0)
         # 6. Edits: the input's own samples back into the kept spans (short cross-fades).
-        wav = editing.paste_kept(wav, plans)
+        wav = wav if plans is None else editing.paste_kept(wav, plans)
         return (wav.float().cpu().numpy().astype(np.float32),
                 mel.float().cpu().numpy().astype(np.float32))
+
+    def _generate_tokens(self, prompts: list[str], s: SampleSettings,
+                         plans: list[EditPlan] | None,
+                         g: torch.Generator, progress: Callable[[int, int], None]
+                         ) -> torch.Tensor:
+        """Prompts -> (B, N, d) tokens: plain generation is one call of the decoder; edits
+        and long clips compose on it, window by window, with their known tokens."""
+        from energytta.sampling import DecodeSettings, decode
+
+        model, B = self.model, len(prompts)
+        first = None if plans is None else editing.same_grid(plans)
+        # 1. Encode the text once per batch; the negative prompt shares the call (and so
+        #    the padding) with the prompts. Per-segment prompts ("a | b") encode each
+        #    distinct segment once, and each window picks its rows' segments.
+        negative = [s.negative_prompt] * B if s.negative_prompt and s.cfg != 1.0 else []
+        segments = None if first is None else editing.segment_prompts(prompts, first.windows)
+        texts = prompts if segments is None else segments[0]
+        text_encoder = self.text_encoder  # loaded (and checked) outside autocast
+        with self._autocast():
+            states, mask = text_encoder(texts + negative)  # (T|T+B, L, Dt), (T|T+B, L)
+            T = len(texts)
+            uncond = (states[T:], mask[T:]) if negative else None
+            how = DecodeSettings.of(s)
+
+            def run(num_tokens: int, known: torch.Tensor | None, known_mask: torch.Tensor
+                    | None, step: Callable[[int, int], None], window: int = 0) -> torch.Tensor:
+                rows = slice(0, B) if segments is None else torch.tensor(
+                    segments[1][window], device=states.device)  # this window's texts
+                return decode(model.backbone, model.head, states[rows], mask[rows],
+                              num_tokens, how, generator=g, negative=uncond, progress=step,
+                              known=None if known is None else (known, known_mask))
+            # 2. Decode tokens: K iterations of masked parallel decoding with the model's
+            #    head, per window of the plan (one for a plain clip), the plan's known
+            #    tokens (an input clip's kept spans) never changed.
+            if first is None or (all(p.known is None for p in plans)
+                                 and len(first.windows) == 1):  # plain
+                N = self._window_tokens(s.duration) if first is None else first.num_tokens
+                return run(N, None, None, progress)
+            known, kept = editing.row_known(plans, model.geometry.token_dim, g, self.device)
+            return editing.decode_windows(run, first, known, kept, progress, s.iterations)
 
     # ------------------------------------------------------------------ editing
     # Thin wrappers: energytta/editing.py builds the plan (input clip -> known tokens,
@@ -495,11 +525,9 @@ class TextToAudio:
                 `self.sample_rate`: (S,), or (channels, S) / (S, channels) mixed to mono
                 as files are; int16 / int32 / uint8 PCM is scaled to [-1, 1].
         """
-        def build(source: editing.Source) -> EditPlan:
-            return editing.plan_inpaint(self.model.geometry, self.codec, source, self.device,
-                                        keep, regenerate, paste, self._overlap(overlap))
-        return self._run_plan(prompts, self._per_input(prompts, audio, "--audio", build),
-                              progress, knobs)
+        def build(clip: Audio) -> EditPlan:
+            return self.plan_inpaint(clip, keep, regenerate, paste, overlap)
+        return self._run_plan(prompts, self._per_input(prompts, audio, build), progress, knobs)
 
     def continue_audio(self, prompts: list[str] | str, audio: Audio | list[Audio],
                        duration: float, paste: bool = True, overlap: float | None = None,
@@ -507,12 +535,9 @@ class TextToAudio:
                        **knobs) -> Generation:
         """Keep all of `audio` and continue it to `duration` seconds (window by window
         past audio.max_seconds)."""
-        def build(source: editing.Source) -> EditPlan:
-            return editing.plan_continue(self.model.geometry, self.codec, source,
-                                         float(duration), self.device, paste,
-                                         self._overlap(overlap))
-        return self._run_plan(prompts, self._per_input(prompts, audio, "--continue", build),
-                              progress, knobs)
+        def build(clip: Audio) -> EditPlan:
+            return self.plan_continue(clip, duration, paste, overlap)
+        return self._run_plan(prompts, self._per_input(prompts, audio, build), progress, knobs)
 
     def vary(self, prompts: list[str] | str, audio: Audio,
              strength: float, variations: int = 1, overlap: float | None = None,
@@ -520,6 +545,31 @@ class TextToAudio:
         """`variations` takes of each prompt, each re-masking its own random `strength`
         fraction of the input's tokens (0 < strength <= 1) and regenerating them. Rows
         are prompt-major: row i·variations + j is variation j of prompt i."""
+        plan = self.plan_vary(audio, strength, variations, overlap)
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        rows = [p for p in prompts for _ in range(int(variations))]
+        return self._run_plan(rows, plan, progress, knobs)
+
+    # The plans themselves, for callers that run them their own way (`generate_each`).
+    def plan_inpaint(self, audio: Audio, keep: str | None = None,
+                     regenerate: str | None = None, paste: bool = True,
+                     overlap: float | None = None) -> EditPlan:
+        """The plan of `inpaint` on one input clip."""
+        source = editing.read_source(audio, self.sample_rate, "--audio")
+        return editing.plan_inpaint(self.model.geometry, self.codec, source, self.device,
+                                    keep, regenerate, paste, self._overlap(overlap))
+
+    def plan_continue(self, audio: Audio, duration: float, paste: bool = True,
+                      overlap: float | None = None) -> EditPlan:
+        """The plan of `continue_audio` on one input clip."""
+        source = editing.read_source(audio, self.sample_rate, "--continue")
+        return editing.plan_continue(self.model.geometry, self.codec, source,
+                                     float(duration), self.device, paste,
+                                     self._overlap(overlap))
+
+    def plan_vary(self, audio: Audio, strength: float, variations: int = 1,
+                  overlap: float | None = None) -> EditPlan:
+        """The plan of `vary` (its rows: each prompt `variations` times)."""
         editing.check_strength(strength)
         if int(variations) != variations or variations < 1:
             raise UserError(f"--variations {variations} must be a whole number >= 1")
@@ -527,9 +577,7 @@ class TextToAudio:
         plan = editing.plan_vary(self.model.geometry, self.codec, source, float(strength),
                                  self.device, self._overlap(overlap))
         plan.record["variations"] = int(variations)
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        rows = [p for p in prompts for _ in range(int(variations))]
-        return self._run_plan(rows, plan, progress, knobs)
+        return plan
 
     @staticmethod
     def _overlap(overlap: float | None) -> float:
@@ -543,16 +591,17 @@ class TextToAudio:
         knobs.pop("duration", None)
         return self.settings(duration=plan.seconds, **knobs)
 
-    def _per_input(self, prompts: list[str] | str, audio: Audio | list[Audio], flag: str,
-                   build: Callable[[editing.Source], EditPlan]) -> EditPlan | list[EditPlan]:
+    @staticmethod
+    def _per_input(prompts: list[str] | str, audio: Audio | list[Audio],
+                   build: Callable[[Audio], EditPlan]) -> EditPlan | list[EditPlan]:
         """`build`'s plan for the one input clip, or a list of one per prompt."""
         if not isinstance(audio, (list, tuple)):
-            return build(editing.read_source(audio, self.sample_rate, flag))
+            return build(audio)
         count = 1 if isinstance(prompts, str) else len(prompts)
         if len(audio) != count:
             raise UserError(f"{len(audio)} input clips for {count} prompt(s): give one clip "
                             "for all, or one per prompt")
-        return [build(editing.read_source(a, self.sample_rate, flag)) for a in audio]
+        return [build(a) for a in audio]
 
     def _run_plan(self, prompts: list[str] | str, plan: EditPlan | list[EditPlan],
                   progress: Callable[[int, int], None] | None, knobs: dict) -> Generation:

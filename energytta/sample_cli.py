@@ -263,30 +263,23 @@ def check_edit_args(args: argparse.Namespace) -> None:
 
 def edit_plan(args: argparse.Namespace, pipe):
     """The run's `EditPlan`: the input clip read (a rate warning as one stderr line),
-    encoded and planned; None without an edit flag."""
-    from energytta import editing
-
-    path = args.continue_from if args.continue_from is not None else args.audio
-    if path is None:
+    encoded and planned by the pipeline; None without an edit flag."""
+    if args.continue_from is None and args.audio is None:
         return None
-    flag = "--continue" if args.continue_from is not None else "--audio"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        source = editing.read_source(path, pipe.sample_rate, flag)
+        if args.continue_from is not None:
+            duration = pipe.cfg.sample.duration if args.duration is None else args.duration
+            plan = pipe.plan_continue(args.continue_from, duration, args.paste, args.overlap)
+        elif args.strength is not None:
+            plan = pipe.plan_vary(args.audio, args.strength, args.variations or 1,
+                                  args.overlap)
+        else:
+            plan = pipe.plan_inpaint(args.audio, args.keep, args.regenerate, args.paste,
+                                     args.overlap)
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
-    overlap = editing.DEFAULT_OVERLAP if args.overlap is None else args.overlap
-    geometry, codec, device = pipe.model.geometry, pipe.codec, pipe.device
-    if args.continue_from is not None:
-        duration = pipe.cfg.sample.duration if args.duration is None else args.duration
-        return editing.plan_continue(geometry, codec, source, duration, device, args.paste,
-                                     overlap)
-    if args.strength is not None:
-        plan = editing.plan_vary(geometry, codec, source, args.strength, device, overlap)
-        plan.record["variations"] = args.variations or 1
-        return plan
-    return editing.plan_inpaint(geometry, codec, source, device, args.keep, args.regenerate,
-                                args.paste, overlap)
+    return plan
 
 
 def main(argv: list[str]) -> int:
@@ -329,21 +322,11 @@ def _sigterm_exits():
         signal.signal(signal.SIGTERM, previous)
 
 
-@dataclasses.dataclass
-class _Job:
-    """One batch to generate: its settings (the take's seed) and rows."""
-
-    settings: object
-    first: int  # the batch's first row index among the prompts
-    prompts: list[str]
-    records: list[dict]
-
-
 def _sample(args: argparse.Namespace, prompts: list[str], out_dir: Path) -> int:
-    """Generate the prompts batch by batch into `out_dir` (locked), once per seed of
-    --num-samples, writing each batch's wav, png and json as it finishes; a batch whose
-    files a previous run wrote with the same checkpoint and settings is skipped (so an
-    interrupted run continues where it stopped)."""
+    """Generate the prompts into `out_dir` (locked), once per seed of --num-samples; the
+    pipeline hands over each batch as it finishes and its wav, png and json are written
+    then. A batch whose files a previous run wrote with the same checkpoint and settings
+    is skipped (so an interrupted run continues where it stopped)."""
     from energytta import editing
     from energytta.pipeline import TextToAudio, sample_seeds
 
@@ -357,49 +340,67 @@ def _sample(args: argparse.Namespace, prompts: list[str], out_dir: Path) -> int:
         plan = pipe.plan(settings, args.overlap)
     else:
         settings = pipe.edit_settings(plan, **knobs)
-    seeds = sample_seeds(settings.seed, args.num_samples)
     editing.segment_prompts(prompts, plan.windows)  # every '|' prompt, before any batch
     warn_truncated(pipe, prompts)
-    jobs = [job for seed in seeds
-            for job in _jobs(pipe, args, prompts, plan, dataclasses.replace(settings, seed=seed))]
-    todo = [j for j in jobs if args.overwrite or not all(_done(out_dir, r) for r in j.records)]
-    _report_reuse(out_dir, jobs, todo)
-    written = sum(len(j.records) for j in todo)
+    passes = [_Pass(pipe, args, prompts, plan, dataclasses.replace(settings, seed=seed))
+              for seed in sample_seeds(settings.seed, args.num_samples)]
+    todo = [[b for b in p.batches() if args.overwrite or not p.done(out_dir, b)]
+            for p in passes]
+    _report_reuse(out_dir, passes, todo)
+    written = sum(len(p.batch(b)) for p, bs in zip(passes, todo) for b in bs)
+    per_batch = len(plan.windows) * settings.iterations
     with _progress() as bar, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*truncated")  # named above, per prompt
-        per_batch = len(plan.windows) * settings.iterations
-        task = bar.add_task(f"sampling {written} clip(s)", total=len(todo) * per_batch)
-        for n, job in enumerate(todo):
-            def step(done: int, _k: int, _n: int = n) -> None:
-                bar.update(task, completed=_n * per_batch + done)
-            wavs, mels = pipe.generate_batch(job.prompts, job.settings, job.first, step, plan)
-            for j, record in enumerate(job.records):
-                _write(out_dir, pipe, record, wavs[j], mels[j])
+        task = bar.add_task(f"sampling {written} clip(s)",
+                            total=sum(map(len, todo)) * per_batch)
+        base = 0
+        for p, batches in zip(passes, todo):
+            def write(first: int, wavs, mels, _p: _Pass = p) -> None:
+                for record, wav, mel in zip(_p.records[first:], wavs, mels):
+                    _write(out_dir, pipe, record, wav, mel)
+
+            def step(done: int, _total: int, _base: int = base) -> None:
+                bar.update(task, completed=_base + done)
+            pipe.generate_each(p.rows, p.settings, write, step, plan,
+                               skip=lambda first, _rows, _b=set(batches): first not in _b)
+            base += len(batches) * per_batch
     print(f"wrote {written} sample(s) to {out_dir}")
     return 0
 
 
-def _jobs(pipe, args: argparse.Namespace, prompts: list[str], plan, settings) -> list[_Job]:
-    """The batches of one seed's pass over the prompts (with --variations: N rows each)."""
-    stems, edit = output_stems(prompts, settings.seed), plan.public_record()
-    takes = int(plan.record.get("variations", 1))  # --variations: each prompt N times
-    if takes > 1 or plan.mode == "vary":
-        prompts = [p for p in prompts for _ in range(takes)]
-        stems = [f"{stem}-v{j}" for stem in stems for j in range(takes)]
-    records = [_record(pipe, p, i, stem, settings, args.spectrograms,
-                       _edit_of_row(edit, plan.mode, i, takes))
-               for i, (p, stem) in enumerate(zip(prompts, stems))]
-    bs = settings.batch_size
-    return [_Job(settings, b, prompts[b:b + bs], records[b:b + bs])
-            for b in range(0, len(prompts), bs)]
+class _Pass:
+    """One seed's pass over the prompts (with --variations: N rows each): its rows,
+    settings and the record each row's json will hold."""
+
+    def __init__(self, pipe, args: argparse.Namespace, prompts: list[str], plan,
+                 settings) -> None:
+        stems, edit = output_stems(prompts, settings.seed), plan.public_record()
+        takes = int(plan.record.get("variations", 1))  # --variations: each prompt N times
+        if takes > 1 or plan.mode == "vary":
+            prompts = [p for p in prompts for _ in range(takes)]
+            stems = [f"{stem}-v{j}" for stem in stems for j in range(takes)]
+        self.rows, self.settings = prompts, settings
+        self.records = [_record(pipe, p, i, stem, settings, args.spectrograms,
+                                _edit_of_row(edit, plan.mode, i, takes))
+                        for i, (p, stem) in enumerate(zip(prompts, stems))]
+
+    def batches(self) -> range:
+        """Each batch's first row."""
+        return range(0, len(self.rows), self.settings.batch_size)
+
+    def batch(self, first: int) -> list[dict]:
+        return self.records[first:first + self.settings.batch_size]
+
+    def done(self, out_dir: Path, first: int) -> bool:
+        return all(_done(out_dir, r) for r in self.batch(first))
 
 
-def _report_reuse(out_dir: Path, jobs: list[_Job], todo: list[_Job]) -> None:
+def _report_reuse(out_dir: Path, passes: list[_Pass], todo: list[list[int]]) -> None:
     """Say how many samples are skipped, and how many found files are regenerated because
     another checkpoint or other settings wrote them (stderr)."""
-    skipped = sum(len(j.records) for j in jobs) - sum(len(j.records) for j in todo)
-    stale = sum((out_dir / _json_name(r)).is_file() and not _done(out_dir, r)
-                for j in todo for r in j.records)
+    runs = [r for p, bs in zip(passes, todo) for b in bs for r in p.batch(b)]
+    skipped = sum(len(p.records) for p in passes) - len(runs)
+    stale = sum((out_dir / _json_name(r)).is_file() and not _done(out_dir, r) for r in runs)
     if skipped:
         print(f"skipping {skipped} sample(s) already in {out_dir} from this checkpoint "
               "with these settings (--overwrite regenerates them)", file=sys.stderr)

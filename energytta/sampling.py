@@ -18,8 +18,10 @@ counting them; the only sync is counting each row's unknown tokens once before t
 """
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +30,8 @@ from energytta.config_rules import CFG_SCHEDULES, check_value  # noqa: F401 (re-
 from energytta.errors import UserError
 from energytta.masking import cosine_num_masked
 from energytta.models.heads import Head
+
+Pair = tuple[torch.Tensor, torch.Tensor]  # tensors and their (B, N|L) bool mask
 
 
 def cfg_scale_at(step: int, iterations: int, cfg: float, schedule: str, num_tokens: int,
@@ -139,28 +143,52 @@ def one_pass_guidance(backbone: torch.nn.Module, cfg: float, one_pass: bool | No
             and getattr(backbone, "guidance_proj", None) is not None)
 
 
-def _check_args(iterations: int, num_tokens: int, cfg_schedule: str, known: torch.Tensor | None,
-                known_mask: torch.Tensor | None, batch: int) -> None:
-    check_value("sample.iterations", iterations)
+@dataclass(frozen=True)
+class DecodeSettings:
+    """How `decode` runs; checked once, by the config's rules, when built.
+
+    Attributes:
+        iterations: K decoding steps (at least one token revealed per step).
+        cfg: maximum guidance scale; 1.0 skips the unconditional rows entirely.
+        cfg_schedule: "constant" | "linear" | "cosine" (see `cfg_scale_at`).
+        temperature: passed to the head (noise scale of its sampler).
+        one_pass: guide a guidance-distilled backbone with one conditional pass (None or
+            True: whenever the backbone has `guidance_proj` and no negative prompt is
+            given; False: always two passes). Backbones without it ignore this.
+    """
+
+    iterations: int
+    cfg: float = 1.0
+    cfg_schedule: str = "linear"
+    temperature: float = 1.0
+    one_pass: bool | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("iterations", "cfg", "cfg_schedule", "temperature"):
+            check_value(f"sample.{name}", getattr(self, name))
+
+    @classmethod
+    def of(cls, sample: Any, **changes: Any) -> "DecodeSettings":
+        """From a `cfg.sample` section (or `SampleSettings`), with `changes` applied."""
+        fields = {f.name: getattr(sample, f.name if f.name != "one_pass" else "one_pass_cfg",
+                                  None) for f in dataclasses.fields(cls)}
+        return cls(**{**fields, **changes})
+
+
+def _check_args(num_tokens: int, known: Pair | None, batch: int) -> None:
     if num_tokens < 1:
         raise UserError(f"decode: num_tokens={num_tokens} must be >= 1 (duration too short?)")
-    check_value("sample.cfg_schedule", cfg_schedule)
-    if (known is None) != (known_mask is None):
-        raise UserError("decode: give `known` and `known_mask` together (or neither)")
-    if known is not None and (known.shape[:2] != (batch, num_tokens)
-                              or tuple(known_mask.shape) != (batch, num_tokens)):
-        raise UserError(f"decode: known {tuple(known.shape)} / known_mask "
-                        f"{tuple(known_mask.shape)} must be ({batch}, {num_tokens}, ...)")
+    if known is not None and (known[0].shape[:2] != (batch, num_tokens)
+                              or tuple(known[1].shape) != (batch, num_tokens)):
+        raise UserError(f"decode: known {tuple(known[0].shape)} / known_mask "
+                        f"{tuple(known[1].shape)} must be ({batch}, {num_tokens}, ...)")
 
 
 @torch.no_grad()
 def decode(backbone: torch.nn.Module, head: Head, text: torch.Tensor, text_mask: torch.Tensor,
-           num_tokens: int, *, iterations: int, cfg: float = 1.0, cfg_schedule: str = "linear",
-           temperature: float = 1.0, generator: torch.Generator | None,
-           uncond_text: torch.Tensor | None = None, uncond_mask: torch.Tensor | None = None,
-           known: torch.Tensor | None = None, known_mask: torch.Tensor | None = None,
-           progress: Callable[[int, int], None] | None = None,
-           one_pass: bool | None = None) -> torch.Tensor:
+           num_tokens: int, settings: DecodeSettings, *, generator: torch.Generator | None,
+           negative: Pair | None = None, known: Pair | None = None,
+           progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """Generate (B,N,d) tokens by K iterations of masked parallel decoding.
 
     The caller sets eval mode; this function never changes module state.
@@ -172,48 +200,43 @@ def decode(backbone: torch.nn.Module, head: Head, text: torch.Tensor, text_mask:
             `token_dim` attribute (or the backbone does) unless `known` is given.
         text: (B,L,Dt) text states; text_mask: (B,L) bool, True = real token.
         num_tokens: N audio tokens per row.
-        iterations: K decoding steps (at least one token revealed per step).
-        cfg: maximum guidance scale; 1.0 skips the unconditional rows entirely.
-        cfg_schedule: "constant" | "linear" | "cosine" (see `cfg_scale_at`).
-        temperature: passed to the head (noise scale of its sampler).
+        settings: iterations, guidance, temperature (`DecodeSettings`).
         generator: source of the orders and of every head draw (same seed, same tokens).
-        uncond_text, uncond_mask: (B or 1, Lu, Dt), (B or 1, Lu) negative-prompt text for
+        negative: (B or 1, Lu, Dt) states and (B or 1, Lu) mask of a negative prompt for
             the unconditional rows; None uses the backbone's learned null text.
-        known, known_mask: (B,N,d) tokens and (B,N) bool, True = given; given tokens are
-            kept as they are, visible to the backbone from the start, never sampled.
+        known: (B,N,d) tokens and (B,N) bool mask, True = given; given tokens are kept as
+            they are, visible to the backbone from the start, never sampled.
         progress: called as progress(step + 1, iterations) after every step.
-        one_pass: guide a guidance-distilled backbone with one conditional pass (None or
-            True: whenever the backbone has `guidance_proj` and no negative prompt is
-            given; False: always two passes). Backbones without it ignore this.
     Returns: (B,N,d) tokens.
     """
+    s = settings
     B, N, device = text.shape[0], num_tokens, text.device
-    _check_args(iterations, N, cfg_schedule, known, known_mask, B)
-    d = _token_dim(head, backbone, known)
+    _check_args(N, known, B)
+    d = _token_dim(head, backbone, None if known is None else known[0])
     if known is None:
         tokens = torch.zeros(B, N, d, device=device, dtype=text.dtype)
         unknown = torch.ones(B, N, dtype=torch.bool, device=device)
     else:
-        unknown = ~known_mask.to(device=device, dtype=torch.bool)
-        tokens = known.to(device).clone().masked_fill(unknown.unsqueeze(-1), 0.0)
+        unknown = ~known[1].to(device=device, dtype=torch.bool)
+        tokens = known[0].to(device).clone().masked_fill(unknown.unsqueeze(-1), 0.0)
     orders = random_orders_unknown_first(unknown, generator)  # (B,N)
     noise = _input_noise(backbone, B, N, d, tokens, generator)  # (B,N,d) or None
     ranks = orders.argsort(dim=1)  # (B,N) position -> its rank in the order
     num_unknown = unknown.sum(dim=1).tolist()  # the one host sync, before the loop
     masked_now = list(num_unknown)
-    one_pass = one_pass_guidance(backbone, cfg, one_pass, uncond_text is not None)
-    guided = cfg != 1.0 and not one_pass  # two-pass CFG: cond and uncond rows
+    one_pass = one_pass_guidance(backbone, s.cfg, s.one_pass, negative is not None)
+    guided = s.cfg != 1.0 and not one_pass  # two-pass CFG: cond and uncond rows
     if guided:
-        text_in, mask_in, drop = _guided_text(text, text_mask, uncond_text, uncond_mask)
+        text_in, mask_in, drop = _guided_text(text, text_mask, *(negative or (None, None)))
     else:
         text_in, mask_in, drop = text, text_mask, None
-    for step in range(iterations):
-        masked_next = masked_after(step, iterations, num_unknown, masked_now)
+    for step in range(s.iterations):
+        masked_next = masked_after(step, s.iterations, num_unknown, masked_now)
         if sum(masked_now) > sum(masked_next):
             mask = ranks < torch.tensor(masked_now, device=device).unsqueeze(1)  # (B,N)
             tok_in = torch.cat([tokens, tokens]) if guided else tokens
             mask_both = torch.cat([mask, mask]) if guided else mask
-            scale = cfg_scale_at(step, iterations, cfg, cfg_schedule, sum(num_unknown),
+            scale = cfg_scale_at(step, s.iterations, s.cfg, s.cfg_schedule, sum(num_unknown),
                                  sum(masked_next))
             extra = {} if noise is None else {
                 "noise": torch.cat([noise, noise]) if guided else noise}
@@ -223,10 +246,10 @@ def decode(backbone: torch.nn.Module, head: Head, text: torch.Tensor, text_mask:
                          max_visible=N - min(masked_now), **extra)  # (B|2B,N,D); no sync
             rows, pos = _to_predict(orders, masked_now, masked_next)  # (M,), (M,)
             z_uncond = z[B:][rows, pos] if guided else None
-            sampled = head.sample(z[:B][rows, pos], temperature, generator,
+            sampled = head.sample(z[:B][rows, pos], s.temperature, generator,
                                   z_uncond=z_uncond, cfg_scale=scale)  # (M,d)
             tokens[rows, pos] = sampled.to(tokens.dtype)
         masked_now = masked_next
         if progress is not None:
-            progress(step + 1, iterations)
+            progress(step + 1, s.iterations)
     return tokens

@@ -13,7 +13,7 @@ from energytta.checkpoint import load_model, save_inference
 from energytta.cli import sample_main, train_main
 from energytta.config import load_config
 from energytta.models.tta import TTAModel
-from energytta.sampling import cfg_scale_at, decode
+from energytta.sampling import DecodeSettings, cfg_scale_at, decode
 from energytta.train.logging import read_metrics
 from energytta.train.objectives.guidance import guided_target
 
@@ -72,8 +72,12 @@ def test_the_sampler_runs_one_conditional_pass_with_the_scheduled_scale(tiny_tex
 
     def run(**kw):
         rec = _Recorder(model.backbone)
-        tokens = decode(rec, model.head, text, tmask, N, iterations=K, cfg=4.0,
-                        generator=torch.Generator().manual_seed(0), **kw)
+        negative = kw.pop("uncond_text", None)
+        negative = None if negative is None else (
+            negative, torch.ones(negative.shape[:2], dtype=torch.bool))
+        tokens = decode(rec, model.head, text, tmask, N,
+                        DecodeSettings(iterations=K, cfg=4.0, **kw),
+                        generator=torch.Generator().manual_seed(0), negative=negative)
         return rec.calls, tokens
 
     calls, one = run()

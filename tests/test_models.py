@@ -13,7 +13,8 @@ from energytta.errors import UserError
 from energytta.models import tta
 from energytta.models.blocks import Block
 from energytta.models.heads import build_head
-from energytta.models.mar import MARBackbone
+from energytta.models.mar import (GuidedBackbone, MARBackbone, NoiseInputBackbone,
+                                  NoiseInputGuidedBackbone, build_backbone)
 from energytta.models.patchify import patchify, unpatchify
 
 TOKEN_DIM, MAX_TOKENS, TEXT_DIM = 160, 80, 16
@@ -152,6 +153,48 @@ def test_input_checks(backbone):
         backbone(tokens, mask, torch.randn(2, 129, TEXT_DIM), torch.ones(2, 129, dtype=bool))
     with pytest.raises(ValueError, match="text token"):
         backbone(tokens, mask, text, torch.zeros_like(text_mask))
+
+
+def test_forward_is_encode_then_decode_among_the_mask_tokens(backbone):
+    tokens, mask, text, text_mask = _inputs()
+    with torch.no_grad():
+        memory = backbone.encode(tokens, mask, text, text_mask)
+        assert memory.x.shape == (2, 5 + int((~mask).sum(1).max()), 32)  # text ⊕ visible
+        z, hidden = backbone.decode(memory, backbone.mask_tokens(memory))
+        assert hidden is None
+        assert torch.equal(z, backbone(tokens, mask, text, text_mask))
+        # what the decoder sees at masked positions is its mask-token input
+        other = backbone.decode(memory, torch.randn(2, 40, 32))[0]
+    assert not torch.allclose(z[mask], other[mask])
+
+
+@pytest.mark.parametrize("flags,cls,extra", [
+    ([], MARBackbone, set()),
+    (["model.noise_inputs=true"], NoiseInputBackbone, {"noise_proj"}),
+    (["model.guidance_embed=true"], GuidedBackbone, {"guidance_proj"}),
+    (["model.noise_inputs=true", "model.guidance_embed=true"], NoiseInputGuidedBackbone,
+     {"noise_proj", "guidance_proj"})])
+def test_variants_are_classes_chosen_at_build_with_the_same_keys(flags, cls, extra):
+    model_cfg = load_config("tiny", flags).model
+    built = build_backbone(model_cfg, TOKEN_DIM, MAX_TOKENS, TEXT_DIM)
+    assert type(built) is cls
+    plain_keys = set(MARBackbone(load_config("tiny").model, TOKEN_DIM, MAX_TOKENS,
+                                 TEXT_DIM).state_dict())
+    added = {k.split(".")[0] for k in set(built.state_dict()) - plain_keys}
+    assert added == extra and plain_keys <= set(built.state_dict())  # checkpoints load by key
+    for name in {"noise_proj", "guidance_proj"} - extra:  # no unused flags on the module
+        assert not hasattr(built, name)
+    tokens, mask, text, text_mask = _inputs()
+    with torch.no_grad():
+        plain = built(tokens, mask, text, text_mask)
+        # zero-initialised additions: a variant starts as the plain network
+        kw = {"noise": torch.randn(2, 40, TOKEN_DIM)} if "noise_proj" in extra else {}
+        if "guidance_proj" in extra:
+            kw["guidance"] = torch.tensor([3.0, 2.0])
+        assert torch.equal(built(tokens, mask, text, text_mask, **kw), plain)
+        if "guidance_proj" not in extra:
+            with pytest.raises(UserError, match="guidance-distilled"):
+                built(tokens, mask, text, text_mask, guidance=torch.tensor([3.0, 2.0]))
 
 
 def test_grad_checkpointing_gives_same_output_and_grads():

@@ -125,6 +125,44 @@ def test_cli_writes_wav_png_json_per_prompt_and_is_byte_identical(student, promp
     assert (out1 / f"{stems[0]}.wav").read_bytes() != (out1 / f"{stems[2]}.wav").read_bytes()
 
 
+def test_generate_each_hands_over_each_batch_and_skips_what_it_is_told(student):
+    pipe = TextToAudio.from_pretrained(student, "cpu")
+    prompts = ["a bell rings", "rain", "a dog barks", "wind"]
+    s = pipe.settings(seed=4, iterations=2, batch_size=2)
+    whole = pipe.generate(prompts, s)
+    got, ticks = {}, []
+    pipe.generate_each(prompts, s, lambda first, w, m: got.setdefault(first, (w, m)),
+                       lambda done, total: ticks.append((done, total)))
+    assert sorted(got) == [0, 2]
+    assert np.array_equal(np.concatenate([got[0][0], got[2][0]]), whole.wavs)
+    assert np.array_equal(np.concatenate([got[0][1], got[2][1]]), whole.mels)
+    assert ticks[-1] == (4, 4)  # two batches of two iterations
+    only, ticks = {}, []
+    pipe.generate_each(prompts, s, lambda first, w, m: only.setdefault(first, w),
+                       lambda done, total: ticks.append((done, total)),
+                       skip=lambda first, rows: first == 0 and rows == 2)
+    assert list(only) == [2] and np.array_equal(only[2], got[2][0])  # seeded by its index
+    assert ticks == [(1, 2), (2, 2)]  # progress counts the batches that run
+
+
+def test_plain_generation_calls_the_decoder_without_an_edit_plan(student, monkeypatch):
+    from energytta import editing
+
+    pipe = TextToAudio.from_pretrained(student, "cpu")
+    want, _ = pipe(["a bell rings"], seed=2, iterations=2)  # the same clip through a plan
+    planned = pipe.generate(["a bell rings"], pipe.settings(seed=2, iterations=2),
+                            plan=pipe.plan(pipe.settings(seed=2, iterations=2)))
+    assert np.array_equal(planned.wavs, want)
+
+    def no_editing(*args, **kwargs):
+        raise AssertionError("plain generation went through the editing code")
+    for name in ("plan_generate", "decode_windows", "row_known", "paste_kept", "same_grid"):
+        monkeypatch.setattr(editing, name, no_editing)
+    wavs, _ = pipe(["a bell rings"], seed=2, iterations=2)
+    assert np.array_equal(wavs, want)
+    assert pipe.generate(["a bell rings"], pipe.settings(seed=2, iterations=2)).edit is None
+
+
 def test_interrupted_cli_run_keeps_finished_batches_and_a_rerun_continues(
         student, prompts_file, tmp_path, monkeypatch, capsys):
     args = ("--seed", "3", "--iterations", "2", "--batch-size", "1")

@@ -1,6 +1,7 @@
 """Iterative parallel decoding: reveal-once, determinism, CFG paths, known tokens, schedules."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -10,7 +11,7 @@ from torch import nn
 from energytta.config import load_config
 from energytta.errors import UserError
 from energytta.masking import cosine_num_masked
-from energytta.sampling import cfg_scale_at, decode, masked_after
+from energytta.sampling import DecodeSettings, cfg_scale_at, decode, masked_after
 
 D_TOK, D_TEXT = 3, 4
 
@@ -73,12 +74,21 @@ def _text(B: int = 2, L: int = 5, seed: int = 0):
     return text, mask
 
 
+def _call(backbone, head, text, text_mask, N, seed=0, uncond_text=None, known=None,
+          known_mask=None, progress=None, **settings):
+    """`decode` with its settings and pairs spelled as keywords."""
+    negative = None if uncond_text is None else (
+        uncond_text, torch.ones(uncond_text.shape[:2], dtype=torch.bool))
+    return decode(backbone, head, text, text_mask, N, DecodeSettings(**settings),
+                  generator=torch.Generator().manual_seed(seed), negative=negative,
+                  known=None if known is None else (known, known_mask), progress=progress)
+
+
 def _decode(seed: int = 0, **kw):
     backbone, head = FakeBackbone(), FakeHead()
     text, text_mask = _text(kw.pop("B", 2))
     kw.setdefault("iterations", 5)
-    out = decode(backbone, head, text, text_mask, kw.pop("N", 12),
-                 generator=torch.Generator().manual_seed(seed), **kw)
+    out = _call(backbone, head, text, text_mask, kw.pop("N", 12), seed, **kw)
     return out, backbone, head
 
 
@@ -206,7 +216,7 @@ def test_progress_callback_and_argument_errors():
     with pytest.raises(UserError, match="sample.cfg_schedule"):
         _decode(cfg_schedule="exp")
     with pytest.raises(UserError, match="known"):
-        _decode(known=torch.zeros(2, 12, D_TOK))
+        _decode(known=torch.zeros(2, 12, D_TOK), known_mask=torch.ones(2, 11, dtype=torch.bool))
 
 
 # ------------------------------------------------------------------ real modules
@@ -228,8 +238,7 @@ def test_decode_with_real_backbone_and_heads(kind):
     known_mask[:, : N // 4] = True
 
     def run(seed: int, **kw) -> torch.Tensor:
-        return decode(model.backbone, model.head, text, text_mask, N, iterations=3,
-                      generator=torch.Generator().manual_seed(seed), **kw)
+        return _call(model.backbone, model.head, text, text_mask, N, seed, iterations=3, **kw)
 
     a = run(0, cfg=3.0)
     assert a.shape == (2, N, model.token_dim) and torch.isfinite(a).all()
@@ -238,3 +247,18 @@ def test_decode_with_real_backbone_and_heads(kind):
     inpaint = run(0, cfg=2.0, known=known, known_mask=known_mask)
     torch.testing.assert_close(inpaint[known_mask], known[known_mask])
     assert math.isfinite(inpaint.abs().max().item())
+
+
+def test_decode_settings_are_checked_once_by_the_config_rules():
+    from energytta.config import load_config
+
+    sample = load_config("tiny").sample
+    how = DecodeSettings.of(sample, iterations=3)
+    assert (how.iterations, how.cfg, how.cfg_schedule, how.temperature, how.one_pass) == (
+        3, sample.cfg, sample.cfg_schedule, sample.temperature, sample.one_pass_cfg)
+    with pytest.raises(UserError, match="sample.temperature"):
+        DecodeSettings(iterations=2, temperature=float("nan"))
+    with pytest.raises(UserError, match="sample.cfg"):
+        DecodeSettings.of(sample, cfg=-1.0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        how.cfg = 2.0

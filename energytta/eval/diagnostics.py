@@ -178,7 +178,7 @@ def generation_check(cfg: Any, model: nn.Module, codec: nn.Module, text_fn: Any,
     "gen_events" (mean events per clip), with "real_active" / "real_events" of the same
     captions' real clips when `real` is given.
     """
-    from energytta.sampling import decode
+    from energytta.sampling import DecodeSettings, decode
 
     if cfg.audio.n_mels != 64 or cfg.audio.sample_rate != 16000:
         return {}  # the classifier reads the 16 kHz, 64-bin AudioLDM mel only
@@ -186,9 +186,9 @@ def generation_check(cfg: Any, model: nn.Module, codec: nn.Module, text_fn: Any,
     text, mask = text_fn([it.caption for it in items])
     seconds = min(s.duration, cfg.audio.max_seconds)
     g = _seeded(text.device, seed)
-    tokens = decode(model.backbone, model.head, text, mask, model.tokens_for(seconds),
-                    iterations=iterations, cfg=s.cfg, cfg_schedule=s.cfg_schedule,
-                    temperature=s.temperature, generator=g)  # (B, N, d)
+    how = DecodeSettings.of(s, iterations=iterations, one_pass=None)
+    tokens = decode(model.backbone, model.head, text, mask, model.tokens_for(seconds), how,
+                    generator=g)  # (B, N, d)
     mel = codec.decode(model.geometry.unpatchify(tokens))  # (B, 64, T)
     acc = score_mels(mel, [dict(it.attributes) for it in items])
     out = {f"gen_{k}": v for k, v in acc.items()}

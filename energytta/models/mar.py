@@ -18,10 +18,15 @@ positions cannot be drowned by content because they act on q·k, not on the inpu
 Rows may have different numbers of visible tokens (inpainting masks differ per row):
 visible tokens are gathered into a padded (B, V_max, D) tensor with a key mask, so a
 row's result does not depend on the other rows of the batch.
+
+`forward` reads as MAR's: `encode` (text ⊕ visible tokens) → `mask_tokens` → `decode`
+(memory among the mask tokens) → `guide`. Variants are subclasses chosen once by
+`build_backbone`: `NoiseInputBackbone` (noise joins the mask tokens) and `GuidedBackbone`
+(a guidance head on the output).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -59,6 +64,16 @@ class GuidanceHead(nn.Module):
         h = z if self.block is None else self.block(z, None)
         delta = self.out(nn.functional.gelu(self.hidden(self.norm(h))))
         return z + (w[:, None, None] - 1).to(z.dtype) * delta
+
+
+class Memory(NamedTuple):
+    """What the encoder hands the decoder (shapes: B rows, Lp text, V visible, N tokens)."""
+
+    x: torch.Tensor  # (B, Lp + V, D) encoded text ⊕ visible tokens, at the decoder's width
+    text_mask: torch.Tensor  # (B, Lp) key mask of the text prefix
+    index: torch.Tensor  # (B, V) positions of the visible tokens
+    valid: torch.Tensor  # (B, V) which of them are real (the rest pad shorter rows)
+    num_tokens: int  # N
 
 
 class MARBackbone(nn.Module):
@@ -110,23 +125,13 @@ class MARBackbone(nn.Module):
         self.decoder_blocks = blocks(model_cfg.decoder_depth)
         self.decoder_norm = nn.LayerNorm(D, eps=1e-6)
         self.diffusion_pos = nn.Parameter(torch.zeros(1, max_tokens, D))
-        # one-pass generators: projected noise joins the decoder's mask tokens; zero-init
-        # (after _init_weights) so a generator built from a teacher starts as that teacher
-        self.noise_proj = (nn.Linear(token_dim, D)
-                           if getattr(model_cfg, "noise_inputs", False) else None)
-        # guidance-distilled students: z + (w - 1)·Δ(z) on the output (GuidanceHead)
-        kind = getattr(model_cfg, "guidance_head", "mlp")
-        check_value("model.guidance_head", kind)
-        self.guidance_proj = (GuidanceHead(D, model_cfg.num_heads if kind == "attention"
-                                           else None)
-                              if getattr(model_cfg, "guidance_embed", False) else None)
+        self._add_variant_parts(model_cfg, token_dim, D)
         self.out_dim = D
         self._init_weights()
-        for zero in (self.noise_proj, None if self.guidance_proj is None
-                     else self.guidance_proj.out):
-            if zero is not None:
-                nn.init.zeros_(zero.weight)
-                nn.init.zeros_(zero.bias)
+
+    def _add_variant_parts(self, model_cfg: Any, token_dim: int, D: int) -> None:
+        """Where a variant (subclass) adds its modules: after the decoder, before the
+        weights are initialised (so a plain backbone's draws stay what they were)."""
 
     def _init_weights(self) -> None:
         self.apply(init_weights)
@@ -205,10 +210,82 @@ class MARBackbone(nn.Module):
         valid = torch.arange(V, device=mask.device)[None] < counts[:, None]
         return order[:, :V], valid
 
-    def _check_guidance(self, guidance: torch.Tensor | None) -> None:
-        if guidance is not None and self.guidance_proj is None:
+    def _check_inputs(self, tokens: torch.Tensor, text: torch.Tensor) -> None:
+        B, N, d = tokens.shape
+        if N > self.max_tokens or d != self.token_dim:
+            raise ValueError(f"tokens {tuple(tokens.shape)} do not fit this backbone "
+                             f"(max_tokens={self.max_tokens}, token_dim={self.token_dim})")
+        if text.shape[1] > self.max_text_len:
+            raise UserError(f"the prompt has {text.shape[1]} text tokens but the model holds "
+                            f"at most {self.max_text_len}; lower text.max_length")
+
+    @staticmethod
+    def _check_text_keys(txt_mask: torch.Tensor) -> None:
+        has_key = txt_mask.any(1).all()  # a row with no key at all would give NaN
+        if txt_mask.is_cuda:  # checked on the device, without stalling the host
+            torch._assert_async(has_key, "every row needs at least one real text token")
+        elif not bool(has_key):
+            raise ValueError("every row needs at least one real text token (text_mask)")
+
+    # ------------------------------------------------------------------ stages
+    def encode(self, tokens: torch.Tensor, mask: torch.Tensor, text: torch.Tensor,
+               text_mask: torch.Tensor, drop_text: torch.Tensor | None = None,
+               max_visible: int | None = None) -> Memory:
+        """MAR's `forward_mae_encoder`: the text prefix ⊕ the *visible* tokens only.
+
+        Args: as `forward`. Returns the encoder's output, projected to the decoder's width.
+        """
+        N = tokens.shape[1]
+        txt, txt_mask = self._text_prefix(text, text_mask, drop_text)
+        self._check_text_keys(txt_mask)
+        Lp = txt.shape[1]
+        idx, valid = self._visible_index(mask, max_visible)  # (B, V), (B, V)
+        audio = self.z_proj(tokens)  # MAR adds positions, then z_proj_ln
+        if self.encoder_pos is not None:
+            audio = audio + self.encoder_pos[:, :N]
+        vis = torch.gather(audio, 1, idx[..., None].expand(-1, -1, audio.shape[-1]))
+        vis = torch.where(valid[..., None], vis, torch.zeros_like(vis))  # never read masked
+        x = self.z_proj_ln(torch.cat([txt + self.encoder_text_pos[:, :Lp], vis], 1))
+        x = self._run(self.encoder_blocks, x, torch.cat([txt_mask, valid], 1),
+                      rope=self._rope(idx, Lp))
+        return Memory(self.decoder_embed(self.encoder_norm(x)), txt_mask, idx, valid, N)
+
+    def mask_tokens(self, memory: Memory, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, N, D) what the decoder sees at masked positions: the learned mask token
+        (`noise` is for `NoiseInputBackbone`; a plain backbone ignores it)."""
+        B, _, D = memory.x.shape
+        return self.mask_token.to(memory.x.dtype).expand(B, memory.num_tokens, D)
+
+    def decode(self, memory: Memory, mask_tokens: torch.Tensor, return_hidden: bool = False
+               ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        """MAR's `forward_mae_decoder`: the visible encodings scattered back among
+        `mask_tokens` (B, N, D), text prefix included; returns z (B, N, D) with the
+        "diffusion" positions added, and each block's audio outputs if `return_hidden`."""
+        B, N, D = mask_tokens.shape
+        Lp = memory.text_mask.shape[1]
+        gidx = memory.index[..., None].expand(-1, -1, D)
+        # padded slots keep their own position's mask token; one token expanded over all
+        # positions (stride 0) is sliced, as the gradient of a plain backbone always was
+        pad = (mask_tokens[:, :gidx.shape[1]] if mask_tokens.stride(1) == 0
+               else torch.gather(mask_tokens, 1, gidx))
+        vis = torch.where(memory.valid[..., None], memory.x[:, Lp:], pad)
+        full = torch.scatter(mask_tokens, 1, gidx, vis)  # (B, N, D)
+        if self.decoder_pos is not None:
+            full = full + self.decoder_pos[:, :N]
+        x = torch.cat([memory.x[:, :Lp] + self.decoder_text_pos[:, :Lp], full], 1)
+        key_mask = torch.cat([memory.text_mask, full.new_ones(B, N, dtype=torch.bool)], 1)
+        hidden: list[torch.Tensor] | None = [] if return_hidden else None
+        rope = self._rope(torch.arange(N, device=full.device).expand(B, N), Lp)
+        x = self._run(self.decoder_blocks, x, key_mask, hidden, skip=Lp, rope=rope)
+        return self.decoder_norm(x)[:, Lp:] + self.diffusion_pos[:, :N], hidden
+
+    def guide(self, z: torch.Tensor, guidance: torch.Tensor | None) -> torch.Tensor:
+        """The output features at guidance scale `guidance` (`GuidedBackbone`); a plain
+        backbone has no such input."""
+        if guidance is not None:
             raise UserError("this checkpoint was not guidance-distilled (model.guidance_embed"
                             "=false): guide it with two passes (sample.one_pass_cfg=false)")
+        return z
 
     # ------------------------------------------------------------------ forward
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor, text: torch.Tensor,
@@ -216,7 +293,9 @@ class MARBackbone(nn.Module):
                 return_hidden: bool = False, max_visible: int | None = None,
                 noise: torch.Tensor | None = None, guidance: torch.Tensor | None = None
                 ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Args:
+        """encode → mask tokens → decode → guide.
+
+        Args:
             tokens: (B, N, d) audio tokens; values at masked positions are never read.
             mask: (B, N) bool, True = masked (to be predicted).
             text: (B, L, Dt) text-encoder states; text_mask: (B, L) bool, True = real token.
@@ -224,64 +303,73 @@ class MARBackbone(nn.Module):
             return_hidden: also return each decoder block's output at audio positions.
             max_visible: the largest count of visible tokens in a row, if the caller knows
                 it (the sampler does); it must be exact. None counts it (a host sync on GPU).
-            noise: (B, N, d) Gaussian noise for backbones built with `model.noise_inputs`
-                (added, projected, to the mask tokens); None = zeros.
-            guidance: (B,) or scalar guidance scale w for backbones built with
-                `model.guidance_embed` (one-pass CFG: z + (w − 1)·Δ(z)); None = the
-                conditional model (w = 1).
+            noise: (B, N, d) Gaussian noise for a `NoiseInputBackbone` (added, projected,
+                to the mask tokens); None = zeros. Other backbones ignore it.
+            guidance: (B,) or scalar guidance scale w for a `GuidedBackbone` (one-pass CFG:
+                z + (w − 1)·Δ(z)); None = the conditional model (w = 1).
         Returns z (B, N, D), or (z, [hidden (B, N, D)] * decoder_depth) (before the final norm).
         """
-        B, N, d = tokens.shape
-        L = text.shape[1]
-        if N > self.max_tokens or d != self.token_dim:
-            raise ValueError(f"tokens {tuple(tokens.shape)} do not fit this backbone "
-                             f"(max_tokens={self.max_tokens}, token_dim={self.token_dim})")
-        if L > self.max_text_len:
-            raise UserError(f"the prompt has {L} text tokens but the model holds at most "
-                            f"{self.max_text_len}; lower text.max_length")
-        mask = mask.bool()
-        self._check_guidance(guidance)
-        txt, txt_mask = self._text_prefix(text, text_mask, drop_text)
-        has_key = txt_mask.any(1).all()  # a row with no key at all would give NaN
-        if txt_mask.is_cuda:  # checked on the device, without stalling the host
-            torch._assert_async(has_key, "every row needs at least one real text token")
-        elif not bool(has_key):
-            raise ValueError("every row needs at least one real text token (text_mask)")
-        Lp = txt.shape[1]
-
-        # encoder: text ⊕ visible audio (MAE); MAR adds positions, then z_proj_ln
-        idx, valid = self._visible_index(mask, max_visible)  # (B, V), (B, V)
-        audio = self.z_proj(tokens)
-        if self.encoder_pos is not None:
-            audio = audio + self.encoder_pos[:, :N]
-        D = audio.shape[-1]
-        gidx = idx[..., None].expand(-1, -1, D)
-        vis = torch.gather(audio, 1, gidx)
-        vis = torch.where(valid[..., None], vis, torch.zeros_like(vis))  # never read masked
-        x = self.z_proj_ln(torch.cat([txt + self.encoder_text_pos[:, :Lp], vis], 1))
-        x = self._run(self.encoder_blocks, x, torch.cat([txt_mask, valid], 1),
-                      rope=self._rope(idx, Lp))
-        x = self.decoder_embed(self.encoder_norm(x))
-
-        # decoder: scatter visible encodings back; mask token everywhere else
-        mask_tok = self.mask_token.to(x.dtype).expand(B, N, D)
-        if self.noise_proj is not None and noise is not None:
-            mask_tok = mask_tok + self.noise_proj(noise.to(x.dtype))  # (B, N, D)
-        # padded slots keep their own position's mask token (it differs per position only
-        # with noise inputs)
-        pad_tok = (mask_tok[:, :idx.shape[1]] if self.noise_proj is None or noise is None
-                   else torch.gather(mask_tok, 1, gidx))
-        vis = torch.where(valid[..., None], x[:, Lp:], pad_tok)
-        full = torch.scatter(mask_tok, 1, gidx, vis)  # (B, N, D)
-        if self.decoder_pos is not None:
-            full = full + self.decoder_pos[:, :N]
-        x = torch.cat([x[:, :Lp] + self.decoder_text_pos[:, :Lp], full], 1)
-        key_mask = torch.cat([txt_mask, torch.ones_like(mask)], 1)
-        hidden: list[torch.Tensor] | None = [] if return_hidden else None
-        rope = self._rope(torch.arange(N, device=mask.device).expand(B, N), Lp)
-        x = self._run(self.decoder_blocks, x, key_mask, hidden, skip=Lp, rope=rope)
-        z = self.decoder_norm(x)[:, Lp:] + self.diffusion_pos[:, :N]
-        if guidance is not None:  # (B,) or a scalar scale: one-pass guided features
-            w = torch.as_tensor(guidance, device=z.device, dtype=z.dtype).expand(B)
-            z = self.guidance_proj(z, w)
+        self._check_inputs(tokens, text)
+        memory = self.encode(tokens, mask.bool(), text, text_mask, drop_text, max_visible)
+        z, hidden = self.decode(memory, self.mask_tokens(memory, noise), return_hidden)
+        z = self.guide(z, guidance)
         return (z, hidden) if return_hidden else z
+
+
+class NoiseInputBackbone(MARBackbone):
+    """A one-pass generator's backbone (`model.noise_inputs`): projected Gaussian noise
+    joins the decoder's mask tokens, so the noise can coordinate tokens (per-token head
+    noise alone cannot). `noise_proj` starts at zero: built from a teacher, it starts as
+    that teacher."""
+
+    def _add_variant_parts(self, model_cfg: Any, token_dim: int, D: int) -> None:
+        super()._add_variant_parts(model_cfg, token_dim, D)
+        self.noise_proj = nn.Linear(token_dim, D)
+
+    def _init_weights(self) -> None:
+        super()._init_weights()
+        nn.init.zeros_(self.noise_proj.weight)
+        nn.init.zeros_(self.noise_proj.bias)
+
+    def mask_tokens(self, memory: Memory, noise: torch.Tensor | None = None) -> torch.Tensor:
+        tokens = super().mask_tokens(memory)
+        if noise is None:
+            return tokens
+        return tokens + self.noise_proj(noise.to(memory.x.dtype))  # (B, N, D)
+
+
+class GuidedBackbone(MARBackbone):
+    """A guidance-distilled backbone (`model.guidance_embed`): one conditional pass and a
+    `GuidanceHead` on its output give the guided features at any scale."""
+
+    def _add_variant_parts(self, model_cfg: Any, token_dim: int, D: int) -> None:
+        super()._add_variant_parts(model_cfg, token_dim, D)
+        kind = getattr(model_cfg, "guidance_head", "mlp")
+        check_value("model.guidance_head", kind)
+        self.guidance_proj = GuidanceHead(D, model_cfg.num_heads if kind == "attention"
+                                          else None)
+
+    def _init_weights(self) -> None:
+        super()._init_weights()
+        nn.init.zeros_(self.guidance_proj.out.weight)  # starts as its reference
+        nn.init.zeros_(self.guidance_proj.out.bias)
+
+    def guide(self, z: torch.Tensor, guidance: torch.Tensor | None) -> torch.Tensor:
+        if guidance is None:
+            return z
+        w = torch.as_tensor(guidance, device=z.device, dtype=z.dtype).expand(z.shape[0])
+        return self.guidance_proj(z, w)
+
+
+class NoiseInputGuidedBackbone(GuidedBackbone, NoiseInputBackbone):
+    """Both: noise inputs, and a guidance head on the output."""
+
+
+def build_backbone(model_cfg: Any, token_dim: int, max_tokens: int, text_dim: int,
+                   **kw: Any) -> MARBackbone:
+    """The backbone class the config names, chosen once (arguments as `MARBackbone`)."""
+    noise = bool(getattr(model_cfg, "noise_inputs", False))
+    guided = bool(getattr(model_cfg, "guidance_embed", False))
+    cls = {(False, False): MARBackbone, (True, False): NoiseInputBackbone,
+           (False, True): GuidedBackbone, (True, True): NoiseInputGuidedBackbone}
+    return cls[noise, guided](model_cfg, token_dim, max_tokens, text_dim, **kw)

@@ -14,7 +14,7 @@ from energytta.audio.codec import latent_shape
 from energytta.config import Config
 from energytta.models.geometry import TokenGeometry
 from energytta.models.heads import build_head
-from energytta.models.mar import MARBackbone
+from energytta.models.mar import build_backbone
 
 __all__ = ["TTAModel", "latent_shape"]  # latent_shape: public since 0.1, now the codec's
 
@@ -39,8 +39,8 @@ class TTAModel(nn.Module):
         g = self.geometry = TokenGeometry.from_config(cfg)
         encoders = 2 if cfg.text.extra_model else 1  # ConcatTextEncoder: up to 2 × max_length
         max_text = max(MIN_TEXT_POSITIONS, encoders * cfg.text.max_length)
-        self.backbone = MARBackbone(cfg.model, g.token_dim, g.max_tokens, text_dim,
-                                    max_text_len=max_text, freq_tokens=g.freq_tokens)
+        self.backbone = build_backbone(cfg.model, g.token_dim, g.max_tokens, text_dim,
+                                       max_text_len=max_text, freq_tokens=g.freq_tokens)
         self.head = build_head(cfg.head, g.token_dim, self.backbone.out_dim)
 
     # the geometry's numbers as attributes of the model (the sampler, tools and tests read them)

@@ -119,7 +119,7 @@ class TokenObjective(Objective):
         from energytta.audio.io import write_wav
         from energytta.audio.plot import save_spectrogram_png
         from energytta.audio.render import tokens_to_audio
-        from energytta.sampling import decode
+        from energytta.sampling import DecodeSettings, decode
 
         prompts, s, a = list(self.cfg.train.sample_prompts), self.cfg.sample, self.cfg.audio
         if not prompts:
@@ -127,8 +127,7 @@ class TokenObjective(Objective):
         text, mask = self.text(prompts)
         gen = torch.Generator(device=text.device).manual_seed(s.seed)
         tokens = decode(model.backbone, model.head, text, mask, model.tokens_for(s.duration),
-                        iterations=s.iterations, cfg=s.cfg, cfg_schedule=s.cfg_schedule,
-                        temperature=s.temperature, generator=gen)  # (B, N, d)
+                        DecodeSettings.of(s, one_pass=None), generator=gen)  # (B, N, d)
         mel, wav = tokens_to_audio(tokens, model.geometry, self.codec, generator=gen)
         with atomic_path(folder) as tmp:
             tmp.mkdir()
