@@ -193,3 +193,13 @@ def test_training_streams_shards_and_resumes(shards, tiny_text_dir, tmp_path):
     assert train_main(["--config", "tiny", *over, "train.steps=6", "--resume"]) == 0
     state = json.loads((run / "step-0000006" / "state.json").read_text())
     assert state["data"]["epoch"] == 0 and state["data"]["batch"] == 6  # epoch 0 re-read
+
+
+def test_an_undecodable_clip_is_skipped_with_a_warning(manifest, tmp_path):
+    good = (manifest.parent / "0.wav").read_bytes()
+    _tar(tmp_path / "a.tar", {"k1.wav": b"RIFF garbage", "k1.json": b'{"text": "bad"}',
+                              "k2.wav": good, "k2.json": b'{"caption": ["good", "other"]}'})
+    ds = ShardDataset([str(tmp_path / "a.tar")], _cfg(tmp_path).audio, 1.0, train=False)
+    with pytest.warns(UserWarning, match="skipping audio .*k1.wav"):
+        items = ds.first(2)
+    assert [it["caption"] for it in items] == ["good"]
