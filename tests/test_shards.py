@@ -87,6 +87,7 @@ def test_every_way_of_naming_shards(shards, tmp_path):
 @pytest.mark.parametrize("source, words", [
     ("nowhere/shard-{000000..000009}.tar", "matches no file"),
     ("SHARDS/shard-{000000..000009}.tar", "6 of 10 shard(s) not found"),
+    ("nowhere/list.txt", "shard list not found"),
 ])
 def test_a_pattern_matching_nothing_or_too_little_is_one_line(shards, source, words):
     with pytest.raises(UserError) as e:

@@ -87,7 +87,10 @@ def shard_urls(source: str, flag: str) -> list[str]:
                             "folder and the {000000..000099} range")
     elif path.is_dir():
         urls = sorted(str(p) for p in path.glob(f"*{SHARD_SUFFIX}"))
-    elif path.suffix.lower() == LIST_SUFFIX and path.is_file():
+    elif path.suffix.lower() == LIST_SUFFIX:
+        if not path.is_file():
+            raise UserError(f"{flag}={source}: shard list not found (a .txt naming one .tar "
+                            "per line)")
         lines = path.read_text(encoding="utf-8").splitlines()
         urls = [str(_relative(line.strip(), path.parent)) for line in lines if line.strip()]
         if not urls:
