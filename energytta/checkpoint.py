@@ -14,6 +14,11 @@ Two forms (docs/architecture.md):
   codec (the codec parts, the classifier) write no `ema` / `codec` file; their `kind` in
   state.json is the objective's ("vae", "vocoder", "classifier").
 
+A codec part loaded frozen from a pretrained folder (AudioLDM's VAE, its HiFi-GAN) is not
+copied into either form: state.json (`codec_ref`) or the file's metadata records its folder
+and a hash of its files, and loading checks that hash (`energytta.audio.reference`).
+Checkpoints written before that hold a copy and keep loading as they are.
+
 `load_model(path, device)` accepts an inference file, a training-state folder (its EMA
 weights are used) or a run folder (its latest step folder).
 """
@@ -34,6 +39,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 import energytta
+from energytta.audio.reference import (CodecTensors, check_folders_exist, check_refs_doc,
+                                       fill_references, references, stored_state)
 from energytta.config import Config, from_saved_dict
 from energytta.config_rules import validate
 from energytta.errors import UserError
@@ -171,9 +178,13 @@ def save_inference(path: str | Path, model: nn.Module | Mapping[str, torch.Tenso
         state, dim = model, int(text_dim)
     if weight_dtype is not None:
         state = {k: v.to(weight_dtype) if v.is_floating_point() else v for k, v in state.items()}
-    tensors = {**_cpu_tensors(state, "model."), **_cpu_tensors(codec.state_dict(), "codec.")}
+    refs = references(codec)  # frozen pretrained parts: named by folder + hash, not copied
+    tensors = {**_cpu_tensors(state, "model."),
+               **_cpu_tensors(stored_state(codec, refs), "codec.")}
     meta = {"format": FORMAT, "version": energytta.__version__, "kind": kind or kind_for(cfg),
             "config": cfg.to_json(), "text_dim": str(dim)}
+    if refs:
+        meta["codec_ref"] = json.dumps(refs)
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
     return path
@@ -190,7 +201,22 @@ def load_inference(path: str | Path
                         "(metadata lacks format 'energytta'); export one with energytta-train")
     cfg = _config_from_json(meta["config"], path)
     kind = meta.get("kind") or kind_for(cfg)
-    return cfg, kind, _strip(tensors, "model."), _strip(tensors, "codec."), meta
+    codec = _strip(tensors, "codec.")
+    if "codec_ref" in meta:
+        codec = CodecTensors(codec, _refs_of(meta["codec_ref"], path))
+    return cfg, kind, _strip(tensors, "model."), codec, meta
+
+
+def _refs_of(text: str, path: Path) -> dict[str, Any]:
+    """The codec references stored as JSON in an inference file's metadata."""
+    try:
+        refs = json.loads(text)
+    except json.JSONDecodeError:
+        refs = None
+    if not check_refs_doc(refs):
+        raise UserError(f"{path}: metadata 'codec_ref' is malformed; the checkpoint is "
+                        "damaged: re-export it")
+    return refs
 
 
 # ------------------------------------------------------------------ JSON encoding
@@ -310,12 +336,18 @@ def save_training_state(run_dir: str | Path, step: int, *, model: nn.Module,
     doc = {"format": FORMAT, "version": energytta.__version__, "kind": kind or kind_for(cfg),
            "step": step, "text_dim": text_dim, "optimizer": optim_tree, **state,
            "config": cfg.to_dict()}
-    parts = {"model": model, "ema": ema, "codec": codec}
+    parts = {"model": model, "ema": ema}
+    if codec is not None:  # frozen pretrained parts: named by folder + hash, not copied
+        doc["codec_ref"] = refs = references(codec)
+        parts["codec"] = stored_state(codec, refs)
+        if not refs:
+            del doc["codec_ref"]
     with atomic_path(folder) as tmp:
         tmp.mkdir()
         for name, module in parts.items():
             if module is not None:
-                save_file(_cpu_tensors(module.state_dict()), str(tmp / f"{name}.safetensors"))
+                tensors = module if isinstance(module, dict) else module.state_dict()
+                save_file(_cpu_tensors(tensors), str(tmp / f"{name}.safetensors"))
         save_file(optim_tensors, str(tmp / "optim.safetensors"))
         for name, tensors in (extra or {}).items():
             if tensors:
@@ -365,6 +397,8 @@ def load_training_state(folder: str | Path, require: tuple[str, ...] = ()) -> di
             out[extra.stem], _ = _read_safetensors(extra, "checkpoint file")
     optim_tensors, _ = _read_safetensors(folder / "optim.safetensors", "checkpoint file")
     out["optimizer"] = _decode_part(doc["optimizer"], optim_tensors, path, "optimizer")
+    if "codec_ref" in doc:
+        out["codec"] = CodecTensors(out.get("codec", {}), doc["codec_ref"])
     return out
 
 
@@ -397,6 +431,8 @@ def _check_state_doc(doc: Any, path: Path) -> None:
             raise _damaged(path, f"'{key}' is missing or of the wrong type")
     if doc.get("text_dim") is not None:
         _text_dim_of(doc["text_dim"], path)
+    if "codec_ref" in doc and not check_refs_doc(doc["codec_ref"]):
+        raise _damaged(path, "'codec_ref' is malformed")
     if not all(isinstance(v, int) for v in doc.get("data", {}).values()):
         raise _damaged(path, "'data' holds a non-integer position")
     if "scheduler" in doc:
@@ -447,7 +483,11 @@ def check_fits(expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.T
 
 def load_weights(module: nn.Module, state: Mapping[str, torch.Tensor], path: Path,
                  what: str = "model") -> None:
-    """`load_state_dict(strict=True)`, with a mismatch turned into a one-line UserError."""
+    """`load_state_dict(strict=True)`, with a mismatch turned into a one-line UserError.
+    A codec state that refers to pretrained folders (`CodecTensors`) is first completed
+    from `module`'s own parts, once their folders' hashes are checked."""
+    if isinstance(state, CodecTensors) and state.refs:
+        state = fill_references(module, state, path)
     check_fits(module.state_dict(), state, path, what)
     try:
         module.load_state_dict(state, strict=True)
@@ -572,6 +612,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"
 
     src, cfg, kind, model_state, codec_state, text_dim = _read_source(_resolve(Path(path)))
     _check_counts(cfg, text_dim, model_state, src)
+    if isinstance(codec_state, CodecTensors):  # before a codec is built from those folders
+        check_folders_exist(codec_state.refs, src)
     # build on the meta device first (no memory): a file whose config asks for absurd
     # sizes (model.width=2**20, text_dim=4e9) is refused by its tensors' shapes, not
     # by the allocator

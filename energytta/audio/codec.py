@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
@@ -87,6 +88,13 @@ class Codec(ABC, nn.Module):
     def prepare_clip(self, wav: torch.Tensor) -> torch.Tensor:
         """wav (S,) -> (S,): `clip_transform` of this codec, for callers holding one."""
         return wav
+
+    def pretrained_parts(self) -> dict[str, Path]:
+        """{state-dict prefix: local folder} of the frozen parts loaded from pretrained
+        folders; checkpoints refer to these by hash instead of copying them
+        (`energytta.audio.reference`). A pretrained vocoder (HiFi-GAN) counts."""
+        folder = getattr(getattr(self, "vocoder", None), "folder", None)
+        return {"vocoder.": folder} if folder is not None else {}
 
     @property
     def frames_per_second(self) -> float:

@@ -5,6 +5,7 @@ Reading goes through soundfile (libsndfile: wav, flac, ogg/vorbis, mp3 from libs
 """
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -33,16 +34,25 @@ def load_audio(path: str | Path, sample_rate: int, mono: bool = True) -> np.ndar
     path = Path(path)
     if not path.is_file():
         raise UserError(f"audio file not found: {path}")
+    return _read(str(path), str(path), sample_rate, mono)
+
+
+def decode_audio(data: bytes, name: str, sample_rate: int, mono: bool = True) -> np.ndarray:
+    """`load_audio` of a file's bytes (a tar shard's member); `name` labels errors."""
+    return _read(io.BytesIO(data), name, sample_rate, mono)
+
+
+def _read(source: str | io.BytesIO, name: str, sample_rate: int, mono: bool) -> np.ndarray:
     try:
-        data, file_sr = sf.read(str(path), dtype="float32", always_2d=True)  # (S, C)
+        data, file_sr = sf.read(source, dtype="float32", always_2d=True)  # (S, C)
     except (sf.LibsndfileError, RuntimeError, ValueError, TypeError, EOFError) as e:
         reason = (str(e).splitlines() or [type(e).__name__])[0]
-        raise UserError(f"cannot read audio file {path}: {reason} "
+        raise UserError(f"cannot read audio file {name}: {reason} "
                         "(expected a wav/flac/ogg/mp3 file)") from None
     if data.shape[0] == 0 or data.shape[1] == 0:
-        raise UserError(f"audio file {path} is empty (0 samples)")
+        raise UserError(f"audio file {name} is empty (0 samples)")
     if not np.isfinite(data).all():
-        raise UserError(f"audio file {path} contains NaN or infinite samples")
+        raise UserError(f"audio file {name} contains NaN or infinite samples")
     wav = data.T  # (C, S)
     if mono:
         wav = wav.mean(axis=0)

@@ -74,8 +74,9 @@ def load_autoencoder(path: str | Path) -> nn.Module:
 class AudioLDMCodec(Codec):
     """AudioLDM's VAE as a codec: latents (B, 8, ceil(T/4), 16) = scaling_factor · posterior mean.
 
-    The diffusers weights are registered submodules, so they are saved with every model
-    checkpoint like any codec state (and checked against the folder on load).
+    The diffusers weights are registered submodules; being frozen, checkpoints refer to
+    their folder by hash instead of copying them (`pretrained_parts`,
+    `energytta.audio.reference`); older checkpoints that hold a copy still load.
 
     Args:
         cfg: `codec.path` (AudioLDM folder or its `vae/`), `codec.vocoder*`, `audio.*`.
@@ -93,6 +94,7 @@ class AudioLDMCodec(Codec):
         self.exact = cfg.codec.preprocess == "audioldm"
         self.frontend = MelFrontend(a, framing="audioldm" if self.exact else "legacy")
         self.vae = load_autoencoder(cfg.codec.path)
+        self.vae_folder = model_folder(cfg.codec.path, "vae", "codec.path")
         vc = self.vae.config
         self.grid = self.latent_grid(cfg)  # from the folder's config.json, like the VAE
         self.factor = self.grid.factor
@@ -120,6 +122,10 @@ class AudioLDMCodec(Codec):
         """`normalize_wav` under codec.preprocess=audioldm: AudioLDM normalises the whole
         clip before it pads or crops it, so the data pipeline must too."""
         return normalize_wav if cfg.codec.preprocess == "audioldm" else None
+
+    def pretrained_parts(self) -> dict[str, Path]:
+        """The VAE's folder (and the HiFi-GAN's, when it vocodes): frozen, so referred to."""
+        return {"vae.": self.vae_folder, **super().pretrained_parts()}
 
     def prepare_clip(self, wav: torch.Tensor) -> torch.Tensor:
         """wav (S,) -> `normalize_wav`(wav) under codec.preprocess=audioldm."""

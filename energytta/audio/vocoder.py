@@ -293,6 +293,8 @@ class HifiGanVocoder(nn.Module):
     def __init__(self, path: str | Path, audio_cfg: AudioConfig) -> None:
         super().__init__()
         self.model = load_hifigan(path)
+        # frozen and pretrained: checkpoints refer to this folder (Codec.pretrained_parts)
+        self.folder = model_folder(path, "vocoder", "codec.vocoder_path")
         c = self.model.config
         hop = self.hop_length = int(torch.tensor(c.upsample_rates).prod())
         wanted = (audio_cfg.n_mels, audio_cfg.sample_rate, audio_cfg.hop_length)

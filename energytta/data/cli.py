@@ -1,5 +1,5 @@
-"""`energytta-data`: build the synthetic corpus (`synth`), check manifests (`check`) and
-cache a manifest's latents (`cache`).
+"""`energytta-data`: build the synthetic corpus (`synth`), check manifests (`check`),
+cache a manifest's latents (`cache`) and write it as tar shards (`shards`).
 
 `energytta.cli.data_main` calls `main(argv)` and turns `UserError` into one error line.
 """
@@ -21,6 +21,8 @@ Data tools for energytta.
   check   read a manifest (JSONL, AudioCaps CSV or Clotho CSV) and verify every audio file
   cache   encode a manifest's audio (codec) and captions (text encoder) once, into shards
           that training reads instead of the audio (data.train=DIR)
+  shards  write a manifest's clips and captions into webdataset tar shards
+          (DIR/shard-000000.tar, ...) that training streams (data.train=DIR)
 
 examples:
   energytta-data synth --out data/synth --num 2000 --seconds 4 --seed 0
@@ -28,13 +30,15 @@ examples:
   energytta-data check audiocaps/train.csv --audio-dir /datasets/audiocaps/wav
   energytta-data cache --manifest data/synth/train.jsonl --out data/cache/train \
       --config shipped_teacher
+  energytta-data shards --manifest data/synth/train.jsonl --out data/shards/train \
+      --per-shard 1000
 """
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="energytta-data", description=DESCRIPTION,
                                 formatter_class=HelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True, metavar="{synth,check,cache}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{synth,check,cache,shards}")
     s = sub.add_parser(
         "synth", help="generate the synthetic captioned corpus",
         formatter_class=DefaultsHelpFormatter,
@@ -62,7 +66,23 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--audio-dir", default=None,
                    help="folder holding the audio (CSV manifests; default: see docs)")
     _cache_parser(sub)
+    _shards_parser(sub)
     return p
+
+
+def _shards_parser(sub: argparse._SubParsersAction) -> None:
+    c = sub.add_parser(
+        "shards", help="write a manifest as webdataset tar shards",
+        formatter_class=DefaultsHelpFormatter,
+        description="Write MANIFEST's clips into tar shards OUT/shard-000000.tar, ... "
+        "(--per-shard clips each): KEY.wav / KEY.flac (the file's bytes, not re-encoded) and "
+        "KEY.json with the caption in \"text\", the layout stable-audio-tools and audiocraft "
+        "read. Training streams them: data.train=OUT (or OUT/shard-{000000..000009}.tar). "
+        "Format and resume rules: docs/real-data.md.")
+    c.add_argument("--manifest", required=True, help="JSONL / AudioCaps / Clotho manifest")
+    c.add_argument("--out", required=True, help="folder for the shards (created; empty)")
+    c.add_argument("--per-shard", type=int, default=1000, help="clips per shard")
+    c.add_argument("--audio-dir", default=None, help="audio folder for CSV manifests")
 
 
 def _cache_parser(sub: argparse._SubParsersAction) -> None:
@@ -139,7 +159,18 @@ def _cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shards(args: argparse.Namespace) -> int:
+    from energytta.data.shards import write_shards
+    from energytta.utils import check_writable
+
+    check_writable(args.out, "--out", folder=True)
+    paths = write_shards(args.manifest, args.out, args.per_shard, args.audio_dir)
+    print(f"wrote {len(paths)} shard(s) to {args.out} (data.train={args.out})")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     """Parse `argv` (without the program name) and run the subcommand; returns exit code."""
     args = _parser().parse_args(argv)
-    return {"synth": _synth, "check": _check, "cache": _cache}[args.command](args)
+    return {"synth": _synth, "check": _check, "cache": _cache,
+            "shards": _shards}[args.command](args)

@@ -241,7 +241,8 @@ def _check_cache(folder: Path, cfg: Config) -> dict[str, Any]:
 
 
 def build_dataset(cfg: Config, split: str) -> Dataset:
-    """The dataset named by `cfg.data.<split>`: a manifest file or a cached-latent folder.
+    """The dataset named by `cfg.data.<split>`: a manifest file, a cached-latent folder or
+    tar shards (`energytta.data.shards`).
 
     Args:
         cfg: full config (data paths, audio, codec, text, train.seed).
@@ -255,6 +256,9 @@ def build_dataset(cfg: Config, split: str) -> Dataset:
     if cfg.data.kind == "captions":
         from energytta.data.captions import CaptionDataset
         return CaptionDataset.from_source(source)
+    from energytta.data.shards import ShardDataset, is_shard_source
+    if is_shard_source(source):  # tar shards (webdataset), streamed
+        return ShardDataset.from_config(cfg, source, split)
     path = Path(source).expanduser()
     train = split == "train"
     if path.is_dir():

@@ -46,7 +46,8 @@ from energytta.train.objectives import (TrainContext, build_objective, objective
                                         objective_name)
 from energytta.train.optim import build_optimizer, keep_config_schedule
 from energytta.train.seeds import seed_globals, seed_step
-from energytta.train.stream import BatchStream, Position, resume_position
+from energytta.train.stream import (BatchStream, Position, make_stream,  # noqa: F401
+                                    resume_position)  # BatchStream: part of this API
 from energytta.utils import atomic_write_text
 
 # codec runs before the one loop kept their state in this file; it cannot be resumed
@@ -139,7 +140,7 @@ class Trainer:
                 self.console.print(f"initialised from {init[0]} (train.init_from)")
         self.loss_module, self.acc_opt = self.acc.prepare(
             LossModule(self.model, self.objective), self.opt)
-        self.stream = BatchStream(self.dataset, collate, cfg.data.batch_size, t.seed,
+        self.stream = make_stream(self.dataset, collate, cfg.data.batch_size, t.seed,
                                   self.acc.process_index, self.acc.num_processes,
                                   cfg.data.num_workers, pos)
         self.batches = self.stream.indexed()

@@ -1,8 +1,9 @@
 """The data a run reads: the resumable training stream, and fixed sets of clips.
 
 Training batches come from `BatchStream` (seeded per epoch, sharded over processes,
-resumable at any batch); the clips that fit data statistics (`fit_batches`) and the
-validation batches (`first_batches`) are fixed lists, the same at every step and resume.
+resumable at any batch), or from `ShardStream` for tar shards (`make_stream` picks); the
+clips that fit data statistics (`fit_batches`) and the validation batches
+(`first_batches`) are fixed lists, the same at every step and resume.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, IterableDataset
 
 from energytta.errors import UserError
 from energytta.train.seeds import FIT_SEED, derive_seed
@@ -108,6 +109,9 @@ class BatchStream:
 
 def fit_batches(dataset: Any, collate: Callable[[list], Any], seed: int) -> list[Any]:
     """`FIT_ITEMS` clips drawn by (seed, FIT_SEED), collated `FIT_BATCH` at a time."""
+    if isinstance(dataset, IterableDataset):  # streamed shards: the first of a seeded shuffle
+        items = dataset.first(FIT_ITEMS, shuffle_epoch=derive_seed(seed, FIT_SEED))
+        return [collate(items[k:k + FIT_BATCH]) for k in range(0, len(items), FIT_BATCH)]
     g = torch.Generator().manual_seed(derive_seed(seed, FIT_SEED))
     idx = torch.randperm(len(dataset), generator=g)[:FIT_ITEMS].tolist()
     return [collate([dataset[i] for i in idx[k:k + FIT_BATCH]])
@@ -118,6 +122,99 @@ def first_batches(dataset: Any, collate: Callable[[list], Any], batch_size: int,
                   count: int) -> list[tuple[list[int], Any]]:
     """(indices, collated batch) of the first `count` batches in file order (the last one
     may be short when the dataset ends first)."""
+    if isinstance(dataset, IterableDataset):  # streamed shards: no indices
+        items = dataset.first(batch_size * count)
+        return [([], collate(items[i:i + batch_size]))
+                for i in range(0, len(items), batch_size)]
     n = min(len(dataset), batch_size * count)
     chunks = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
     return [(idx, collate([dataset[i] for i in idx])) for idx in chunks]
+
+
+# ------------------------------------------------------------------ tar shards
+class _Collate:
+    """The batch collate, passing a worker's {"error"} item on as the batch."""
+
+    def __init__(self, collate: Callable[[list], Any]) -> None:
+        self.collate = collate
+
+    def __call__(self, items: list[dict[str, Any]]) -> Any:
+        bad = next((it for it in items if "error" in it), None)
+        return bad if bad is not None else self.collate(items)
+
+
+def resume_salt(pos: Position) -> tuple[int, ...]:
+    """What re-seeds an epoch entered mid-way (empty at an epoch boundary)."""
+    return (pos.start, pos.batch) if pos.start or pos.batch else ()
+
+
+class ShardStream:
+    """Endless stream of this process's batches from tar shards
+    (`energytta.data.shards.ShardDataset`), its position (epoch, batch) saved in every
+    checkpoint as `BatchStream`'s is; but an iterable source cannot seek, so:
+
+    - **Within an uninterrupted run**, epoch e reads the rank's shards of the (seed, e)
+      shard shuffle, each DataLoader worker its own of them, samples shuffled in a seeded
+      buffer; every worker's last partial batch is dropped (all batches are full).
+    - **`--resume` at an epoch boundary** (a checkpoint at batch 0) continues exactly: the
+      stream is a function of (seed, epoch, rank, worker) only.
+    - **`--resume` in the middle of epoch e** does not replay the batches already read (that
+      would decode them all again): it starts epoch e afresh with its shuffles re-seeded by
+      where the run stopped (seed, e, samples before, batches read), so the same checkpoint
+      always resumes into the same batches, a clip read before the stop may come again in
+      that epoch and none waits longer than one epoch. From epoch e + 1 on the batches are
+      those of the uninterrupted run. A resume under another process count behaves the same.
+
+    Args: as `BatchStream`'s; `dataset` is a `ShardDataset`.
+    """
+
+    def __init__(self, dataset: Any, collate: Any, batch_size: int, seed: int, rank: int,
+                 world: int, num_workers: int, pos: Position) -> None:
+        self.dataset, self.collate, self.batch_size = dataset, _Collate(collate), batch_size
+        self.seed, self.rank, self.world, self.num_workers = seed, rank, world, num_workers
+        self.pos = pos
+        readers = world * max(1, num_workers)
+        if len(dataset.urls) < readers:
+            raise UserError(f"data.train names {len(dataset.urls)} shard(s), fewer than the "
+                            f"{world} process(es) × {max(1, num_workers)} worker(s) that each "
+                            "read whole shards; write more, smaller shards (energytta-data "
+                            "shards --per-shard N) or lower data.num_workers")
+
+    def indexed(self) -> Iterator[tuple[list[int], Any]]:
+        """([], collated batch) pairs, endlessly (no dataset indices: items are streamed)."""
+        while True:
+            epoch = self.pos.epoch
+            self.dataset.set_epoch(epoch, resume_salt(self.pos))
+            self.dataset.set_rank(self.rank, self.world)
+            gen = torch.Generator().manual_seed(derive_seed(self.seed, epoch, self.rank, 1))
+            # no drop_last: a worker's error item must arrive even alone; short batches
+            # (each worker's last) are dropped here instead
+            loader = DataLoader(self.dataset, batch_size=self.batch_size,
+                                collate_fn=self.collate, num_workers=self.num_workers,
+                                generator=gen)
+            read = 0
+            for batch in loader:
+                if "error" in batch:
+                    raise UserError(batch["error"])
+                if len(batch["captions"]) < self.batch_size:
+                    continue
+                self.pos.batch += 1
+                read += 1
+                yield [], batch
+            if read == 0:
+                raise UserError(f"process {self.rank}'s shards of data.train gave no full "
+                                f"batch of data.batch_size={self.batch_size} clips per worker; "
+                                "lower data.batch_size or data.num_workers, or add clips")
+            self.pos = Position(epoch + 1, 0)
+
+    def __iter__(self) -> Iterator[Any]:
+        for _, batch in self.indexed():
+            yield batch
+
+
+def make_stream(dataset: Any, collate: Any, batch_size: int, seed: int, rank: int,
+                world: int, num_workers: int, pos: Position) -> BatchStream | ShardStream:
+    """The training stream of `dataset`: `ShardStream` for streamed tar shards (an
+    iterable dataset), else `BatchStream`."""
+    cls = ShardStream if isinstance(dataset, IterableDataset) else BatchStream
+    return cls(dataset, collate, batch_size, seed, rank, world, num_workers, pos)
