@@ -22,7 +22,8 @@ from safetensors.torch import load_file
 import energytta.train.loop as loop
 from energytta.config import CONFIG_DIR, load_config
 from energytta.train.cli import build_parser
-from energytta.train.distributed import same_checkpoint
+from energytta.errors import UserError
+from energytta.train.distributed import check_fsdp, same_checkpoint
 from energytta.train.seeds import seed_step
 from energytta.train.stream import BatchStream, Position, resume_position
 
@@ -219,7 +220,7 @@ def test_fsdp_saves_full_state_and_resumes_bit_for_bit(tiny_text_dir, corpus, tm
     the files are the gathered full state, so one process resumes them without FSDP."""
     fsdp = _documented("fsdp_cpu.yaml")
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    over = ["train.ckpt_every=2", "train.keep_last=0"]
+    over = ["train.ckpt_every=1", "train.keep_last=0"]
     proc = _run(fsdp, [*_tiny(tiny_text_dir, corpus, straight, 4), *over])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "sharded over 2 processes" in proc.stdout  # accelerate alone would run DDP here
@@ -228,6 +229,12 @@ def test_fsdp_saves_full_state_and_resumes_bit_for_bit(tiny_text_dir, corpus, tm
     proc = _run(fsdp, ["--resume", *_tiny(tiny_text_dir, corpus, resumed, 4), *over])
     assert proc.returncode == 0, proc.stderr[-3000:]
     _assert_identical(straight / "step-0000004", resumed / "step-0000004")
+    # the EMA averaged the whole (gathered) weights: step 4's is step 3's moved toward them
+    ema3, ema4, model4 = (load_file(straight / f"step-000000{s}" / f"{n}.safetensors")
+                          for s, n in ((3, "ema"), (4, "ema"), (4, "model")))
+    decay = min(load_config("tiny").train.ema_decay, (1 + 3) / (10 + 3))  # 4th update
+    assert all(torch.equal(ema3[k].lerp_(model4[k], 1 - decay), ema4[k]) for k in ema4
+               if ema4[k].is_floating_point())
     assert load_file(straight / "model.safetensors").keys() == \
         load_file(resumed / "model.safetensors").keys()
     # one process, no FSDP: the full state loads as any other checkpoint
@@ -238,9 +245,27 @@ def test_fsdp_saves_full_state_and_resumes_bit_for_bit(tiny_text_dir, corpus, tm
     assert all(torch.equal(v, full[k]) for k, v in trainer.model.state_dict().items())
 
 
+def test_fsdp_set_ups_the_loop_does_not_handle_are_one_line():
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from energytta.train.objectives.student import StudentObjective
+    from energytta.train.objectives.teacher import TeacherObjective
+    teacher = object.__new__(TeacherObjective)
+    fsdp2 = SimpleNamespace(distributed_type=DistributedType.FSDP, is_fsdp2=True)
+    check_fsdp(fsdp2, teacher)  # the teacher trains under FSDP-2
+    check_fsdp(SimpleNamespace(distributed_type=DistributedType.MULTI_GPU), teacher)
+    with pytest.raises(UserError, match="FSDP version 1 is not supported: set fsdp_version: 2"):
+        check_fsdp(SimpleNamespace(distributed_type=DistributedType.FSDP, is_fsdp2=False),
+                   teacher)
+    with pytest.raises(UserError, match="not StudentObjective: launch this run with DDP"):
+        check_fsdp(fsdp2, object.__new__(StudentObjective))
+
+
 def test_processes_that_see_different_step_folders_are_refused():
     same_checkpoint(["step-0000004 (state ab)"] * 3, Path("run"))
-    with pytest.raises(Exception, match="process 1 sees no checkpoint .* process 0 sees "
+    with pytest.raises(UserError, match="process 1 sees no checkpoint .* process 0 sees "
                                         "step-0000004 .* a filesystem all of them mount"):
         same_checkpoint(["step-0000004 (state ab)", ""], Path("run"))
 

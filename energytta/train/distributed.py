@@ -66,25 +66,26 @@ def check_fsdp(acc: Any, objective: Any) -> None:
                         " launch this run with DDP (configs/accelerate/multi_gpu.yaml)")
 
 
-def _fsdp_modules(module: nn.Module) -> list[nn.Module]:
-    from torch.distributed.fsdp import FSDPModule
-
-    return [m for m in module.modules() if isinstance(m, FSDPModule)]
-
-
 @contextlib.contextmanager
-def unsharded(module: nn.Module) -> Iterator[None]:
-    """Inside, `module`'s parameters are the full tensors on every process (FSDP-2 all-gathers
-    them), so `state_dict()` and the EMA see whole weights; sharded again on exit. A module
-    without FSDP is left alone. A collective: every process must enter it."""
-    units = _fsdp_modules(module)
-    for unit in units:
-        unit.unshard()
+def whole_parameters(module: nn.Module) -> Iterator[None]:
+    """Inside, every sharded parameter of `module` is replaced by its full tensor, gathered
+    in its own (fp32 master) dtype, so an EMA reads whole weights whatever FSDP's
+    mixed-precision policy all-gathers for compute; the shards are put back on exit. A
+    collective under FSDP (every process must enter it); a no-op otherwise."""
+    from torch.distributed.tensor import DTensor
+
+    swapped = []
+    for owner in module.modules():
+        for name, p in list(owner._parameters.items()):
+            if isinstance(p, DTensor):
+                swapped.append((owner, name, p))
+                owner._parameters[name] = nn.Parameter(p.detach().full_tensor(),
+                                                       requires_grad=False)
     try:
         yield
     finally:
-        for unit in units:
-            unit.reshard()
+        for owner, name, p in swapped:
+            owner._parameters[name] = p
 
 
 def _full(value: Any) -> Any:

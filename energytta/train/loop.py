@@ -42,7 +42,7 @@ from energytta.train.ema import EMA
 from energytta.train.init_from import check_codec, load_init
 from energytta.train.distributed import (check_fsdp, check_same_checkpoint, enable_cpu_fsdp,
                                          full_optimizer_state, full_state, is_fsdp,
-                                         load_full_optimizer_state, unsharded)
+                                         load_full_optimizer_state, whole_parameters)
 from energytta.train.interrupt import StopRequest, Stopped
 from energytta.train.logging import MetricsLog, Window, format_stats, make_progress, read_metrics
 from energytta.train.objectives import (TrainContext, build_objective, objective_class,
@@ -346,7 +346,7 @@ class Trainer:
         self.last_lr = self.lr()  # the lr this step used, before the scheduler moves on
         self.sched.step()
         if self.ema is not None:
-            with unsharded(self.loss_module):  # FSDP: the EMA averages whole weights
+            with whole_parameters(self.model):  # FSDP: the EMA averages whole weights
                 self.ema.update(self.model)
         self.step += 1
         return logs, grad_norm
