@@ -1,4 +1,4 @@
-"""The training loop: one `accelerate` loop for every objective, CPU / GPU / DDP alike.
+"""The training loop: one `accelerate` loop for every objective, CPU / GPU / DDP / FSDP alike.
 
 The loop owns the data stream, seeding, Ctrl-C, checkpoints, resume, EMA, logging and the
 validation stage; what is trained and how it is scored is the objective's
@@ -38,11 +38,11 @@ from energytta.config import Config
 from energytta.config_rules import validate
 from energytta.errors import UserError
 from energytta.locks import folder_lock
-from energytta.train.ema import EMA
-from energytta.train.init_from import check_codec, load_init
 from energytta.train.distributed import (check_fsdp, check_same_checkpoint, enable_cpu_fsdp,
                                          full_optimizer_state, full_state, is_fsdp,
                                          load_full_optimizer_state, whole_parameters)
+from energytta.train.ema import EMA
+from energytta.train.init_from import check_codec, load_init
 from energytta.train.interrupt import StopRequest, Stopped
 from energytta.train.logging import MetricsLog, Window, format_stats, make_progress, read_metrics
 from energytta.train.objectives import (TrainContext, build_objective, objective_class,
