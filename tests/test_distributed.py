@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 
 import energytta.train.loop as loop
 from energytta.config import CONFIG_DIR, load_config
-from energytta.train.cli import build_parser
+from energytta.train.cli import EPILOG, build_parser
 from energytta.errors import UserError
 from energytta.train.distributed import check_fsdp, same_checkpoint
 from energytta.train.seeds import seed_step
@@ -114,12 +114,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _commands(text: str) -> list[list[str]]:
+    """The `accelerate launch` commands of `text` (continuations joined), as argument lists."""
+    lines = text.replace("\\\n", " ").splitlines()
+    return [shlex.split(ln, comments=True) for ln in lines
+            if ln.strip().startswith("accelerate launch")]
+
+
 def _launches(page: str) -> list[list[str]]:
-    """The `accelerate launch` commands of a docs page's bash blocks, as argument lists."""
+    """The `accelerate launch` commands of a docs page's bash blocks."""
     text = (REPO / "docs" / page).read_text(encoding="utf-8")
-    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
-    lines = " ".join(blocks).replace("\\\n", " ").splitlines()
-    return [shlex.split(ln) for ln in lines if ln.strip().startswith("accelerate launch")]
+    return _commands("\n".join(re.findall(r"```bash\n(.*?)```", text, flags=re.S)))
 
 
 def _config_file(cmd: list[str]) -> Path | None:
@@ -128,7 +133,8 @@ def _config_file(cmd: list[str]) -> Path | None:
 
 
 ACCELERATE = CONFIG_DIR / "accelerate"
-DOCUMENTED = _launches("training.md") + _launches("real-data.md")
+DOCUMENTED = [*_launches("training.md"), *_launches("real-data.md"), *_launches("cli.md"),
+              *_commands(EPILOG)]  # and `energytta-train --help`
 
 
 def test_the_shipped_accelerate_configs_read_with_accelerates_own_loader():
@@ -151,7 +157,7 @@ def test_the_shipped_accelerate_configs_read_with_accelerates_own_loader():
 
 
 def test_every_documented_launch_names_a_shipped_config_and_parses():
-    assert len(DOCUMENTED) >= 6
+    assert len(DOCUMENTED) >= 9
     named = {_config_file(cmd) for cmd in DOCUMENTED} - {None}
     assert named == set(ACCELERATE.glob("*.yaml"))  # every shipped file is documented
     for cmd in DOCUMENTED:
