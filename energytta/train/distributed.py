@@ -56,9 +56,9 @@ def check_fsdp(acc: Any, objective: Any) -> None:
     """Refuse (UserError, one line) the FSDP set-ups the loop does not handle."""
     if not is_fsdp(acc):
         return
-    if not acc.is_fsdp2:
+    if not getattr(acc, "is_fsdp2", False):  # an accelerate too old for it says nothing
         raise UserError("FSDP version 1 is not supported: set fsdp_version: 2 in the accelerate "
-                        f"config (as {FSDP_CONFIG} does)")
+                        f"config (as {FSDP_CONFIG} does; it needs torch >= 2.6)")
     if isinstance(objective, nn.Module) or not objective.ema:
         # its own trainable parts (a frozen teacher, projections) would be sharded too, and
         # validation / samples / export run on the main process alone
