@@ -308,8 +308,9 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
-def save_training_state(run_dir: str | Path, step: int, *, model: nn.Module,
-                        ema: nn.Module | None, optimizer: torch.optim.Optimizer,
+def save_training_state(run_dir: str | Path, step: int, *,
+                        model: nn.Module | Mapping[str, torch.Tensor], ema: nn.Module | None,
+                        optimizer: torch.optim.Optimizer | Mapping[str, Any],
                         codec: nn.Module | None, cfg: Config, state: Mapping[str, Any],
                         text_dim: int | None, keep_last: int = 0,
                         extra: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
@@ -319,8 +320,9 @@ def save_training_state(run_dir: str | Path, step: int, *, model: nn.Module,
     Args:
         run_dir: the run's output folder.
         step: optimizer steps done so far.
-        model, ema: the raw (unwrapped) model and its EMA copy (None: no EMA).
-        optimizer: a torch optimizer; its state dict is split into tensors + JSON.
+        model, ema: the raw (unwrapped) model and its EMA copy (None: no EMA), or their
+            full state dicts (FSDP gathers the model's shards into one).
+        optimizer: a torch optimizer or its (full) state dict; split into tensors + JSON.
         codec: the frozen codec (its buffers are saved), or None.
         cfg: the config (stored in state.json).
         state: extra JSON-able entries (scheduler, rng, data position, ...).
@@ -332,7 +334,8 @@ def save_training_state(run_dir: str | Path, step: int, *, model: nn.Module,
     """
     folder = step_dir(run_dir, step)
     optim_tensors: dict[str, torch.Tensor] = {}
-    optim_tree = encode_tree(optimizer.state_dict(), optim_tensors, "optim")
+    optim_state = optimizer if isinstance(optimizer, Mapping) else optimizer.state_dict()
+    optim_tree = encode_tree(optim_state, optim_tensors, "optim")
     doc = {"format": FORMAT, "version": energytta.__version__, "kind": kind or kind_for(cfg),
            "step": step, "text_dim": text_dim, "optimizer": optim_tree, **state,
            "config": cfg.to_dict()}
@@ -346,7 +349,7 @@ def save_training_state(run_dir: str | Path, step: int, *, model: nn.Module,
         tmp.mkdir()
         for name, module in parts.items():
             if module is not None:
-                tensors = module if isinstance(module, dict) else module.state_dict()
+                tensors = module if isinstance(module, Mapping) else module.state_dict()
                 save_file(_cpu_tensors(tensors), str(tmp / f"{name}.safetensors"))
         save_file(optim_tensors, str(tmp / "optim.safetensors"))
         for name, tensors in (extra or {}).items():

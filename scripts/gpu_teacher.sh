@@ -17,6 +17,10 @@
 # (10000 clips), BATCH (256), STEPS (the cosine's length, 20000), PRECISION (bf16), DEVICE
 # (cuda), GENERATE (32 diagnostics generations). A CPU smoke test:
 #   CONFIG=tiny NUM=24 BATCH=4 STEPS=4 PRECISION=no DEVICE=cpu GENERATE=2
+# Your own data instead of the synthetic corpus: TRAIN, a manifest (JSONL / AudioCaps CSV,
+# cached into OUT_DIR/cache first; AUDIO_DIR its audio folder) or a latent cache folder
+# (`energytta-data cache --out`, used as is); VAL, a validation manifest (validation rows
+# and the diagnostics; without it neither runs).
 set -euo pipefail
 out=${1:?usage: bash scripts/gpu_teacher.sh OUT_DIR [MINUTES]}
 minutes=${2:-8}
@@ -25,17 +29,29 @@ recipe=${RECIPE:-"model.pos_embed=rope head.prediction=v head.sample_max_t=-1"}
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/gpu_env.sh
 source scripts/gpu_env.sh "$out"  # offline wheels, the package's entry points, env.txt
-# a rerun (the same OUT_DIR) keeps the corpus and the cache and resumes the run
-[ -f "$out/synth/val.jsonl" ] ||
-  energytta-data synth --out "$out/synth" --num "${NUM:-10000}" --seconds 4 --no-progress
-energytta-data cache --config "$config" --manifest "$out/synth/train.jsonl" --out "$out/cache"
+train=${TRAIN:-} val=${VAL:-}
+if [ -z "$train" ]; then  # the synthetic corpus; a rerun (the same OUT_DIR) keeps it
+  [ -f "$out/synth/val.jsonl" ] ||
+    energytta-data synth --out "$out/synth" --num "${NUM:-10000}" --seconds 4 --no-progress
+  train="$out/synth/train.jsonl" val=${VAL:-$out/synth/val.jsonl}
+fi
+cache=$train
+if [ ! -d "$train" ]; then  # a manifest: its latent cache (a rerun keeps what is cached)
+  cache="$out/cache"
+  energytta-data cache --config "$config" --manifest "$train" \
+    ${AUDIO_DIR:+--audio-dir "$AUDIO_DIR"} --out "$cache"
+fi
+validation=(train.val_every=0)
+[ -n "$val" ] && validation=("data.val=$val" train.val_every=500)
 resume=""; compgen -G "$out/run/step-*" >/dev/null && resume="--resume"
 # shellcheck disable=SC2086  # the recipe is a list of key=value overrides
-energytta-train --config "$config" $resume $recipe "data.train=$out/cache" \
-  "data.val=$out/synth/val.jsonl" "train.out_dir=$out/run" "data.batch_size=${BATCH:-256}" \
+energytta-train --config "$config" $resume $recipe "data.train=$cache" "${validation[@]}" \
+  "train.out_dir=$out/run" "data.batch_size=${BATCH:-256}" \
   "train.steps=${STEPS:-20000}" "train.max_minutes=$minutes" \
-  "train.mixed_precision=${PRECISION:-bf16}" train.ckpt_every=500 train.val_every=500 \
+  "train.mixed_precision=${PRECISION:-bf16}" train.ckpt_every=500 \
   train.keep_last=2 "train.sample_prompts=[]"
-python3 -m energytta.eval.diagnostics --ckpt "$out/run/model.safetensors" \
-  --data "$out/synth/val.jsonl" --device "${DEVICE:-cuda}" --generate "${GENERATE:-32}" \
-  --json "$out/diagnostics.json"
+if [ -n "$val" ]; then
+  python3 -m energytta.eval.diagnostics --ckpt "$out/run/model.safetensors" \
+    --data "$val" --device "${DEVICE:-cuda}" --generate "${GENERATE:-32}" \
+    --json "$out/diagnostics.json"
+fi

@@ -163,8 +163,8 @@ def test_wheel_ships_assets_configs_and_commands(tmp_path):
         scripts = z.read(entry_points).decode()
     for asset in (ROOT / "energytta" / "assets").glob("*.safetensors"):
         assert f"energytta/assets/{asset.name}" in names
-    for config in CONFIG_DIR.glob("*.yaml"):
-        assert f"energytta/configs/{config.name}" in names
+    for config in [*CONFIG_DIR.glob("*.yaml"), *CONFIG_DIR.glob("accelerate/*.yaml")]:
+        assert f"energytta/{config.relative_to(CONFIG_DIR.parent)}" in names
     assert "energytta/configs/tiny.yaml" in names
     assert not [n for n in names if n.startswith("research/")]  # the lab is not installed
     assert {"energytta/bench.py", "energytta/export.py", "energytta/eval/cli.py",

@@ -18,7 +18,9 @@ examples:
   energytta-train --config teacher_rope_v train.max_minutes=60   # a wall budget, then --resume
   energytta-train --config default head.kind=energy \\
       teacher.ckpt=runs/teacher_small/model.safetensors train.out_dir=runs/student
-  accelerate launch --num_processes 2 -m energytta.train.cli --config teacher_small
+  # several GPUs; configs/accelerate/ also has multi-node, FSDP and 2-CPU-process files
+  accelerate launch --config_file configs/accelerate/multi_gpu.yaml \
+      -m energytta.train.cli --config teacher_small
 
 outputs (in train.out_dir):
   config.yaml, metrics.jsonl (+ "stage": "val" rows), step-XXXXXXX/ (training state, the

@@ -1,4 +1,4 @@
-"""The training loop: one `accelerate` loop for every objective, CPU / GPU / DDP alike.
+"""The training loop: one `accelerate` loop for every objective, CPU / GPU / DDP / FSDP alike.
 
 The loop owns the data stream, seeding, Ctrl-C, checkpoints, resume, EMA, logging and the
 validation stage; what is trained and how it is scored is the objective's
@@ -38,6 +38,9 @@ from energytta.config import Config
 from energytta.config_rules import validate
 from energytta.errors import UserError
 from energytta.locks import folder_lock
+from energytta.train.distributed import (check_fsdp, check_same_checkpoint, enable_cpu_fsdp,
+                                         full_optimizer_state, full_state, is_fsdp,
+                                         load_full_optimizer_state, whole_parameters)
 from energytta.train.ema import EMA
 from energytta.train.init_from import check_codec, load_init
 from energytta.train.interrupt import StopRequest, Stopped
@@ -89,13 +92,15 @@ def _build_accelerator(cfg: Config) -> Any:
     # accelerate picks gloo for several CPU processes (torchrun) only when told cpu=True
     cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
     try:
-        return Accelerator(cpu=cpu, mixed_precision=cfg.train.mixed_precision,
-                           gradient_accumulation_steps=max(1, cfg.train.grad_accum),
-                           kwargs_handlers=[ddp])
+        acc = Accelerator(cpu=cpu, mixed_precision=cfg.train.mixed_precision,
+                          gradient_accumulation_steps=max(1, cfg.train.grad_accum),
+                          kwargs_handlers=[ddp])
     except (ValueError, TypeError) as e:
         raise UserError(f"train.mixed_precision={cfg.train.mixed_precision!r} cannot be used "
                         f"here ({str(e).splitlines()[0]}); use 'no', 'bf16' or 'fp16' (GPU)"
                         ) from None
+    enable_cpu_fsdp(acc)
+    return acc
 
 
 # ------------------------------------------------------------------ trainer
@@ -123,6 +128,7 @@ class Trainer:
         self.context = TrainContext(self.device, self.dataset, collate)
         self.objective = build_objective(cfg, self.context)
         self.model = self.objective.model
+        check_fsdp(self.acc, self.objective)
         # a fresh run may start from any model file's weights (before the EMA copies them)
         init = load_init(cfg, self.model, self.objective.kind) if (
             ckpt is None and t.init_from) else None
@@ -140,6 +146,11 @@ class Trainer:
                 self.console.print(f"initialised from {init[0]} (train.init_from)")
         self.loss_module, self.acc_opt = self.acc.prepare(
             LossModule(self.model, self.objective), self.opt)
+        if is_fsdp(self.acc):
+            if ckpt is not None:  # the sharded parameters exist only now
+                self._load_optimizer(ckpt, loaded)
+            self.console.print(f"FSDP: weights, gradients and optimizer state sharded over "
+                               f"{self.acc.num_processes} processes")
         self.stream = make_stream(self.dataset, collate, cfg.data.batch_size, t.seed,
                                   self.acc.process_index, self.acc.num_processes,
                                   cfg.data.num_workers, pos)
@@ -165,6 +176,8 @@ class Trainer:
                             "still loads: start a new train.out_dir (codec.path= or "
                             "codec.vocoder_path= that file continues from it)")
         found = list_checkpoints(self.out)
+        if resume:  # several machines: all processes must see the same newest step folder
+            check_same_checkpoint(self.acc, found[-1] if found else None, self.out)
         if found and not resume:
             raise UserError(f"{self.out} already holds checkpoints ({found[-1].name}); pass "
                             "--resume to continue that run or set train.out_dir=NEW_FOLDER")
@@ -240,24 +253,29 @@ class Trainer:
             load_weights(self.objective.codec, ck["codec"], folder, "codec")
         if isinstance(self.objective, nn.Module):
             load_weights(self.objective, ck.get("objective", {}), folder, "objective")
+        if not is_fsdp(self.acc):  # FSDP: once its parameters are sharded (after prepare)
+            self._load_optimizer(folder, ck)
+        set_rng_state(st["rng"])
+        self.step, self.elapsed = int(st["step"]), float(st.get("elapsed", 0.0))
+        self.window.load(st.get("log_window", {}))
+        self.console.print(f"resumed from {folder} (step {self.step})")
+        return self._resume_position(st, ck["config"])
+
+    def _load_optimizer(self, folder: Path, ck: dict[str, Any]) -> None:
+        """Restore the optimizer (its full state, sliced under FSDP) and the lr schedule."""
         try:
-            self.opt.load_state_dict(ck["optimizer"])
-        except (ValueError, KeyError) as e:
+            load_full_optimizer_state(self.opt, ck["optimizer"])
+        except (ValueError, KeyError, IndexError) as e:
             raise UserError(f"{folder}: optimizer state does not fit this model ({e}); "
                             "resume with the config the run was started with") from None
         fresh = [dict(vars(f)) for f in self.sched.lr_lambdas]
-        self.sched.load_state_dict(decode_tree(st["scheduler"], {}))
+        self.sched.load_state_dict(decode_tree(ck["state"]["scheduler"], {}))
         saved = keep_config_schedule(self.sched, fresh)
         if saved is not None:
             self.console.print(
                 f"[yellow]the lr schedule follows this config (train.steps "
                 f"{fresh[0]['total_steps']}, warm-up {fresh[0]['warmup_steps']}), not the "
                 f"saved run's ({saved['total_steps']}, {saved['warmup_steps']})[/yellow]")
-        set_rng_state(st["rng"])
-        self.step, self.elapsed = int(st["step"]), float(st.get("elapsed", 0.0))
-        self.window.load(st.get("log_window", {}))
-        self.console.print(f"resumed from {folder} (step {self.step})")
-        return self._resume_position(st, ck["config"])
 
     def _resume_position(self, st: dict[str, Any], saved: Config) -> Position:
         """The saved data position, regrouped when the process count or batch size changed
@@ -331,7 +349,8 @@ class Trainer:
         self.last_lr = self.lr()  # the lr this step used, before the scheduler moves on
         self.sched.step()
         if self.ema is not None:
-            self.ema.update(self.model)
+            with whole_parameters(self.model):  # FSDP: the EMA averages whole weights
+                self.ema.update(self.model)
         self.step += 1
         return logs, grad_norm
 
@@ -369,20 +388,24 @@ class Trainer:
         return self.ema.module if self.ema is not None else self.model
 
     def save(self) -> None:
-        """Training state at the current step, written by the main process only (every
-        process holds the same weights and optimizer state, so no gather is needed)."""
+        """Training state at the current step, written by the main process only (under DDP
+        every process holds the same weights and optimizer state; under FSDP every process
+        first gathers them whole)."""
         if self.last_saved == self.step:
             return
         window = self._window_state()  # every process: a collective under DDP
+        model, opt = self.model, self.opt
+        if is_fsdp(self.acc):  # collectives: every process gathers, the main one writes
+            model, opt = full_state(self.model), full_optimizer_state(self.opt)
         if self.main:
             state = {"scheduler": encode_tree(self.sched.state_dict(), {}),
                      "rng": rng_state(), "data": asdict(self.stream.pos),
                      "ema_updates": self.ema.num_updates if self.ema is not None else 0,
                      "elapsed": self.elapsed, "world_size": self.acc.num_processes,
                      "log_window": window}
-            save_training_state(self.out, self.step, model=self.model,
+            save_training_state(self.out, self.step, model=model,
                                 ema=self.ema.module if self.ema is not None else None,
-                                optimizer=self.opt, codec=self.objective.codec, cfg=self.cfg,
+                                optimizer=opt, codec=self.objective.codec, cfg=self.cfg,
                                 state=state, text_dim=self.objective.text_dim,
                                 keep_last=self.cfg.train.keep_last,
                                 extra={"objective": _module_state(self.objective)},
