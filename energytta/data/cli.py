@@ -1,5 +1,6 @@
-"""`energytta-data`: build the synthetic corpus (`synth`), check manifests (`check`) and
-cache a manifest's latents (`cache`).
+"""`energytta-data`: build the synthetic corpus (`synth`), check manifests (`check`), cache a
+manifest's latents (`cache`) and turn a LAION-CLAP checkpoint into a CLAP folder
+(`convert-clap`).
 
 `energytta.cli.data_main` calls `main(argv)` and turns `UserError` into one error line.
 """
@@ -21,6 +22,8 @@ Data tools for energytta.
   check   read a manifest (JSONL, AudioCaps CSV or Clotho CSV) and verify every audio file
   cache   encode a manifest's audio (codec) and captions (text encoder) once, into shards
           that training reads instead of the audio (data.train=DIR)
+  convert-clap  turn a LAION-CLAP .pt checkpoint into a transformers CLAP folder, which
+          energytta-eval --clap-model and text.model read (MS-CLAP: refused, see its help)
 
 examples:
   energytta-data synth --out data/synth --num 2000 --seconds 4 --seed 0
@@ -28,13 +31,15 @@ examples:
   energytta-data check audiocaps/train.csv --audio-dir /datasets/audiocaps/wav
   energytta-data cache --manifest data/synth/train.jsonl --out data/cache/train \
       --config shipped_teacher
+  energytta-data convert-clap --from laion 630k-audioset-best.pt --out models/clap-630k \
+      --tokenizer models/roberta-base
 """
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="energytta-data", description=DESCRIPTION,
                                 formatter_class=HelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True, metavar="{synth,check,cache}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{synth,check,cache,convert-clap}")
     s = sub.add_parser(
         "synth", help="generate the synthetic captioned corpus",
         formatter_class=DefaultsHelpFormatter,
@@ -62,7 +67,28 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--audio-dir", default=None,
                    help="folder holding the audio (CSV manifests; default: see docs)")
     _cache_parser(sub)
+    _convert_clap_parser(sub)
     return p
+
+
+def _convert_clap_parser(sub: argparse._SubParsersAction) -> None:
+    c = sub.add_parser(
+        "convert-clap", help="LAION-CLAP .pt checkpoint -> transformers CLAP folder",
+        formatter_class=DefaultsHelpFormatter,
+        description="Write a transformers CLAP folder (ClapModel weights as safetensors, "
+        "config, LAION's 48 kHz feature extractor, the tokenizer) from a LAION-CLAP "
+        "checkpoint (laion_clap's .pt: 630k-audioset-best.pt, 630k-audioset-fusion-best.pt, "
+        "music_audioset_epoch_15_esc_90.14.pt, ...; HTSAT + RoBERTa). The .pt is read "
+        "without running pickled code. MS-CLAP checkpoints (msclap's CLAP_weights_2022.pth, "
+        "CLAP_weights_2023.pth, clapcap_weights_2023.pth) have no transformers ClapModel "
+        "form and are refused with the reason. Format: energytta/eval/clap_convert.py.")
+    c.add_argument("checkpoint", metavar="CKPT", help="the .pt / .pth file")
+    c.add_argument("--from", dest="kind", required=True, choices=("laion", "msclap"),
+                   help="which CLAP released CKPT")
+    c.add_argument("--out", required=True, help="folder to write (must not exist yet)")
+    c.add_argument("--tokenizer", default=None, metavar="DIR",
+                   help="folder with RoBERTa's tokenizer (roberta-base, or a transformers "
+                   "CLAP folder such as laion/clap-htsat-unfused): a .pt holds none")
 
 
 def _cache_parser(sub: argparse._SubParsersAction) -> None:
@@ -139,7 +165,27 @@ def _cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convert_clap(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from energytta.eval.clap_convert import convert
+    from energytta.utils import check_writable
+
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"--out {out} already exists; name a new folder (nothing is "
+                        "overwritten)")
+    check_writable(out, "--out", folder=True)
+    config = convert(args.kind, args.checkpoint, out, args.tokenizer)
+    audio = config.audio_config
+    print(f"wrote {out}: HTSAT {audio.patch_embeds_hidden_size}-dim "
+          f"{'fused' if audio.enable_fusion else 'unfused'}, {config.projection_dim}-dim "
+          f"embeddings; use it as energytta-eval --clap-model {out}")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     """Parse `argv` (without the program name) and run the subcommand; returns exit code."""
     args = _parser().parse_args(argv)
-    return {"synth": _synth, "check": _check, "cache": _cache}[args.command](args)
+    return {"synth": _synth, "check": _check, "cache": _cache,
+            "convert-clap": _convert_clap}[args.command](args)

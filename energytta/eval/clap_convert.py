@@ -1,0 +1,386 @@
+"""LAION-CLAP `.pt` checkpoints -> a transformers `ClapModel` folder; MS-CLAP refused in one line.
+
+LAION-CLAP (`laion_clap`, e.g. 630k-audioset-best.pt, 630k-audioset-fusion-best.pt,
+music_audioset_epoch_15_esc_90.14.pt) is HTSAT + RoBERTa with two-layer ReLU projections:
+exactly what transformers' `ClapModel` implements, under other parameter names. The
+conversion renames (and splits HTSAT's fused qkv), infers the config from the tensor shapes
+(HTSAT tiny / base / large, fused or not), and writes `save_pretrained` output plus a
+`ClapFeatureExtractor` with LAION's audio front-end and the RoBERTa tokenizer given by the
+user (a `.pt` holds none). Everything that reads a CLAP folder (`energytta-eval --clap-model`,
+`text.model`) then reads it. The mapping follows LAION's own module names (htsat.py,
+model.py) and transformers' conversion script.
+
+MS-CLAP (`msclap`: CLAP_weights_2022.pth, CLAP_weights_2023.pth, clapcap_weights_2023.pth)
+has no `ClapModel` form (CNN14 or HTSAT at 44.1 kHz, BERT or GPT-2 text, GELU + LayerNorm
+projections), and the `msclap` package needs torchaudio and transformers < 5, which do not
+install beside energytta: it is recognised and refused with one line.
+
+A `.pt` is never unpickled freely: `torch.load(weights_only=True)` with numpy's scalar types
+allowed, and for files written with pickle protocol >= 4 (which torch's weights-only reader
+does not parse) a reader whose unpickler resolves the same short allow-list and nothing else.
+"""
+from __future__ import annotations
+
+import pickle
+import re
+import warnings
+import zipfile
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from energytta.errors import UserError
+
+KINDS = ("laion", "msclap")
+
+# LAION's audio front-end (laion_clap model_configs/HTSAT-*.json): not stored in the .pt
+LAION_AUDIO = dict(sampling_rate=48000, hop_length=480, fft_window_size=1024, max_length_s=10,
+                   frequency_min=50, frequency_max=14000, padding="repeatpad")
+ROBERTA_LAYER_NORM_EPS = 1e-5  # roberta-base's config, which LAION's text branch is built from
+HEAD_DIM = 64  # BERT/RoBERTa heads are 64 wide: the head count is not in the weights
+
+
+# --- reading a .pt without running pickled code ---------------------------------------------
+
+def _numpy_safe_globals() -> list:
+    """numpy scalars (an epoch or a metric stored as np.float64) and their dtypes, also
+    under numpy 1's module name, which files written before numpy 2 carry."""
+    from numpy._core.multiarray import scalar
+
+    return [scalar, (scalar, "numpy.core.multiarray.scalar"), np.dtype,
+            *{type(np.dtype(t)) for t in ("f8", "f4", "i8", "i4", "b1")}]
+
+
+class _AllowListUnpickler(pickle.Unpickler):
+    """Python's documented "restricting globals" unpickler over a torch zip archive: tensors,
+    containers and numpy scalars only (the set weights_only allows for these files)."""
+
+    def __init__(self, file, archive: zipfile.ZipFile, prefix: str) -> None:
+        super().__init__(file)
+        self.archive, self.prefix = archive, prefix
+
+    def find_class(self, module: str, name: str):
+        allowed = _ALLOWED.get((module, name))
+        if allowed is None:
+            raise pickle.UnpicklingError(f"Unsupported global: {module}.{name}")
+        return allowed
+
+    def persistent_load(self, pid) -> torch.Tensor:
+        # ('storage', dtype (from a torch.<Type>Storage global), key, location, numel), as
+        # torch.save writes it: the storage comes back as a flat tensor of that dtype
+        _, dtype, key, _, numel = pid
+        raw = bytearray(self.archive.read(f"{self.prefix}/data/{key}"))
+        return torch.frombuffer(raw, dtype=dtype)[:numel] if raw else torch.empty(0, dtype=dtype)
+
+
+def _rebuild_tensor(flat: torch.Tensor, offset: int, size, stride, *_) -> torch.Tensor:
+    """torch._utils._rebuild_tensor_v2 on a flat storage tensor (grad flags dropped)."""
+    return torch.as_strided(flat, tuple(size), tuple(stride), offset)
+
+
+def _allowed_globals() -> dict:
+    from numpy._core.multiarray import scalar
+
+    allowed = {("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+               ("torch._utils", "_rebuild_parameter"): lambda data, *_: data,
+               ("collections", "OrderedDict"): OrderedDict,
+               ("torch", "Size"): torch.Size,
+               ("numpy.core.multiarray", "scalar"): scalar,
+               ("numpy._core.multiarray", "scalar"): scalar,
+               ("numpy", "dtype"): np.dtype,
+               ("_codecs", "encode"): __import__("codecs").encode}
+    for name, dtype in (("Float", torch.float32), ("Double", torch.float64),
+                        ("Half", torch.float16), ("BFloat16", torch.bfloat16),
+                        ("Long", torch.int64), ("Int", torch.int32), ("Short", torch.int16),
+                        ("Char", torch.int8), ("Byte", torch.uint8), ("Bool", torch.bool)):
+        allowed[("torch", f"{name}Storage")] = dtype
+    return allowed
+
+
+_ALLOWED = _allowed_globals()
+
+
+def _load_allow_listed(path: Path):
+    with zipfile.ZipFile(path) as archive:
+        pkl = next(n for n in archive.namelist() if n.endswith("/data.pkl"))
+        with archive.open(pkl) as f:
+            return _AllowListUnpickler(f, archive, pkl[:-len("/data.pkl")]).load()
+
+
+def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a `.pt` / `.pth` checkpoint, `module.` (DDP) prefixes removed.
+
+    Accepts a bare state dict or one under "state_dict" (LAION) or "model" (MS-CLAP).
+    Raises:
+        UserError: missing file, not a torch checkpoint, or one that needs pickled objects.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such checkpoint file")
+    try:
+        with torch.serialization.safe_globals(_numpy_safe_globals()), \
+                warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Detected pickle protocol")  # handled below
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Unsupported operand" not in str(e):  # a global outside the allow-list
+            raise _needs_pickle(path, e) from None
+        try:  # pickle protocol >= 4: the same allow-list, through Python's unpickler
+            obj = _load_allow_listed(path)
+        except pickle.UnpicklingError as e2:
+            raise _needs_pickle(path, e2) from None
+        except (zipfile.BadZipFile, StopIteration, KeyError, EOFError) as e2:
+            raise UserError(f"{path}: not a PyTorch checkpoint ({_first_line(e2)}); pass "
+                            "the .pt/.pth file LAION-CLAP or MS-CLAP released") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise UserError(f"{path}: not a PyTorch checkpoint ({_first_line(e)}); pass the "
+                        ".pt/.pth file LAION-CLAP or MS-CLAP released") from None
+    return _state_dict(path, obj)
+
+
+def _first_line(e: BaseException) -> str:
+    return next((s.strip() for s in str(e).splitlines() if s.strip()), type(e).__name__)
+
+
+def _needs_pickle(path: Path, e: BaseException) -> UserError:
+    found = re.search(r"Unsupported global: (?:GLOBAL )?([\w.]+)", str(e))
+    what = found.group(1) if found else _first_line(e)
+    return UserError(f"{path}: holds pickled Python objects ({what}), which energytta never "
+                     "unpickles; save only its tensors: torch.save({'state_dict': "
+                     "model.state_dict()}, 'clean.pt') where you trust the file, and convert that")
+
+
+def _state_dict(path: Path, obj) -> dict[str, torch.Tensor]:
+    for key in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not obj or \
+            not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UserError(f"{path}: not a CLAP checkpoint (no state dict of tensors inside); "
+                        "pass the .pt/.pth file LAION-CLAP or MS-CLAP released")
+    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in obj.items()}
+
+
+# --- which CLAP is it --------------------------------------------------------------------------
+
+def detect(sd: dict[str, torch.Tensor]) -> str | None:
+    """'laion', 'msclap', 'clapcap' (MS-CLAP's captioner) or None."""
+    if any(k.startswith("audio_branch.") for k in sd) and \
+            any(k.startswith("text_branch.") for k in sd):
+        return "laion"
+    if any(k.startswith("clap.") for k in sd) and any(k.startswith("gpt.") for k in sd):
+        return "clapcap"
+    if any(k.startswith(("caption_encoder.", "audio_encoder.base.")) for k in sd):
+        return "msclap"
+    return None
+
+
+MSCLAP_LIMIT = ("MS-CLAP's model (CNN14 or HTSAT audio at 44.1 kHz, BERT or GPT-2 text, "
+                "GELU + LayerNorm projections) has no transformers ClapModel form, and the "
+                "msclap package needs torchaudio and transformers < 5, which energytta does not "
+                "install; score with a LAION-CLAP checkpoint (energytta-data convert-clap "
+                "--from laion) or a transformers CLAP folder")
+
+
+def check_kind(path: Path, sd: dict[str, torch.Tensor], claimed: str) -> None:
+    """Refuse, in one line, anything but a LAION-CLAP checkpoint claimed as one."""
+    kind = detect(sd)
+    if kind is None:
+        raise UserError(f"{path}: not a LAION-CLAP or MS-CLAP checkpoint (no audio_branch/"
+                        "text_branch or audio_encoder/caption_encoder weights)")
+    if kind == "clapcap":
+        raise UserError(f"{path}: MS-CLAP's captioning model (clapcap), not a CLAP scorer; "
+                        + MSCLAP_LIMIT)
+    if kind == "msclap":
+        raise UserError(f"{path}: an MS-CLAP checkpoint; " + MSCLAP_LIMIT)
+    if claimed != "laion":
+        raise UserError(f"{path}: a LAION-CLAP checkpoint, not MS-CLAP; use --from laion")
+
+
+# --- LAION names -> transformers names -----------------------------------------------------------
+
+_DROP = re.compile(  # the mel front-end (the feature extractor's job), the AudioSet
+    r"^audio_branch\.(spectrogram_extractor|logmel_extractor|tscam_conv|head)\."  # classifier,
+    r"|^(audio|text)_transform\."  # the training-only MLPs and the shifted-window masks
+    r"|^audio_branch\.layers\.\d+\.blocks\.\d+\.attn_mask$")
+_RENAME = [  # (LAION pattern, transformers replacement), first match wins
+    (r"^audio_branch\.bn0\.", "audio_model.audio_encoder.batch_norm."),
+    (r"^audio_branch\.(layers\.\d+\.blocks\.\d+)\.norm1\.",
+     r"audio_model.audio_encoder.\1.layernorm_before."),
+    (r"^audio_branch\.(layers\.\d+\.blocks\.\d+)\.norm2\.",
+     r"audio_model.audio_encoder.\1.layernorm_after."),
+    (r"^audio_branch\.(layers\.\d+\.blocks\.\d+)\.attn\.proj\.",
+     r"audio_model.audio_encoder.\1.attention.output.dense."),
+    (r"^audio_branch\.(layers\.\d+\.blocks\.\d+)\.attn\.(relative_position_\w+)$",
+     r"audio_model.audio_encoder.\1.attention.self.\2"),
+    (r"^audio_branch\.(layers\.\d+\.blocks\.\d+)\.mlp\.fc1\.",
+     r"audio_model.audio_encoder.\1.intermediate.dense."),
+    (r"^audio_branch\.(layers\.\d+\.blocks\.\d+)\.mlp\.fc2\.",
+     r"audio_model.audio_encoder.\1.output.dense."),
+    (r"^audio_branch\.(patch_embed\.|layers\.\d+\.downsample\.|norm\.)",
+     r"audio_model.audio_encoder.\1"),
+    (r"^text_branch\.", "text_model."),
+    (r"^(audio|text)_projection\.0\.", r"\1_projection.linear1."),
+    (r"^(audio|text)_projection\.2\.", r"\1_projection.linear2."),
+    (r"^(logit_scale_[at])$", r"\1"),
+]
+_QKV = re.compile(r"^audio_branch\.(layers\.\d+\.blocks\.\d+)\.attn\.qkv\.(weight|bias)$")
+# buffers transformers computes itself and older LAION files may lack
+_DERIVED = re.compile(r"(position_ids|token_type_ids|relative_position_index)$")
+
+
+def laion_to_hf(sd: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    """LAION-CLAP state dict -> `ClapModel` state dict (same tensors, renamed; qkv split)."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in sd.items():
+        if _DROP.search(key):
+            continue
+        qkv = _QKV.match(key)
+        if qkv:  # (3 D, ...) -> query, key, value (D, ...), in that order (HTSAT's reshape)
+            base = f"audio_model.audio_encoder.{qkv.group(1)}.attention.self"
+            for name, part in zip(("query", "key", "value"), value.chunk(3, dim=0)):
+                out[f"{base}.{name}.{qkv.group(2)}"] = part.clone()
+            continue
+        new = next((re.sub(p, r, key) for p, r in _RENAME if re.search(p, key)), None)
+        if new is None:
+            raise UserError(f"{path}: unexpected weight {key!r} for a LAION-CLAP HTSAT + "
+                            "RoBERTa checkpoint; only those convert to a transformers ClapModel")
+        out[new] = value
+    return out
+
+
+# --- the config, read off the tensor shapes ------------------------------------------------------
+
+def _count(sd: dict, pattern: str) -> int:
+    return len({m.group(1) for k in sd for m in [re.match(pattern, k)] if m})
+
+
+def _audio_config(sd: dict[str, torch.Tensor]) -> dict:
+    pre = "audio_branch."
+    layers = _count(sd, rf"{re.escape(pre)}layers\.(\d+)\.")
+    depths = [_count(sd, rf"{re.escape(pre)}layers\.{i}\.blocks\.(\d+)\.") for i in range(layers)]
+    heads = [sd[f"{pre}layers.{i}.blocks.0.attn.relative_position_bias_table"].shape[1]
+             for i in range(layers)]
+    table = sd[f"{pre}layers.0.blocks.0.attn.relative_position_bias_table"].shape[0]
+    window = (round(table ** 0.5) + 1) // 2  # (2w - 1)^2 relative offsets
+    proj = sd[f"{pre}patch_embed.proj.weight"]  # (C, 1, p, p)
+    dim = proj.shape[0]
+    fc1 = sd[f"{pre}layers.0.blocks.0.mlp.fc1.weight"]  # (ratio * C, C)
+    mask = sd.get(f"{pre}layers.0.blocks.1.attn_mask")  # (windows, w*w, w*w) if shifted
+    grid = round(mask.shape[0] ** 0.5) * window if mask is not None else 256 // proj.shape[2]
+    fused = f"{pre}patch_embed.fusion_model.local_att.0.weight" in sd
+    cfg = dict(patch_embeds_hidden_size=dim, patch_size=proj.shape[2],
+               patch_stride=[proj.shape[2], proj.shape[2]], depths=depths,
+               num_attention_heads=heads, num_hidden_layers=layers, window_size=window,
+               spec_size=grid * proj.shape[2], num_mel_bins=sd[f"{pre}bn0.weight"].shape[0],
+               hidden_size=sd[f"{pre}norm.weight"].shape[0], mlp_ratio=fc1.shape[0] / dim,
+               enable_fusion=fused,
+               projection_dim=sd["audio_projection.0.weight"].shape[0])
+    if fused:
+        cfg.update(fusion_type="aff_2d", aff_block_r=dim // sd[
+            f"{pre}patch_embed.fusion_model.local_att.0.weight"].shape[0])
+    return cfg
+
+
+def _text_config(sd: dict[str, torch.Tensor], path: Path) -> dict:
+    pre = "text_branch."
+    words = sd.get(f"{pre}embeddings.word_embeddings.weight")  # (V, D)
+    types = sd.get(f"{pre}embeddings.token_type_embeddings.weight")
+    if words is None or f"{pre}pooler.dense.weight" not in sd or types is None \
+            or types.shape[0] != 1:
+        raise UserError(f"{path}: its text branch is not RoBERTa (LAION-CLAP's released "
+                        "text model); only RoBERTa ones convert to a transformers ClapModel")
+    hidden = words.shape[1]
+    return dict(vocab_size=words.shape[0], hidden_size=hidden,
+                num_hidden_layers=_count(sd, rf"{re.escape(pre)}encoder\.layer\.(\d+)\."),
+                num_attention_heads=max(1, hidden // HEAD_DIM),
+                intermediate_size=sd[f"{pre}encoder.layer.0.intermediate.dense.weight"].shape[0],
+                max_position_embeddings=sd[f"{pre}embeddings.position_embeddings.weight"].shape[0],
+                type_vocab_size=1, layer_norm_eps=ROBERTA_LAYER_NORM_EPS,
+                projection_dim=sd["text_projection.0.weight"].shape[0])
+
+
+def laion_config(sd: dict[str, torch.Tensor], path: Path):
+    """The `ClapConfig` of a LAION-CLAP state dict (HTSAT tiny/base/large, fused or not)."""
+    from transformers import ClapConfig
+
+    if any(k.startswith("audio_branch.conv_block1.") for k in sd):
+        raise UserError(f"{path}: a LAION-CLAP checkpoint with a PANN (CNN14) audio branch; "
+                        "only HTSAT ones convert to a transformers ClapModel")
+    try:
+        audio = _audio_config(sd)
+    except KeyError as e:
+        raise UserError(f"{path}: a LAION-CLAP checkpoint without HTSAT weight {e}; only "
+                        "HTSAT + RoBERTa checkpoints convert to a transformers ClapModel") from None
+    return ClapConfig(audio_config=audio, text_config=_text_config(sd, path),
+                      projection_dim=audio["projection_dim"])
+
+
+# --- the whole conversion ------------------------------------------------------------------------
+
+def _load_weights(model, weights: dict[str, torch.Tensor], path: Path) -> None:
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in weights and not _DERIVED.search(k)]
+    if missing:
+        raise UserError(f"{path}: incomplete LAION-CLAP checkpoint: no weight for {missing[0]} "
+                        f"({len(missing)} missing); download the file again")
+    for key, value in weights.items():
+        if key not in expected or expected[key].shape != value.shape:
+            raise UserError(f"{path}: weight {key} does not fit the model its other weights "
+                            "describe; not a released LAION-CLAP HTSAT + RoBERTa checkpoint")
+    model.load_state_dict({k: v for k, v in weights.items()}, strict=False)
+
+
+def _tokenizer(folder: str | Path | None, vocab_size: int):
+    from transformers import AutoTokenizer
+
+    hint = ("pass --tokenizer DIR, a folder with RoBERTa's tokenizer (roberta-base, or any "
+            "transformers CLAP folder such as laion/clap-htsat-unfused)")
+    if folder is None:
+        raise UserError(f"a LAION-CLAP .pt holds no tokenizer: {hint}")
+    try:
+        tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError, TypeError) as e:
+        raise UserError(f"--tokenizer {folder}: no tokenizer there ({_first_line(e)}); "
+                        f"{hint}") from None
+    if len(tok) > vocab_size:
+        raise UserError(f"--tokenizer {folder}: {len(tok)} tokens, but the checkpoint's text "
+                        f"model knows {vocab_size}: not its tokenizer; {hint}")
+    return tok
+
+
+def convert_laion(ckpt: str | Path, out: str | Path, tokenizer: str | Path | None):
+    """Write a transformers CLAP folder (weights, config, feature extractor, tokenizer)
+    at `out` from a LAION-CLAP `.pt`. Returns the `ClapConfig`. Atomic: `out` appears
+    complete or not at all."""
+    from transformers import ClapFeatureExtractor, ClapModel, ClapProcessor
+
+    from energytta.utils import atomic_path
+
+    ckpt = Path(ckpt)
+    sd = read_checkpoint(ckpt)
+    check_kind(ckpt, sd, "laion")
+    config = laion_config(sd, ckpt)
+    tok = _tokenizer(tokenizer, config.text_config.vocab_size)
+    model = ClapModel(config).eval()
+    _load_weights(model, laion_to_hf(sd, ckpt), ckpt)
+    fused = config.audio_config.enable_fusion
+    features = ClapFeatureExtractor(feature_size=config.audio_config.num_mel_bins,
+                                    truncation="fusion" if fused else "rand_trunc",
+                                    **LAION_AUDIO)
+    with atomic_path(out) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        ClapProcessor(feature_extractor=features, tokenizer=tok).save_pretrained(tmp)
+    return config
+
+
+def convert(kind: str, ckpt: str | Path, out: str | Path, tokenizer: str | Path | None = None):
+    """`energytta-data convert-clap`: `kind` is what the user says the file is."""
+    if kind == "laion":
+        return convert_laion(ckpt, out, tokenizer)
+    ckpt = Path(ckpt)
+    check_kind(ckpt, read_checkpoint(ckpt), kind)  # always raises for MS-CLAP
+    raise AssertionError("unreachable")
