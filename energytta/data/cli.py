@@ -22,8 +22,8 @@ Data tools for energytta.
   check   read a manifest (JSONL, AudioCaps CSV or Clotho CSV) and verify every audio file
   cache   encode a manifest's audio (codec) and captions (text encoder) once, into shards
           that training reads instead of the audio (data.train=DIR)
-  convert-clap  turn a LAION-CLAP .pt checkpoint into a transformers CLAP folder, which
-          energytta-eval --clap-model and text.model read (MS-CLAP: refused, see its help)
+  convert-clap  turn a LAION-CLAP .pt or MS-CLAP .pth checkpoint into a folder that
+          energytta-eval --clap-model reads (LAION: a transformers CLAP folder)
 
 examples:
   energytta-data synth --out data/synth --num 2000 --seconds 4 --seed 0
@@ -39,7 +39,8 @@ examples:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="energytta-data", description=DESCRIPTION,
                                 formatter_class=HelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True, metavar="{synth,check,cache,convert-clap}")
+    sub = p.add_subparsers(dest="command", required=True,
+                           metavar="{synth,check,cache,convert-clap}")
     s = sub.add_parser(
         "synth", help="generate the synthetic captioned corpus",
         formatter_class=DefaultsHelpFormatter,
@@ -73,22 +74,26 @@ def _parser() -> argparse.ArgumentParser:
 
 def _convert_clap_parser(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser(
-        "convert-clap", help="LAION-CLAP .pt checkpoint -> transformers CLAP folder",
+        "convert-clap", help="LAION-CLAP / MS-CLAP checkpoint -> CLAP folder",
         formatter_class=DefaultsHelpFormatter,
-        description="Write a transformers CLAP folder (ClapModel weights as safetensors, "
-        "config, LAION's 48 kHz feature extractor, the tokenizer) from a LAION-CLAP "
-        "checkpoint (laion_clap's .pt: 630k-audioset-best.pt, 630k-audioset-fusion-best.pt, "
-        "music_audioset_epoch_15_esc_90.14.pt, ...; HTSAT + RoBERTa). The .pt is read "
-        "without running pickled code. MS-CLAP checkpoints (msclap's CLAP_weights_2022.pth, "
-        "CLAP_weights_2023.pth, clapcap_weights_2023.pth) have no transformers ClapModel "
-        "form and are refused with the reason. Format: energytta/eval/clap_convert.py.")
+        description="Write a CLAP folder that energytta-eval --clap-model reads, from a "
+        "checkpoint as its authors released it. --from laion: a LAION-CLAP .pt "
+        "(630k-audioset-best.pt, 630k-audioset-fusion-best.pt, "
+        "music_audioset_epoch_15_esc_90.14.pt, ...; HTSAT + RoBERTa) becomes a transformers "
+        "CLAP folder (ClapModel as safetensors, config, LAION's 48 kHz feature extractor, the "
+        "tokenizer), also usable as text.extra_model. --from msclap: an MS-CLAP .pth "
+        "(CLAP_weights_2022.pth: CNN14 + BERT; CLAP_weights_2023.pth: HTSAT + GPT-2) becomes "
+        "energytta's MS-CLAP folder (msclap.json, model.safetensors, the tokenizer). The file "
+        "is read without running pickled code. Format: energytta/eval/clap_convert.py.")
     c.add_argument("checkpoint", metavar="CKPT", help="the .pt / .pth file")
     c.add_argument("--from", dest="kind", required=True, choices=("laion", "msclap"),
                    help="which CLAP released CKPT")
     c.add_argument("--out", required=True, help="folder to write (must not exist yet)")
     c.add_argument("--tokenizer", default=None, metavar="DIR",
-                   help="folder with RoBERTa's tokenizer (roberta-base, or a transformers "
-                   "CLAP folder such as laion/clap-htsat-unfused): a .pt holds none")
+                   help="folder with the text model's tokenizer, which a checkpoint file "
+                   "does not hold: RoBERTa's for laion (roberta-base, or a transformers CLAP "
+                   "folder such as laion/clap-htsat-unfused); bert-base-uncased's (2022) or "
+                   "gpt2's (2023) for msclap")
 
 
 def _cache_parser(sub: argparse._SubParsersAction) -> None:
@@ -177,10 +182,15 @@ def _convert_clap(args: argparse.Namespace) -> int:
                         "overwritten)")
     check_writable(out, "--out", folder=True)
     config = convert(args.kind, args.checkpoint, out, args.tokenizer)
-    audio = config.audio_config
-    print(f"wrote {out}: HTSAT {audio.patch_embeds_hidden_size}-dim "
-          f"{'fused' if audio.enable_fusion else 'unfused'}, {config.projection_dim}-dim "
-          f"embeddings; use it as energytta-eval --clap-model {out}")
+    if args.kind == "laion":
+        audio = config.audio_config
+        what = (f"HTSAT {audio.patch_embeds_hidden_size}-dim "
+                f"{'fused' if audio.enable_fusion else 'unfused'}, {config.projection_dim}-dim "
+                "embeddings")
+    else:
+        what = (f"MS-CLAP {config['audio']['encoder'].upper()} + {config['text']['kind']}, "
+                f"{config['projection_dim']}-dim embeddings")
+    print(f"wrote {out}: {what}; use it as energytta-eval --clap-model {out}")
     return 0
 
 
