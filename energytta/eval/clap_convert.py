@@ -50,8 +50,8 @@ def _numpy_safe_globals() -> list:
     under numpy 1's module name, which files written before numpy 2 carry."""
     from numpy._core.multiarray import scalar
 
-    return [scalar, (scalar, "numpy.core.multiarray.scalar"), np.dtype,
-            *{type(np.dtype(t)) for t in ("f8", "f4", "i8", "i4", "b1")}]
+    dtypes = {type(np.dtype(t)) for t in ("f8", "f4", "f2", "i8", "i4", "b1")}  # BUILD needs
+    return [scalar, (scalar, "numpy.core.multiarray.scalar"), np.dtype, *dtypes]
 
 
 class _AllowListUnpickler(pickle.Unpickler):
@@ -146,11 +146,14 @@ def _first_line(e: BaseException) -> str:
 
 
 def _needs_pickle(path: Path, e: BaseException) -> UserError:
-    found = re.search(r"Unsupported global: (?:GLOBAL )?([\w.]+)", str(e))
-    what = found.group(1) if found else _first_line(e)
+    found = re.search(r"Unsupported global: (?:GLOBAL )?([\w.]+)|but got <class '([\w.]+)'>",
+                      str(e))
+    what = found.group(found.lastindex) if found else _first_line(e)
     return UserError(f"{path}: holds pickled Python objects ({what}), which energytta never "
-                     "unpickles; save only its tensors: torch.save({'state_dict': "
-                     "model.state_dict()}, 'clean.pt') where you trust the file, and convert that")
+                     "unpickles; only if you trust the file, keep its weights alone and "
+                     "convert that: python -c \"import torch; c = torch.load('" + str(path) +
+                     "', weights_only=False); torch.save({'state_dict': c.get('state_dict', "
+                     "c.get('model'))}, 'weights.pt')\"")
 
 
 def _state_dict(path: Path, obj) -> dict[str, torch.Tensor]:
@@ -225,7 +228,7 @@ _RENAME = [  # (LAION pattern, transformers replacement), first match wins
     (r"^(logit_scale_[at])$", r"\1"),
 ]
 _QKV = re.compile(r"^audio_branch\.(layers\.\d+\.blocks\.\d+)\.attn\.qkv\.(weight|bias)$")
-# buffers transformers computes itself and older LAION files may lack
+# buffers transformers computes itself, which a file may lack or hold where it does not
 _DERIVED = re.compile(r"(position_ids|token_type_ids|relative_position_index)$")
 
 
@@ -321,6 +324,8 @@ def laion_config(sd: dict[str, torch.Tensor], path: Path):
 def _load_weights(model, weights: dict[str, torch.Tensor], path: Path,
                   name: str = "LAION-CLAP") -> None:
     expected = model.state_dict()
+    # buffers that older transformers saved and this one recomputes (or the reverse)
+    weights = {k: v for k, v in weights.items() if k in expected or not _DERIVED.search(k)}
     missing = [k for k in expected if k not in weights and not _DERIVED.search(k)]
     if missing:
         raise UserError(f"{path}: incomplete {name} checkpoint: no weight for {missing[0]} "
