@@ -156,6 +156,11 @@ def test_a_laion_checkpoint_converts_to_a_clap_folder_with_the_same_embeddings(
     audio = scorer.audio_embeddings([wav])
     text = scorer.text_embeddings(["a dog barks"])
     assert audio.shape == text.shape == (1, 16) and np.isfinite(audio).all()
+    # ... and so does the text encoder (text.extra_model): the converted RoBERTa's states
+    from energytta.text import TextEncoder
+
+    states, mask = TextEncoder(str(out))(["a dog barks"])
+    assert states.shape[-1] == TEXT["hidden_size"] and torch.isfinite(states[mask]).all()
 
 
 def _run(capfd, *argv) -> tuple[int, str]:
