@@ -19,6 +19,7 @@ import torch
 
 from conftest import clap_tokenizer
 from energytta.cli import data_main
+from energytta.errors import UserError
 
 TEXT = dict(vocab_size=40, hidden_size=128, num_hidden_layers=1, num_attention_heads=2,
             intermediate_size=64, max_position_embeddings=80, layer_norm_eps=1e-5,
@@ -185,6 +186,10 @@ def test_a_file_that_is_not_a_clap_checkpoint_is_one_line(tmp_path, tokenizer_di
     text.write_text("not a checkpoint")
     code, err = _run(capfd, "--from", "laion", text, "--out", tmp_path / "o")
     _assert_one_line(code, err, "not a PyTorch checkpoint")
+    listed = tmp_path / "embeddings.pt"
+    torch.save([torch.ones(3)], listed)
+    code, err = _run(capfd, "--from", "laion", listed, "--out", tmp_path / "o")
+    _assert_one_line(code, err, "no state dict of tensors")
     assert not (tmp_path / "o").exists()
 
 
@@ -346,6 +351,10 @@ def test_an_ms_clap_checkpoint_converts_and_scores_like_the_source(version, tmp_
     emb = get_embedder("clap", clap_model=out)
     assert emb.sample_rate == 44100
     np.testing.assert_allclose(emb.embed(torch.from_numpy(wav)).features, got[:1], atol=1e-6)
+    (out / "model.safetensors").unlink()  # a folder that lost its weights: one line
+    with pytest.raises(UserError, match="model.safetensors is missing") as e:
+        open_scorer(out)
+    assert "\n" not in str(e.value)
 
 
 def test_ms_clap_captioner_and_a_wrong_from_are_one_line(tmp_path, tokenizer_dir, capfd):

@@ -132,14 +132,19 @@ class MsClapScorer:
         from transformers import AutoTokenizer
 
         folder = Path(folder)
-        self.cfg = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
-        self.device = torch.device(device)
-        self.model = MsClap(self.cfg)
         try:
+            self.cfg = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise UserError(f"--clap-model {folder}: unreadable {CONFIG_FILE} ({e}); convert "
+                            "the MS-CLAP checkpoint again") from None
+        self.device = torch.device(device)
+        try:
+            self.model = MsClap(self.cfg)
             self.model.load_state_dict(load_file(str(folder / WEIGHTS_FILE)), strict=True)
-        except (OSError, RuntimeError) as e:
-            raise UserError(f"--clap-model {folder}: its {WEIGHTS_FILE} does not fit its "
-                            f"{CONFIG_FILE}; convert the MS-CLAP checkpoint again") from e
+        except (OSError, RuntimeError, KeyError, TypeError, ValueError):
+            raise UserError(f"--clap-model {folder}: its {WEIGHTS_FILE} is missing or does "
+                            f"not fit its {CONFIG_FILE}; convert the MS-CLAP checkpoint "
+                            "again") from None
         self.model = self.model.to(self.device).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
         self.sample_rate = int(self.cfg["audio"]["input_rate"])
