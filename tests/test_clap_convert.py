@@ -145,6 +145,7 @@ def test_a_laion_checkpoint_converts_to_a_clap_folder_with_the_same_embeddings(
                       "--tokenizer", str(tokenizer_dir)]) == 0
     assert "--clap-model" in capsys.readouterr().out
     assert list(out.glob("*.safetensors")) and not list(out.glob("*.bin"))
+    assert (out / "preprocessor_config.json").is_file()
     converted = ClapModel.from_pretrained(out, local_files_only=True).eval()
     assert converted.config.audio_config.enable_fusion == fusion
     for got, want in zip(_embeddings(converted, fusion), _embeddings(source, fusion)):

@@ -246,6 +246,7 @@ def convert_laion(ckpt: str | Path, out: str | Path, tokenizer: str | Path | Non
     with atomic_path(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         ClapProcessor(feature_extractor=features, tokenizer=tok).save_pretrained(tmp)
+        features.save_pretrained(tmp)  # preprocessor_config.json too, as hub folders have it
     return config
 
 
