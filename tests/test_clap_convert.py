@@ -386,3 +386,25 @@ def test_an_existing_out_folder_is_never_overwritten(tmp_path, tokenizer_dir, ca
     code, err = _run(capfd, "--from", "laion", ckpt, "--out", out, "--tokenizer", tokenizer_dir)
     _assert_one_line(code, err, "already exists")
     assert (out / "notes.txt").read_text() == "keep"
+
+
+def test_energytta_eval_scores_with_a_converted_ms_clap_folder(
+        corpus, tmp_path, tiny_text_dir):
+    import json
+    import shutil
+
+    from energytta.cli import eval_main
+
+    ckpt = tmp_path / "CLAP_weights_2022.pth"
+    torch.save({"model": msclap_state_dict(ms_clap("2022"))}, ckpt)
+    out = tmp_path / "msclap"
+    assert data_main(["convert-clap", "--from", "msclap", str(ckpt), "--out", str(out),
+                      "--tokenizer", str(tiny_text_dir)]) == 0
+    gen = tmp_path / "gen"
+    shutil.copytree(corpus / "audio", gen)
+    report = tmp_path / "eval.json"
+    assert eval_main(["--generated", str(gen), "--reference", str(corpus / "test.jsonl"),
+                      "--embedders", "clap", "--clap-model", str(out), "--no-attributes",
+                      "--json", str(report)]) == 0
+    clap = json.loads(report.read_text())["metrics"]["clap"]
+    assert -1.0 <= clap["clap_score"] <= 1.0 and abs(clap["fd"]) < 1e-3
