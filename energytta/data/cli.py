@@ -1,5 +1,6 @@
 """`energytta-data`: build the synthetic corpus (`synth`), check manifests (`check`),
-cache a manifest's latents (`cache`) and write it as tar shards (`shards`).
+cache a manifest's latents (`cache`), write it as tar shards (`shards`) and turn a
+LAION-CLAP or MS-CLAP checkpoint into a CLAP folder (`convert-clap`).
 
 `energytta.cli.data_main` calls `main(argv)` and turns `UserError` into one error line.
 """
@@ -23,6 +24,8 @@ Data tools for energytta.
           that training reads instead of the audio (data.train=DIR)
   shards  write a manifest's clips and captions into webdataset tar shards
           (DIR/shard-000000.tar, ...) that training streams (data.train=DIR)
+  convert-clap  turn a LAION-CLAP .pt or MS-CLAP .pth checkpoint into a folder that
+          energytta-eval --clap-model reads (LAION: a transformers CLAP folder)
 
 examples:
   energytta-data synth --out data/synth --num 2000 --seconds 4 --seed 0
@@ -32,13 +35,16 @@ examples:
       --config shipped_teacher
   energytta-data shards --manifest data/synth/train.jsonl --out data/shards/train \
       --per-shard 1000
+  energytta-data convert-clap --from laion 630k-audioset-best.pt --out models/clap-630k \
+      --tokenizer models/roberta-base
 """
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="energytta-data", description=DESCRIPTION,
                                 formatter_class=HelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True, metavar="{synth,check,cache,shards}")
+    sub = p.add_subparsers(dest="command", required=True,
+                           metavar="{synth,check,cache,shards,convert-clap}")
     s = sub.add_parser(
         "synth", help="generate the synthetic captioned corpus",
         formatter_class=DefaultsHelpFormatter,
@@ -67,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="folder holding the audio (CSV manifests; default: see docs)")
     _cache_parser(sub)
     _shards_parser(sub)
+    _convert_clap_parser(sub)
     return p
 
 
@@ -83,6 +90,30 @@ def _shards_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--out", required=True, help="folder for the shards (created; empty)")
     c.add_argument("--per-shard", type=int, default=1000, help="clips per shard")
     c.add_argument("--audio-dir", default=None, help="audio folder for CSV manifests")
+
+
+def _convert_clap_parser(sub: argparse._SubParsersAction) -> None:
+    c = sub.add_parser(
+        "convert-clap", help="LAION-CLAP / MS-CLAP checkpoint -> CLAP folder",
+        formatter_class=DefaultsHelpFormatter,
+        description="Write a CLAP folder that energytta-eval --clap-model reads, from a "
+        "checkpoint as its authors released it. --from laion: a LAION-CLAP .pt "
+        "(630k-audioset-best.pt, 630k-audioset-fusion-best.pt, "
+        "music_audioset_epoch_15_esc_90.14.pt, ...; HTSAT + RoBERTa) becomes a transformers "
+        "CLAP folder (ClapModel as safetensors, config, LAION's 48 kHz feature extractor, the "
+        "tokenizer), also usable as text.extra_model. --from msclap: an MS-CLAP .pth "
+        "(CLAP_weights_2022.pth: CNN14 + BERT; CLAP_weights_2023.pth: HTSAT + GPT-2) becomes "
+        "energytta's MS-CLAP folder (msclap.json, model.safetensors, the tokenizer). The file "
+        "is read without running pickled code. Format: energytta/eval/clap_convert.py.")
+    c.add_argument("checkpoint", metavar="CKPT", help="the .pt / .pth file")
+    c.add_argument("--from", dest="kind", required=True, choices=("laion", "msclap"),
+                   help="which CLAP released CKPT")
+    c.add_argument("--out", required=True, help="folder to write (must not exist yet)")
+    c.add_argument("--tokenizer", default=None, metavar="DIR",
+                   help="folder with the text model's tokenizer, which a checkpoint file "
+                   "does not hold: RoBERTa's for laion (roberta-base, or a transformers CLAP "
+                   "folder such as laion/clap-htsat-unfused); bert-base-uncased's (2022) or "
+                   "gpt2's (2023) for msclap")
 
 
 def _cache_parser(sub: argparse._SubParsersAction) -> None:
@@ -169,8 +200,32 @@ def _shards(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convert_clap(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from energytta.eval.clap_convert import convert
+    from energytta.utils import check_writable
+
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"--out {out} already exists; name a new folder (nothing is "
+                        "overwritten)")
+    check_writable(out, "--out", folder=True)
+    config = convert(args.kind, args.checkpoint, out, args.tokenizer)
+    if args.kind == "laion":
+        audio = config.audio_config
+        what = (f"HTSAT {audio.patch_embeds_hidden_size}-dim "
+                f"{'fused' if audio.enable_fusion else 'unfused'}, {config.projection_dim}-dim "
+                "embeddings")
+    else:
+        what = (f"MS-CLAP {config['audio']['encoder'].upper()} + {config['text']['kind']}, "
+                f"{config['projection_dim']}-dim embeddings")
+    print(f"wrote {out}: {what}; use it as energytta-eval --clap-model {out}")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     """Parse `argv` (without the program name) and run the subcommand; returns exit code."""
     args = _parser().parse_args(argv)
     return {"synth": _synth, "check": _check, "cache": _cache,
-            "shards": _shards}[args.command](args)
+            "shards": _shards, "convert-clap": _convert_clap}[args.command](args)

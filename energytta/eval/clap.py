@@ -2,8 +2,10 @@
 
 The folder is what `ClapModel.save_pretrained` + `ClapProcessor.save_pretrained` write
 (config, weights, feature-extractor and tokenizer files), e.g. laion/clap-htsat-unfused
-copied to disk. The CLAP score is the mean cosine between the caption's text embedding and
-the generated audio's embedding (both projected, as `get_*_features` return them).
+copied to disk, or what `energytta-data convert-clap` makes of a LAION-CLAP `.pt` (the same
+layout) or an MS-CLAP `.pth` (`energytta.eval.msclap`; `open_scorer` picks the reader).
+The CLAP score is the mean cosine between the caption's text embedding and the generated
+audio's embedding (both projected, as `get_*_features` return them).
 """
 from __future__ import annotations
 
@@ -38,6 +40,17 @@ def center_crop(wav: np.ndarray, length: int) -> np.ndarray:
     """The middle `length` samples of a longer (S,) clip; shorter clips as they are."""
     start = max(0, (wav.shape[-1] - length) // 2)
     return wav[..., start:start + length]
+
+
+def open_scorer(folder: str | Path, device: torch.device | str = "cpu"):
+    """The CLAP scorer of `folder`: transformers' CLAP, or MS-CLAP as `energytta-data
+    convert-clap --from msclap` writes it (`msclap.json`); both have `sample_rate`,
+    `audio_embeddings` and `text_embeddings`."""
+    from energytta.eval.msclap import CONFIG_FILE, MsClapScorer
+
+    if (Path(folder) / CONFIG_FILE).is_file():
+        return MsClapScorer(folder, device)
+    return ClapScorer(folder, device)
 
 
 class ClapScorer:

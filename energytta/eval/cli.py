@@ -65,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="embedders to score with (see below)")
     p.add_argument("--panns-ckpt", metavar="P", help="official CNN14 16 kHz checkpoint")
     p.add_argument("--vggish-ckpt", metavar="P", help="torchvggish state dict")
-    p.add_argument("--clap-model", metavar="DIR", help="local transformers CLAP folder")
+    p.add_argument("--clap-model", metavar="DIR",
+                   help="local transformers CLAP folder, or one energytta-data convert-clap "
+                        "made of a LAION-CLAP / MS-CLAP checkpoint")
     p.add_argument("--classifier-ckpt", metavar="P",
                    help="synth-classifier checkpoint (default: the shipped one)")
     p.add_argument("--max-seconds", type=float, default=10.0, metavar="S",

@@ -137,12 +137,12 @@ class ClapEmbedder(Embedder):
     name = "clap"
 
     def __init__(self, folder: str | Path, device: torch.device) -> None:
-        from energytta.eval.clap import ClapScorer
+        from energytta.eval.clap import open_scorer
 
         if not folder:
             raise UserError("the clap embedder needs --clap-model DIR (a local transformers "
                             "CLAP folder, e.g. laion/clap-htsat-unfused saved to disk)")
-        self.scorer = ClapScorer(folder, device)
+        self.scorer = open_scorer(folder, device)
         self.sample_rate = self.scorer.sample_rate
 
     @torch.no_grad()

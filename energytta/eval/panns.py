@@ -25,6 +25,7 @@ from energytta.audio.mel import mel_filterbank
 
 SAMPLE_RATE, WINDOW, HOP, MEL_BINS, FMIN, FMAX, CLASSES = 16000, 512, 160, 64, 50.0, 8000.0, 527
 AMIN = 1e-10
+WIDTHS = (64, 128, 256, 512, 1024, 2048)
 
 
 def periodic_hann(n: int) -> np.ndarray:
@@ -106,21 +107,22 @@ class Cnn14(nn.Module):
     Args:
         sample_rate, window, hop, mel_bins, fmin, fmax, classes: the 16 kHz AudioCaps
             convention of audioldm_eval by default.
+        widths: the six conv blocks' channels (the official 64 ... 2048; smaller in tests).
     """
 
     def __init__(self, sample_rate: int = SAMPLE_RATE, window: int = WINDOW, hop: int = HOP,
                  mel_bins: int = MEL_BINS, fmin: float = FMIN, fmax: float = FMAX,
-                 classes: int = CLASSES) -> None:
+                 classes: int = CLASSES, widths: tuple[int, ...] = WIDTHS) -> None:
         super().__init__()
         self.sample_rate = sample_rate
         self.spectrogram_extractor = Spectrogram(window, hop)
         self.logmel_extractor = LogmelFilterBank(sample_rate, window, mel_bins, fmin, fmax)
         self.bn0 = nn.BatchNorm2d(mel_bins)
-        widths = (1, 64, 128, 256, 512, 1024, 2048)
+        widths = (1, *widths)
         for i in range(6):
             setattr(self, f"conv_block{i + 1}", ConvBlock(widths[i], widths[i + 1]))
-        self.fc1 = nn.Linear(2048, 2048)
-        self.fc_audioset = nn.Linear(2048, classes)
+        self.fc1 = nn.Linear(widths[-1], widths[-1])
+        self.fc_audioset = nn.Linear(widths[-1], classes)
 
     def forward(self, wav: torch.Tensor) -> dict[str, torch.Tensor]:
         x = self.logmel_extractor(self.spectrogram_extractor(wav))  # (B, 1, T, mel)
