@@ -168,6 +168,16 @@ def test_read_manifest_writes_no_index(tmp_path):
     assert not index_files(tmp_path)
 
 
+def test_reading_manifests_leaves_no_file_open(tmp_path):
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"audio": "a.wav", "caption": "x"}\n')
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        read_manifest(path)
+        open_manifest(path)[0]
+    assert len(os.listdir("/proc/self/fd")) <= before + 1
+
+
 def test_a_manifest_pickles_without_its_index_and_reads_in_the_copy(tmp_path):
     import pickle
 
@@ -216,8 +226,10 @@ def test_a_dataset_skips_a_bad_row_with_a_warning(tmp_path):
     path = bad_manifest(tmp_path)
     ds = AudioCaptionDataset(open_manifest(path), load_config("tiny").audio, 0.25, train=False)
     assert len(ds) == 6
-    with pytest.warns(UserWarning, match=r"m\.jsonl:2: invalid JSON"):
-        assert ds[1]["caption"] == "fine again"  # rows 2, 3 and 4 (and the missing file) skipped
+    with pytest.warns(UserWarning) as caught:
+        assert ds[1]["caption"] == "fine again"  # rows 2, 4, 5 and the missing file skipped
+    assert [str(w.message).split("m.jsonl:")[-1][:14] for w in caught[:3]] == [
+        "2: invalid JSO", "4: missing or ", "5: not UTF-8 t"]
     assert ds.bad == {1, 2, 3, 4}
 
 

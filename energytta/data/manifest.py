@@ -198,6 +198,18 @@ class Manifest(Sequence[Item]):
         if self._rows is None:
             self._rows = self._load_rows()
 
+    def close(self) -> None:
+        """Close this process's handle on the file (reopened if a row is read again)."""
+        if self._fd >= 0 and self._pid == os.getpid():
+            os.close(self._fd)
+        self._fd, self._pid = -1, -1
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except (OSError, AttributeError, TypeError):  # half-built, or interpreter shutdown
+            pass
+
     # ---- reading rows
     @property
     def num_rows(self) -> int:
@@ -298,7 +310,11 @@ def read_manifest(path: str | Path, audio_dir: str | Path | None = None,
     Raises:
         UserError: missing/empty/malformed file or row, non-UTF-8 text, missing column.
     """
-    return list(Manifest(path, audio_dir, need_audio, persist=False))
+    manifest = Manifest(path, audio_dir, need_audio, persist=False)
+    try:
+        return list(manifest)
+    finally:
+        manifest.close()
 
 
 # ------------------------------------------------------------------------------ check
@@ -433,6 +449,7 @@ def check_manifest(path: str | Path, audio_dir: str | Path | None = None,
     one at a time and the row index is not kept."""
     manifest = Manifest(path, audio_dir, persist=False)
     stats = check_stream(manifest, progress=not as_json)
+    manifest.close()
     doc = check_summary(Path(path), stats)
     if as_json:
         print(json.dumps(doc, indent=1))

@@ -102,7 +102,7 @@ class BatchStream:
             if hasattr(self.dataset, "set_epoch"):
                 self.dataset.set_epoch(epoch)
             order = self.epoch_batches(epoch, self.pos.start)[self.pos.batch:]
-            plan.batches = [[(epoch, i) for i in batch] for batch in order]
+            plan.epoch, plan.batches = epoch, order
             for indices, batch in zip(order, loader):  # the loader keeps the sampler's order
                 self.pos.batch += 1
                 yield indices, batch
@@ -114,13 +114,15 @@ class BatchStream:
 
 
 class _Plan:
-    """The batch sampler of the one DataLoader: this epoch's batches, set before each pass."""
+    """The batch sampler of the one DataLoader: this epoch's batches, set before each pass
+    (each index paired with the epoch as its batch is drawn: no per-sample tuples held)."""
 
     def __init__(self) -> None:
-        self.batches: list[list[tuple[int, int]]] = []
+        self.epoch, self.batches = 0, []
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        return iter(self.batches)
+        epoch = self.epoch
+        return ([(epoch, i) for i in batch] for batch in self.batches)
 
     def __len__(self) -> int:
         return len(self.batches)
