@@ -33,7 +33,7 @@ from energytta.errors import UserError
 
 FORMAT = 1  # bump when the layout or the row rules change: old index files are ignored
 SAMPLE = 1 << 16  # bytes of head and tail hashed into the key
-CHUNK = 1 << 24  # bytes scanned at a time (bounded memory on any manifest size)
+CHUNK = 1 << 22  # bytes scanned at a time (bounded memory on any manifest size)
 BLANK = np.frombuffer(b" \t\r\n\x0b\x0c", np.uint8)  # a row of only these is skipped
 BOM = b"\xef\xbb\xbf"
 
@@ -64,22 +64,22 @@ def index_paths(path: Path, key: str) -> list[Path]:
 def _row_bounds(data: np.ndarray, csv: bool, final: bool) -> tuple[np.ndarray, int]:
     """Rows of `data` (which starts at a row start): (k, 3) [start, end, newlines before
     start] of its complete non-blank rows, and the index of the last row end (-1: none).
-    With `final`, the last byte ends a row whatever the quotes say (EOF)."""
+    With `final`, the last byte ends a row whatever the quotes say (EOF). Temporaries are
+    one bool per byte and a few ints per row or quote, never an int per byte."""
     nl = np.flatnonzero(data == 10)  # every newline, quoted or not
     ends = nl
-    if csv:  # a newline inside quotes does not end the row
-        quotes = np.cumsum(data == 34, dtype=np.int64)
-        ends = nl[quotes[nl] % 2 == 0]
+    if csv:  # a newline inside quotes (after an odd number of quotes) does not end the row
+        quotes = np.flatnonzero(data == 34)
+        ends = nl[np.searchsorted(quotes, nl) % 2 == 0]
     if final and (not len(ends) or ends[-1] != len(data) - 1):
         ends = np.append(ends, len(data) - 1)
     if not len(ends):
         return np.zeros((0, 3), np.int64), -1
     starts = np.concatenate([[0], ends[:-1] + 1])
-    content = np.cumsum(~np.isin(data, BLANK), dtype=np.int64)  # non-blank bytes so far
-    before = np.where(starts > 0, content[np.maximum(starts - 1, 0)], 0)
-    keep = content[ends] - before > 0
+    # non-blank bytes of each row (a row and its newline: never an empty segment)
+    content = np.add.reduceat(~np.isin(data[:ends[-1] + 1], BLANK), starts, dtype=np.int64)
     lines = np.searchsorted(nl, starts)
-    return np.stack([starts, ends, lines], axis=1)[keep], int(ends[-1])
+    return np.stack([starts, ends, lines], axis=1)[content > 0], int(ends[-1])
 
 
 def scan_rows(path: Path, csv: bool) -> np.ndarray:
