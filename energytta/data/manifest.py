@@ -184,8 +184,8 @@ class Manifest(Sequence[Item]):
 
     def _folders(self) -> list[Path]:
         """Where CSV audio is looked up (first hit wins), existing folders only."""
-        folders = [self.audio_dir] if self.audio_dir else [self.path.parent / "audio",
-                                                          self.path.parent]
+        parent = self.path.parent
+        folders = [self.audio_dir] if self.audio_dir else [parent / "audio", parent]
         return [f for f in folders if f.is_dir()] or folders[:1]
 
     # ---- pickling: a worker reopens the file and re-maps the index itself

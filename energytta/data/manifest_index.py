@@ -147,4 +147,3 @@ def _remove_stale(place: Path, key: str) -> None:
                 old.unlink()
             except OSError:  # another process removed it first, or a read-only file
                 pass
-
