@@ -344,6 +344,24 @@ def test_float16_cache_round_trip_and_dtype_checks(cache_setup, capsys):
         CachedLatentDataset(out, 0)
 
 
+def test_a_worker_that_cannot_start_reports_why_at_its_first_shard(tmp_path, monkeypatch):
+    import queue
+
+    from energytta.data import cache_workers
+    from energytta.data.cache import ShardJob
+
+    monkeypatch.setattr(cache_workers, "_STATE", {})
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"audio": "a.wav", "caption": "x"}\n')
+    job = ShardJob(load_config("tiny"), tmp_path / "cache", open_manifest(path), 1, 1,
+                   "float32")
+    devices = queue.Queue()
+    devices.put("cpu")
+    cache_workers._init(job, devices, 1)  # no codec.safetensors in the folder: fails
+    with pytest.raises(Exception, match="codec.safetensors|No such file"):
+        cache_workers._write(0)
+
+
 def test_float16_overflow_is_an_error_not_inf():
     from energytta.data.cache import _stored
 

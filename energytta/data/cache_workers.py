@@ -26,23 +26,30 @@ def _devices(dev: torch.device, workers: int) -> list[str]:
 
 
 def _init(job: Any, devices: Any, threads: int) -> None:
-    """Worker start: its device (one from the queue), threads, codec and text encoder."""
+    """Worker start: its device (one from the queue), threads, codec and text encoder. A
+    failure is kept and raised by the worker's first shard, so that the run stops with its
+    message (an initializer's own exception only breaks the pool, message lost)."""
     from safetensors.torch import load_file
 
     from energytta.audio.codec import build_codec
     from energytta.data.dataset import CODEC_FILE
     from energytta.text import build_text_encoder
 
-    torch.set_num_threads(threads)
-    dev = torch.device(devices.get())
-    codec = build_codec(job.cfg).to(dev).eval()
-    codec.load_state_dict(load_file(str(job.out_dir / CODEC_FILE)), strict=True)
-    _STATE.update(job=job, codec=codec, dev=dev,
-                  text=build_text_encoder(job.cfg.text).to(dev))
+    try:
+        torch.set_num_threads(threads)
+        dev = torch.device(devices.get())
+        codec = build_codec(job.cfg).to(dev).eval()
+        codec.load_state_dict(load_file(str(job.out_dir / CODEC_FILE)), strict=True)
+        _STATE.update(job=job, codec=codec, dev=dev,
+                      text=build_text_encoder(job.cfg.text).to(dev))
+    except Exception as e:  # re-raised by _write, where the pool passes it on
+        _STATE["error"] = e
 
 
 def _write(k: int) -> int:
     s = _STATE
+    if "error" in s:
+        raise s["error"]
     return s["job"].write(k, s["codec"], s["text"], s["dev"])
 
 
