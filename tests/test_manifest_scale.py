@@ -409,3 +409,12 @@ def test_open_shard_files_are_bounded_and_closed(cache_setup):
         "caption"] for i in (0, 3)]
     ds.close()
     assert mapped_shards(root / "fp32") == 0
+
+
+def test_the_benchmarks_before_path_reads_what_the_package_reads(tmp_path, research_command):
+    bench = research_command("manifest_scale").module
+    manifests = bench.write_inputs(tmp_path, [70])
+    want = read_manifest(manifests[70])
+    got = bench.parse_whole(manifests[70])
+    assert got == want and len({it.caption for it in got}) == 70
+    assert all(it.audio.is_file() for it in got[:4])
