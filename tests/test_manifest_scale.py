@@ -215,11 +215,14 @@ def test_check_streams_and_lists_every_bad_row_in_one_line(tmp_path, capsys, mon
                     f'bad row: {path}:4: missing or empty "caption" (a non-empty string)',
                     f"bad row: {path}:5: not UTF-8 text (byte 0xe9); re-save the manifest "
                     "as UTF-8"]
-    assert "missing.wav" in out and "missing" in out  # the missing file: its own line
+    assert "missing.wav" in out and f"{path}:6" in out  # the missing file, its row, the fix
+    assert "missing files: correct their rows" in out and "--audio-dir" in out
     assert data_main(["check", "--json", str(path)]) == 1
     doc = json.loads(capsys.readouterr().out)
     assert doc["items"] == 3 and doc["audio_files"] == 2 and doc["good"] == 1
-    assert len(doc["bad_rows"]) == 3 and doc["bad"][0]["problem"] == "missing"
+    assert len(doc["bad_rows"]) == 3
+    assert doc["bad"] == [{"file": str(tmp_path / "missing.wav"), "problem": "missing",
+                           "row": f"{path}:6"}]
 
 
 def test_a_dataset_skips_a_bad_row_with_a_warning(tmp_path):

@@ -43,6 +43,8 @@ AUDIO_EXTENSIONS = (".wav", ".flac")
 # shorter clips hold no whole token of the shipped models (0.1 s) and are shorter than
 # the mel front-end's window: `check` lists them as bad and `cache` skips them
 MIN_AUDIO_SECONDS = 0.1
+MISSING_FIX = ("missing files: correct their rows (a relative path is relative to the "
+               "manifest's folder), or pass --audio-dir to say where the audio is")
 READ_AHEAD = 1 << 20  # bytes read at once when rows are read in order (check, iteration)
 
 
@@ -369,13 +371,14 @@ class CheckStats:
         self.items = 0
         self.hashes, self.seconds = array("q"), array("d")  # per item with a good file
         self.rates: set[int] = set()
-        self.bad_files: dict[str, str] = {}  # path -> problem, in order met
+        self.bad_files: dict[str, tuple[str, str]] = {}  # path -> (problem, first row)
         self.bad_rows: list[str] = []  # "manifest:line: problem"
 
-    def add(self, info: AudioInfo) -> None:
+    def add(self, info: AudioInfo, where: str) -> None:
+        """Count one item whose file is `info`; `where` (file:line) names its row."""
         self.items += 1
         if info.problem:
-            self.bad_files.setdefault(str(info.path), info.problem)
+            self.bad_files.setdefault(str(info.path), (info.problem, where))
             return
         self.hashes.append(hash(str(info.path)))
         self.seconds.append(info.frames / info.sample_rate)
@@ -407,7 +410,7 @@ def check_stream(manifest: Manifest, progress: bool = True,
                 stats.bad_rows.append(str(e))
                 items = []
             for item in items:
-                stats.add(probe(str(item.audio)))
+                stats.add(probe(str(item.audio)), f"{manifest.path}:{manifest.line(row)}")
             if row % step == step - 1:
                 bar.advance(task, step)
     return stats
@@ -419,7 +422,8 @@ def check_summary(path: Path, stats: CheckStats) -> dict[str, Any]:
     secs = stats.good_seconds()
     return {"manifest": str(path), "items": stats.items,
             "audio_files": len(secs) + len(stats.bad_files), "good": len(secs),
-            "bad": [{"file": f, "problem": p} for f, p in stats.bad_files.items()],
+            "bad": [{"file": f, "problem": p, "row": w}
+                    for f, (p, w) in stats.bad_files.items()],
             "bad_rows": stats.bad_rows,
             "total_seconds": round(float(secs.sum()), 3),
             "min_seconds": round(float(secs.min()), 3) if len(secs) else None,
@@ -449,9 +453,12 @@ def _report(doc: dict[str, Any]) -> None:
         errors = Table(title=f"{len(doc['bad'])} bad audio file(s)")
         errors.add_column("file", overflow="fold")
         errors.add_column("problem")
+        errors.add_column("first row", overflow="fold")
         for bad in doc["bad"]:
-            errors.add_row(bad["file"], bad["problem"])
+            errors.add_row(bad["file"], bad["problem"], bad["row"])
         console.print(errors)
+        if any(bad["problem"] == "missing" for bad in doc["bad"]):
+            print(MISSING_FIX)
     for line in doc["bad_rows"]:  # one plain line each: `path:line: problem`, never wrapped
         print(f"bad row: {line}")
 
