@@ -410,7 +410,8 @@ def check_stream(manifest: Manifest, progress: bool = True,
                 stats.bad_rows.append(str(e))
                 items = []
             for item in items:
-                stats.add(probe(str(item.audio)), f"{manifest.path}:{manifest.line(row)}")
+                info = probe(str(item.audio))
+                stats.add(info, f"{manifest.path}:{manifest.line(row)}" if info.problem else "")
             if row % step == step - 1:
                 bar.advance(task, step)
     return stats
