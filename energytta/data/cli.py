@@ -33,6 +33,8 @@ examples:
   energytta-data check audiocaps/train.csv --audio-dir /datasets/audiocaps/wav
   energytta-data cache --manifest data/synth/train.jsonl --out data/cache/train \
       --config shipped_teacher
+  energytta-data cache --manifest audiocaps/train.csv --audio-dir /datasets/audiocaps/wav \
+      --out data/cache/audiocaps --dtype float16 --workers 4
   energytta-data shards --manifest data/synth/train.jsonl --out data/shards/train \
       --per-shard 1000
   energytta-data convert-clap --from laion 630k-audioset-best.pt --out models/clap-630k \
@@ -64,7 +66,8 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=DefaultsHelpFormatter,
         description="Read MANIFEST (.jsonl, AudioCaps .csv or Clotho .csv), report item "
         "counts, total/min/max duration and sample rates, and list every missing, unreadable "
-        "or empty audio file. Exit code 1 if any file is bad.")
+        "or empty audio file and every malformed row (one line each). The manifest is "
+        "streamed: memory stays flat on millions of rows. Exit code 1 if anything is bad.")
     c.add_argument("manifest", help="manifest file")
     c.add_argument("--json", action="store_true",
                    help="print one JSON document instead of the tables (for scripts: "
@@ -123,7 +126,8 @@ def _cache_parser(sub: argparse._SubParsersAction) -> None:
         description="Encode MANIFEST's audio with the configured codec and its captions with "
         "the text encoder, once, into safetensors shards in --out that training reads instead "
         "of the audio (data.train=OUT). Resumable: finished shards are kept (each is written "
-        "atomically); a folder made with other settings or another manifest is refused. "
+        "atomically), whatever --workers; a folder made with other settings, dtype or "
+        "manifest is refused. "
         "Format: energytta/data/cache.py.")
     c.add_argument("--manifest", required=True, help="JSONL / AudioCaps / Clotho manifest")
     c.add_argument("--out", required=True, help="cache folder (created; resumable)")
@@ -132,6 +136,12 @@ def _cache_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--batch-size", type=int, default=16, help="clips per encoder pass")
     c.add_argument("--shard-size", type=int, default=256, help="items per shard file")
     c.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', ...")
+    c.add_argument("--dtype", default="float32", choices=("float32", "float16"),
+                   help="how latents and text states are stored (float16: half the disk; "
+                   "training reads them as float32)")
+    c.add_argument("--workers", type=int, default=1,
+                   help="processes encoding shards in parallel (one GPU each when there "
+                   "are several; the result equals one process's)")
     c.add_argument("overrides", nargs="*", metavar="key=value",
                    help="config overrides, e.g. audio.n_mels=64")
 
@@ -184,7 +194,7 @@ def _cache(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     index = cache(cfg, args.manifest, args.out, args.batch_size, args.shard_size,
-                  args.audio_dir, args.device)
+                  args.audio_dir, args.device, dtype=args.dtype, workers=args.workers)
     info = json.loads(index.read_text(encoding="utf-8"))
     print(f"cached {info['num_items']} items in {len(info['shards'])} shard(s) -> {index}")
     return 0

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from energytta.config import AudioConfig, Config
-from energytta.data.manifest import Item, read_manifest
+from energytta.data.manifest import Item, open_manifest
 from energytta.errors import UserError
 
 INDEX_FILE = "index.json"
@@ -32,7 +33,7 @@ class AudioCaptionDataset(Dataset):
     """(wav, caption) pairs read from audio files.
 
     Args:
-        items: from `read_manifest`.
+        items: a `Manifest` (`open_manifest`: rows read when asked for) or a list of Items.
         audio_cfg: sample rate of the returned waveforms.
         crop_seconds: every clip is cropped / zero-padded to this length.
         train: random crop offset (per seed, epoch, index); otherwise crop from the start.
@@ -41,7 +42,7 @@ class AudioCaptionDataset(Dataset):
             `clip_transform`, e.g. AudioLDM's per-file normalisation); None = none.
     """
 
-    def __init__(self, items: list[Item], audio_cfg: AudioConfig, crop_seconds: float,
+    def __init__(self, items: Sequence[Item], audio_cfg: AudioConfig, crop_seconds: float,
                  train: bool, seed: int = 0,
                  transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         if not items:
@@ -62,12 +63,14 @@ class AudioCaptionDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def _load(self, index: int) -> np.ndarray | None:
+    def _load(self, index: int) -> tuple[np.ndarray, str] | None:
+        """(wav (S,), caption) of item `index`, or None (warned) when it cannot be read."""
         from energytta.audio.io import load_audio
 
-        try:
-            return load_audio(self.items[index].audio, self.sample_rate)
-        except UserError as e:  # unreadable/missing/empty: skip, never crash mid-epoch
+        try:  # a manifest row is parsed here: a bad row is skipped like a bad file
+            item = self.items[index]
+            return load_audio(item.audio, self.sample_rate), item.caption
+        except UserError as e:  # unreadable/missing/empty/bad row: skip, never crash mid-epoch
             self.bad.add(index)
             warnings.warn(f"skipping audio ({e}); {len(self.bad)} bad file(s) so far",
                           stacklevel=3)
@@ -83,53 +86,68 @@ class AudioCaptionDataset(Dataset):
             j = (index + k) % n
             if j in self.bad:
                 continue
-            wav = self._load(j)
-            if wav is None:
+            loaded = self._load(j)
+            if loaded is None:
                 continue
+            wav, caption = loaded
             self.skipped += k > 0
             rng = item_rng(self.seed, self.epoch, index) if self.train else None
             if self.transform is not None:
                 wav = self.transform(torch.from_numpy(wav)).numpy()
             wav = crop_or_pad(wav, self.length, rng=rng)
             return {"wav": torch.from_numpy(np.ascontiguousarray(wav, np.float32)),
-                    "caption": self.items[j].caption}
+                    "caption": caption}
         raise UserError(f"none of the {n} audio files in the dataset could be read "
                         "(run `energytta-data check` on the manifest)")
 
 
+def _close_all(handles: OrderedDict) -> None:
+    """Close the (handle, captions) shards of `handles` (holds no reference to a dataset,
+    so a finalizer calling it does not keep one alive)."""
+    while handles:
+        handles.popitem(last=False)[1][0].__exit__(None, None, None)
+
+
+CACHE_DTYPES = {"float32": "F32", "float16": "F16"}  # index.json "dtype" -> safetensors'
+MAX_OPEN_SHARDS = 32  # shard handles each process keeps open (least recently used closed)
+
+
 class CachedLatentDataset(Dataset):
     """Codec latents + text states cached by `energytta-data cache`.
+
+    Memory stays flat in the number of items: the item -> shard map is a numpy array of
+    shard sizes, and a shard's captions are read with its handle; at most `max_open`
+    shards are open per process (an LRU), and they are closed when the process exits.
 
     Args:
         folder: cache folder (index.json, shard-*.safetensors, codec.safetensors).
         crop_frames: latent frames per item (random crop in train, start crop otherwise;
             shorter items are padded with the codec's silence frame); 0 = whole items.
         train: random crops; seed: crop seed.
+        max_open: shard files open at once in each process.
     Attributes:
-        index: the parsed index.json; codec_state: the codec buffers the latents were
-            made with (load them into the codec before decoding model outputs).
+        index: the parsed index.json; dtype: how the cache stores tensors ("float32" or
+            "float16"; items are always float32); codec_state: the codec buffers the
+            latents were made with (load them into the codec before decoding outputs).
     """
 
     def __init__(self, folder: str | Path, crop_frames: int, train: bool = True,
-                 seed: int = 0) -> None:
+                 seed: int = 0, max_open: int = MAX_OPEN_SHARDS) -> None:
         self.folder = Path(folder)
         self.index = read_index(self.folder)
         self.crop_frames, self.train, self.seed, self.epoch = crop_frames, train, seed, 0
-        self.rows = [(s["file"], j) for s in self.index["shards"] for j in range(s["count"])]
-        if not self.rows:
+        self.dtype = self.index.get("dtype", "float32")  # caches before fp16 are float32
+        if self.dtype not in CACHE_DTYPES:
+            raise UserError(f"{self.folder}: unknown cache dtype {self.dtype!r} (expected "
+                            f"{' or '.join(CACHE_DTYPES)}); re-run `energytta-data cache`")
+        self.files = [sh["file"] for sh in self.index["shards"]]
+        # ends[k] = items in shards 0..k: item i lives in shard searchsorted(ends, i, "right")
+        self.ends = np.cumsum([sh["count"] for sh in self.index["shards"]], dtype=np.int64)
+        if not len(self.ends) or self.ends[-1] == 0:
             raise UserError(f"{self.folder}: the latent cache holds no items")
-        self.captions = self._read_captions()
         self.silence = torch.tensor(self.index["silence_frame"], dtype=torch.float32)  # (C, F)
-        self._files: dict[str, Any] = {}
-
-    def _read_captions(self) -> dict[str, list[str]]:
-        from safetensors import safe_open
-
-        out = {}
-        for s in self.index["shards"]:
-            with safe_open(str(self.folder / s["file"]), "pt") as f:
-                out[s["file"]] = json.loads(f.metadata()["captions"])
-        return out
+        self.max_open = max(1, max_open)
+        self._open: OrderedDict[str, tuple[Any, list[str]]] = OrderedDict()
 
     @property
     def codec_state(self) -> dict[str, torch.Tensor]:
@@ -139,21 +157,41 @@ class CachedLatentDataset(Dataset):
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_files"] = {}  # open safetensors handles stay in their process
+        state["_open"] = OrderedDict()  # open safetensors handles stay in their process
         return state
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return int(self.ends[-1])
 
-    def _tensor(self, file: str, key: str) -> torch.Tensor:
+    def close(self) -> None:
+        """Close every shard handle this process holds."""
+        _close_all(self._open)
+
+    def _shard(self, file: str) -> tuple[Any, list[str]]:
+        """(handle, captions) of a shard, opened on first use; the least recently used
+        shard is closed when more than `max_open` are open."""
+        if file in self._open:
+            self._open.move_to_end(file)
+            return self._open[file]
         from safetensors import safe_open
 
-        if file not in self._files:
-            self._files[file] = safe_open(str(self.folder / file), "pt")
-        return self._files[file].get_tensor(key)
+        if not self._open:  # close them when the dataset goes or its process (a worker) exits
+            from multiprocessing.util import Finalize
+            Finalize(self, _close_all, args=(self._open,), exitpriority=10)
+        handle = safe_open(str(self.folder / file), "pt").__enter__()
+        stored = handle.get_slice("latents.0").get_dtype() if "latents.0" in handle.keys() \
+            else CACHE_DTYPES[self.dtype]
+        if stored != CACHE_DTYPES[self.dtype]:
+            handle.__exit__(None, None, None)
+            raise UserError(f"{self.folder / file} holds {stored} latents but index.json says "
+                            f"{self.dtype}; re-run `energytta-data cache` into a new folder")
+        self._open[file] = (handle, json.loads(handle.metadata()["captions"]))
+        if len(self._open) > self.max_open:
+            self._open.popitem(last=False)[1][0].__exit__(None, None, None)
+        return self._open[file]
 
     def _crop(self, lat: torch.Tensor, index: int) -> torch.Tensor:
         """(C, T, F) -> (C, crop_frames, F)."""
@@ -168,12 +206,17 @@ class CachedLatentDataset(Dataset):
         return lat[:, start:start + n]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        """-> {"latents": (C,T,F), "text": (L,D), "text_mask": (L,) bool, "caption": str}."""
-        file, j = self.rows[index]
-        return {"latents": self._crop(self._tensor(file, f"latents.{j}").float(), index),
-                "text": self._tensor(file, f"text.{j}").float(),
-                "text_mask": self._tensor(file, f"text_mask.{j}").bool(),
-                "caption": self.captions[file][j]}
+        """-> {"latents": (C,T,F), "text": (L,D) float32, "text_mask": (L,) bool,
+        "caption": str}."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"item {index} of a {len(self)}-item cache")
+        k = int(np.searchsorted(self.ends, index, side="right"))
+        j = index - (int(self.ends[k - 1]) if k else 0)
+        handle, captions = self._shard(self.files[k])
+        return {"latents": self._crop(handle.get_tensor(f"latents.{j}").float(), index),
+                "text": handle.get_tensor(f"text.{j}").float(),
+                "text_mask": handle.get_tensor(f"text_mask.{j}").bool(),
+                "caption": captions[j]}
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -270,5 +313,5 @@ def build_dataset(cfg: Config, split: str) -> Dataset:
             if "synth" in str(path) else ""
         raise UserError(f"data.{split}: {path} not found{hint}")
     from energytta.audio.codec import clip_transform
-    return AudioCaptionDataset(read_manifest(path), cfg.audio, cfg.audio.crop_seconds,
+    return AudioCaptionDataset(open_manifest(path), cfg.audio, cfg.audio.crop_seconds,
                                train=train, seed=cfg.train.seed, transform=clip_transform(cfg))

@@ -87,16 +87,23 @@ class BatchStream:
         return [mine[i:i + self.batch_size] for i in range(0, per_rank, self.batch_size)]
 
     def indexed(self) -> Iterator[tuple[list[int], Any]]:
-        """(dataset indices, collated batch) pairs, endlessly."""
+        """(dataset indices, collated batch) pairs, endlessly.
+
+        One DataLoader serves every epoch, its workers persistent (started once, not per
+        epoch); each index travels with its epoch (`_EpochItems`), so a worker's copy of
+        the dataset crops for the right epoch without being rebuilt."""
+        plan = _Plan()
+        # worker seeds depend on the first epoch only, not on the global RNG at resume time
+        gen = torch.Generator().manual_seed(derive_seed(self.seed, self.pos.epoch, self.rank, 1))
+        loader = DataLoader(_EpochItems(self.dataset), batch_sampler=plan,
+                            collate_fn=self.collate, num_workers=self.num_workers,
+                            persistent_workers=self.num_workers > 0, generator=gen)
         while True:
             epoch = self.pos.epoch
             if hasattr(self.dataset, "set_epoch"):
                 self.dataset.set_epoch(epoch)
-            # worker seeds depend on the epoch only, not on the global RNG at resume time
-            gen = torch.Generator().manual_seed(derive_seed(self.seed, epoch, self.rank, 1))
             order = self.epoch_batches(epoch, self.pos.start)[self.pos.batch:]
-            loader = DataLoader(self.dataset, batch_sampler=order, collate_fn=self.collate,
-                                num_workers=self.num_workers, generator=gen)
+            plan.epoch, plan.batches = epoch, order
             for indices, batch in zip(order, loader):  # the loader keeps the sampler's order
                 self.pos.batch += 1
                 yield indices, batch
@@ -105,6 +112,38 @@ class BatchStream:
     def __iter__(self) -> Iterator[Any]:
         for _, batch in self.indexed():
             yield batch
+
+
+class _Plan:
+    """The batch sampler of the one DataLoader: this epoch's batches, set before each pass
+    (each index paired with the epoch as its batch is drawn: no per-sample tuples held)."""
+
+    def __init__(self) -> None:
+        self.epoch, self.batches = 0, []
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        epoch = self.epoch
+        return ([(epoch, i) for i in batch] for batch in self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class _EpochItems(torch.utils.data.Dataset):
+    """`dataset[(epoch, index)]` -> `dataset[index]` read as in `epoch` (persistent workers
+    keep their own copy of the dataset, which the main process's `set_epoch` never reaches)."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        epoch, index = key
+        if hasattr(self.dataset, "set_epoch") and getattr(self.dataset, "epoch", None) != epoch:
+            self.dataset.set_epoch(epoch)
+        return self.dataset[index]
 
 
 def fit_batches(dataset: Any, collate: Callable[[list], Any], seed: int) -> list[Any]:
