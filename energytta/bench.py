@@ -110,6 +110,9 @@ class _TimedCodec:
     def vocode(self, mel, generator=None):
         return self.clock.timed("vocoder", self.codec.vocode, mel, generator=generator)
 
+    def full_scale_db(self) -> float:
+        return self.codec.full_scale_db()
+
 
 # ------------------------------------------------------------------------------ setup
 @dataclass

@@ -348,7 +348,8 @@ def test_the_command_and_page_are_packaged_and_help_skips_heavy_imports():
     cfg.read(ROOT / "setup.cfg")
     assert "energytta-serve = energytta.serve.cli:main" in cfg["options.entry_points"][
         "console_scripts"]
-    patterns = [p.strip() for p in cfg["options.package_data"]["energytta"].split(",")]
+    patterns = [p.strip() for p in cfg["options.package_data"]["energytta"].replace(",", "\n")
+                .splitlines() if p.strip()]
     assert "serve/page.html" in patterns and (ROOT / "energytta/serve/page.html").is_file()
     code = ("import sys\nfrom energytta.serve.cli import main\ntry:\n    main(['--help'])\n"
             "except SystemExit:\n    pass\nprint(sorted({'torch', 'fastapi', 'uvicorn'} & "

@@ -121,6 +121,11 @@ class Codec(ABC, nn.Module):
     def vocode(self, mel: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """log-mel (B, n_mels, T_mel) -> wav (B, S)."""
 
+    def full_scale_db(self) -> float:
+        """Frame power (dB) of a full-scale sine in this codec's log-mel: the level that
+        rendering holds decoded frames to (`energytta.audio.render`)."""
+        return self.frontend.full_scale_db()
+
     def latent_frames(self, seconds: float) -> int:
         """Latent frames for a clip of `seconds` (the frames `encode` gives for it)."""
         return self.grid.frames(seconds)

@@ -28,7 +28,8 @@ def tokens_to_audio(tokens: torch.Tensor, geometry: Geometry, codec: torch.nn.Mo
     Args:
         tokens: (B, N, d), N whole time patches (any float dtype; rendered in fp32).
         geometry: the model's `TokenGeometry` (`TTAModel.geometry`).
-        codec: its codec (`decode`: latents -> log-mel, `vocode`: log-mel -> wav).
+        codec: its codec (`decode`: latents -> log-mel, `vocode`: log-mel -> wav,
+            `full_scale_db`: the ceiling's reference level).
         generator: the vocoder's random draws (Griffin-Lim's initial phase).
     Returns:
         (log-mel (B, n_mels, T_mel), wav (B, S)): the codec's mel with any frame louder
@@ -38,5 +39,5 @@ def tokens_to_audio(tokens: torch.Tensor, geometry: Geometry, codec: torch.nn.Mo
     """
     latents = geometry.unpatchify(tokens.float())  # (B, C, T, F)
     mel = codec.decode(latents)
-    mel = limit_frames(mel, codec.frontend.full_scale_db() + CEILING_DB)
+    mel = limit_frames(mel, codec.full_scale_db() + CEILING_DB)
     return mel, codec.vocode(mel, generator=generator)
