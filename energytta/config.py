@@ -387,8 +387,43 @@ def objective_of(objective: str, codec_train: str, head_kind: str) -> str:
 
 
 class MissingSectionError(ConfigError, AttributeError):
-    """A section the config's objective does not read was asked for (an AttributeError too,
-    so `getattr(cfg, "vsd", None)` is None)."""
+    """A key of a section the config's objective does not read was asked for (an
+    AttributeError too, so `getattr(cfg.vsd, "real_cfg", None)` is None)."""
+
+
+class AbsentSection:
+    """What a config holds for an objective section its objective does not read: falsy,
+    equal to None, and reading any key of it is a MissingSectionError naming the section
+    and its readers. (A plain None would say "'NoneType' object has no attribute".)"""
+
+    __slots__ = ("_name", "_config")
+
+    def __init__(self, name: str, config: "Config") -> None:
+        object.__setattr__(self, "_name", name)
+        object.__setattr__(self, "_config", config)
+
+    def __getattr__(self, key: str) -> Any:
+        name = object.__getattribute__(self, "_name")
+        objective = object.__getattribute__(self, "_config").objective()
+        readers = [o for o, secs in OBJECTIVE_SECTIONS.items() if name in secs]
+        raise MissingSectionError(
+            f"config section '{name}' is not in this config: its objective '{objective}' "
+            f"does not read it (read by: {', '.join(readers) or 'no objective'})")
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __eq__(self, other: object) -> bool:
+        return other is None or isinstance(other, AbsentSection)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return "None"
+
+    def __deepcopy__(self, memo: dict) -> "AbsentSection":
+        config = object.__getattribute__(self, "_config")  # a copied config's own stand-in
+        return AbsentSection(object.__getattribute__(self, "_name"), memo.get(id(config), config))
 
 
 @dataclass
@@ -408,15 +443,11 @@ class Config:
     sample: SampleConfig = field(default_factory=SampleConfig)
     classifier: ClassifierConfig | None = None
 
-    def __getattribute__(self, name: str) -> Any:
-        value = object.__getattribute__(self, name)
+    def __setattr__(self, name: str, value: Any) -> None:
+        # an absent objective section is an AbsentSection, whoever writes None there
         if value is None and name in SECTION_CLASSES:
-            objective = object.__getattribute__(self, "objective")()
-            readers = [o for o, secs in OBJECTIVE_SECTIONS.items() if name in secs]
-            raise MissingSectionError(
-                f"config section '{name}' is not in this config: its objective '{objective}' "
-                f"does not read it (read by: {', '.join(readers) or 'no objective'})")
-        return value
+            value = AbsentSection(name, self)
+        object.__setattr__(self, name, value)
 
     def objective(self) -> str:
         """The objective this config trains (`objective_of`)."""
@@ -441,7 +472,8 @@ class Config:
 
     def section(self, name: str) -> Any:
         """The section called `name`, or None where this config has none."""
-        return object.__getattribute__(self, name)
+        value = getattr(self, name)
+        return None if isinstance(value, AbsentSection) else value
 
     def _sections(self) -> dict[str, Any]:
         return {f.name: self.section(f.name) for f in dataclasses.fields(self)}

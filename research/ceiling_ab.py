@@ -1,4 +1,4 @@
-"""The frame ceiling A/B: generated clips rendered with and without it (`energytta/audio/level.py`).
+"""The frame ceiling A/B: generated clips rendered with and without it (`energytta/audio/render.py`).
 
 For each model, the first `--limit` captions of `--reference` are generated twice with the
 same seed, once with decoded mel frames above a full-scale sine's held to that level (what
@@ -51,15 +51,20 @@ def run_model(name: str, items: list, seed: int, duration: float) -> dict[str, d
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m research.ceiling_ab", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="captiononly", help="comma-separated shipped names")
-    p.add_argument("--reference", default="data/synth10k/val.jsonl")
-    p.add_argument("--limit", type=int, default=96)
+    p.add_argument("--reference", default="data/synth10k/val.jsonl",
+                   help="manifest of captions with synth attributes")
+    p.add_argument("--limit", type=int, default=96, help="captions (the first N)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="", help="markdown page (default: print)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
 
     import torch
 
@@ -102,4 +107,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from energytta.errors import run_cli
+
+    sys.exit(run_cli(main))

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from energytta.audio.level import CEILING_DB
+from energytta.audio.render import CEILING_DB
 from energytta.errors import UserError
 from research.rows import (EMBEDDERS, MemoEmbedder, accuracy, generate_row, save,
                            saved, score, sha256)

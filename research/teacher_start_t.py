@@ -51,7 +51,7 @@ def scan(ckpt: str, data: str, clips: int, starts: list[int], seed: int) -> list
     from energytta.checkpoint import load_model
     from energytta.data.dataset import CachedLatentDataset, collate
     from energytta.models.heads import build_head
-    from energytta.models.patchify import patchify
+    from energytta.models.geometry import patchify
 
     cfg, kind, model, _ = load_model(ckpt, "cpu")
     if kind != "teacher":

@@ -21,7 +21,7 @@ from energytta.audio.vocoder import (VOCODER_KEYS, MelVocoder, build_vocoder, mr
 from energytta.cli import train_main
 from energytta.config import load_config
 from energytta.errors import UserError
-from energytta.models.patchify import patchify
+from energytta.models.geometry import patchify
 from energytta.models.tta import TTAModel, latent_shape
 from energytta.train.objectives.codec import vae_loss
 from energytta.train.logging import read_metrics

@@ -96,7 +96,13 @@ def test_a_missing_section_says_so_instead_of_none_has_no_attribute():
     with pytest.raises(MissingSectionError, match="section 'vsd' is not in this config: its "
                                                   "objective 'teacher' does not read it"):
         cfg.vsd.real_cfg
-    assert getattr(cfg, "distill", None) is None  # still an AttributeError underneath
+    assert getattr(cfg.distill, "weight", None) is None  # an AttributeError underneath
+    assert cfg.section("distill") is None and not cfg.distill and cfg.distill == None  # noqa: E711
+    import copy  # a copy's stand-in names the copy's objective
+    other = copy.deepcopy(cfg)
+    other.train.objective = "guidance"
+    with pytest.raises(MissingSectionError, match="objective 'guidance'"):
+        other.vsd.real_cfg
 
 
 def test_a_child_removes_a_section_of_its_parent_with_null(tmp_path):

@@ -10,7 +10,7 @@ from energytta.audio.codec import build_codec
 from energytta.checkpoint import save_inference
 from energytta.config import Config, load_config
 from energytta.errors import UserError
-from energytta.models.patchify import patchify
+from energytta.models.geometry import patchify
 from energytta.models.tta import TTAModel
 from energytta.train.objectives.student import (StudentObjective, _distill_term,
                                                 init_student_from_teacher, prepare_student)

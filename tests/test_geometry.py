@@ -5,12 +5,12 @@ import pytest
 import torch
 
 from energytta.audio.codec import LatentGrid, build_codec, latent_grid
-from energytta.audio.level import limit_frames
+from energytta.audio.render import limit_frames
 from energytta.audio.render import tokens_to_audio
 from energytta.config import load_config
 from energytta.errors import UserError
 from energytta.models.geometry import TokenGeometry
-from energytta.models.patchify import patchify, unpatchify
+from energytta.models.geometry import patchify, unpatchify
 
 
 @pytest.mark.parametrize("overrides", [[], ["codec.name=vae", "codec.vae_levels=2",
@@ -60,7 +60,7 @@ def test_tokens_to_audio_is_unpatchify_decode_vocode():
     g0 = torch.Generator().manual_seed(0)
     tokens = torch.randn(2, g.tokens_for(1.0), g.token_dim, generator=g0)
     mel, wav = tokens_to_audio(tokens, g, codec, generator=torch.Generator().manual_seed(1))
-    # frames above a full-scale sine's are turned down to it (energytta/audio/level.py)
+    # frames above a full-scale sine's are turned down to it (energytta/audio/render.py)
     ref_mel = limit_frames(codec.decode(g.unpatchify(tokens)), codec.full_scale_db())
     assert torch.equal(mel, ref_mel) and mel.shape == (2, 64, 100)
     ref_wav = codec.vocode(ref_mel, generator=torch.Generator().manual_seed(1))

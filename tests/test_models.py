@@ -15,7 +15,7 @@ from energytta.models.blocks import Block
 from energytta.models.heads import build_head
 from energytta.models.mar import (GuidedBackbone, MARBackbone, NoiseInputBackbone,
                                   NoiseInputGuidedBackbone, build_backbone)
-from energytta.models.patchify import patchify, unpatchify
+from energytta.models.geometry import patchify, unpatchify
 
 TOKEN_DIM, MAX_TOKENS, TEXT_DIM = 160, 80, 16
 

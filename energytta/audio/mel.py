@@ -119,10 +119,10 @@ class MelFrontend(nn.Module):
         return torch.log(torch.clamp(self.mel(wav), min=LOG_FLOOR))
 
     def full_scale_db(self) -> float:
-        """Frame power (dB, `energytta.audio.level.frame_db`) of a full-scale 1 kHz sine:
+        """Frame power (dB, `energytta.audio.render.frame_db`) of a full-scale 1 kHz sine:
         the reference of absolute frame levels (the mel analogue of 0 dBFS)."""
         if not hasattr(self, "_full_scale_db"):
-            from energytta.audio.level import frame_db
+            from energytta.audio.render import frame_db
 
             t = torch.arange(self.sample_rate, dtype=torch.float32) / self.sample_rate
             sine = torch.sin(2 * math.pi * 1000.0 * t)[None].to(self.window.device)

@@ -17,7 +17,7 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
-from energytta.audio.level import frame_db
+from energytta.audio.render import frame_db
 
 ACTIVE_DB = -30.0  # dB below a full-scale sine's frame
 MIN_GAP_S = 0.05  # shorter silences do not split an event

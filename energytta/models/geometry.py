@@ -1,7 +1,7 @@
 """`TokenGeometry`: the one object that knows how codec latents become tokens and back.
 
 Latents (B, C, T, F) on the codec's `LatentGrid` are cut into patches of `patch_t` latent
-frames × `patch_f` bins; tokens are time-major (`models/patchify.py`), so a clip of n time
+frames × `patch_f` bins; tokens are time-major (`patchify` below, MAR's patchify on a 2-D map), so a clip of n time
 patches is the first n · (F / patch_f) tokens. Durations, frame counts, crops and the
 model's longest sequence all follow from these numbers, so every caller (training inputs,
 sampler, pipeline, validation) asks the geometry instead of redoing the arithmetic.
@@ -14,8 +14,8 @@ import torch
 
 from energytta.audio.codec import LatentGrid, latent_grid
 from energytta.config import Config
+from energytta.config_rules import check_value
 from energytta.errors import UserError
-from energytta.models.patchify import patchify, unpatchify
 
 
 @dataclass(frozen=True)
@@ -112,3 +112,53 @@ class TokenGeometry:
         """(B, N, d) tokens, N whole time patches -> (B, C, T, F) latents."""
         frames = tokens.shape[1] // self.freq_tokens * self.patch_t
         return unpatchify(tokens, self.channels, frames, self.freq, self.patch_t, self.patch_f)
+
+
+# ------------------------------------------------------- latents <-> tokens
+# Time patches are the outer index and frequency patches the inner one, so the first N
+# tokens of a long clip are exactly the tokens of a shorter clip: positional embeddings
+# learned for the longest clip are sliced `[:N]` for shorter ones.
+def _check(T: int, F: int, pt: int, pf: int) -> None:
+    check_value("model.patch_t", pt)
+    check_value("model.patch_f", pf)
+    if T % pt:
+        raise UserError(f"{T} latent frames are not divisible by model.patch_t={pt}; "
+                        "crop the latents to a multiple of the time patch")
+    if F % pf:
+        raise UserError(f"{F} latent frequency bins are not divisible by model.patch_f={pf}; "
+                        "pick a patch_f that divides the codec's latent_freq")
+
+
+def patchify(lat: torch.Tensor, pt: int, pf: int) -> torch.Tensor:
+    """Args:
+        lat: (B, C, T, F) latents.
+        pt, pf: time / frequency patch size.
+    Returns (B, N, C·pt·pf) with N = (T/pt)·(F/pf), time patch outer.
+    """
+    if lat.dim() != 4:
+        raise ValueError(f"patchify expects latents (B, C, T, F), got shape {tuple(lat.shape)}")
+    B, C, T, F = lat.shape
+    if not (pt > 0 and pf > 0 and T % pt == 0 and F % pf == 0):
+        _check(T, F, pt, pf)  # the one-line reason (the config rules' ranges, divisibility)
+    x = lat.reshape(B, C, T // pt, pt, F // pf, pf)
+    x = x.permute(0, 2, 4, 1, 3, 5)  # (B, T/pt, F/pf, C, pt, pf)
+    return x.reshape(B, (T // pt) * (F // pf), C * pt * pf)
+
+
+def unpatchify(tokens: torch.Tensor, C: int, T: int, F: int, pt: int, pf: int) -> torch.Tensor:
+    """Inverse of `patchify`.
+
+    Args:
+        tokens: (B, N, C·pt·pf).
+        C, T, F: latent shape to rebuild; pt, pf: patch sizes.
+    Returns (B, C, T, F).
+    """
+    _check(T, F, pt, pf)
+    B, N, d = tokens.shape
+    nt, nf = T // pt, F // pf
+    if N != nt * nf or d != C * pt * pf:
+        raise ValueError(f"tokens of shape {tuple(tokens.shape)} do not fit latents "
+                         f"(C={C}, T={T}, F={F}) with patches {pt}x{pf}: expected "
+                         f"({nt * nf}, {C * pt * pf})")
+    x = tokens.reshape(B, nt, nf, C, pt, pf).permute(0, 3, 1, 4, 2, 5)  # (B, C, nt, pt, nf, pf)
+    return x.reshape(B, C, T, F)

@@ -41,13 +41,12 @@ from energytta.locks import folder_lock
 from energytta.train.distributed import (check_fsdp, check_same_checkpoint, enable_cpu_fsdp,
                                          full_optimizer_state, full_state, is_fsdp,
                                          load_full_optimizer_state, whole_parameters)
-from energytta.train.ema import EMA
 from energytta.train.init_from import check_codec, load_init
 from energytta.train.interrupt import StopRequest, Stopped
 from energytta.train.logging import MetricsLog, Window, format_stats, make_progress, read_metrics
 from energytta.train.objectives import (TrainContext, build_objective, objective_class,
                                         objective_name)
-from energytta.train.optim import build_optimizer, keep_config_schedule
+from energytta.train.optim import EMA, build_optimizer, keep_config_schedule
 from energytta.train.seeds import seed_globals, seed_step
 from energytta.train.stream import (BatchStream, Position, make_stream,  # noqa: F401
                                     resume_position)  # BatchStream: part of this API
@@ -146,7 +145,8 @@ class Trainer:
                 self.console.print(f"initialised from {init[0]} (train.init_from)")
         self.loss_module, self.acc_opt = self.acc.prepare(
             LossModule(self.model, self.objective), self.opt)
-        if is_fsdp(self.acc):
+        self.fsdp = is_fsdp(self.acc)
+        if self.fsdp:
             if ckpt is not None:  # the sharded parameters exist only now
                 self._load_optimizer(ckpt, loaded)
             self.console.print(f"FSDP: weights, gradients and optimizer state sharded over "
@@ -349,7 +349,10 @@ class Trainer:
         self.last_lr = self.lr()  # the lr this step used, before the scheduler moves on
         self.sched.step()
         if self.ema is not None:
-            with whole_parameters(self.model):  # FSDP: the EMA averages whole weights
+            if self.fsdp:
+                with whole_parameters(self.model):  # the EMA averages whole weights
+                    self.ema.update(self.model)
+            else:
                 self.ema.update(self.model)
         self.step += 1
         return logs, grad_norm

@@ -1,9 +1,9 @@
-"""The frame ceiling generated mels are held to before vocoding (energytta/audio/level.py)."""
+"""The frame ceiling generated mels are held to before vocoding (energytta/audio/render.py)."""
 import math
 
 import torch
 
-from energytta.audio.level import frame_db, limit_frames
+from energytta.audio.render import frame_db, limit_frames
 from energytta.audio.mel import MelFrontend
 from energytta.config import AudioConfig
 
