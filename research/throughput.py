@@ -314,13 +314,16 @@ def render_student(records: list[dict], args: argparse.Namespace) -> str:
     """The student A/B's page: speed, held-out energy score and the generation check."""
     cmd = " ".join(["python -m research.throughput", *sys.argv[1:]])
     common = min(r["seconds"] for r in records)
+    teacher = next((kv.split("=", 1)[1] for kv in args.set if kv.startswith("teacher.ckpt=")),
+                   "")
     lines = [
         "# The student A/B: frozen teacher backbone vs backbone + feature distillation", "",
         f"Regenerate: `{cmd}` (arms run as separate processes, {args.jobs} at a time, each on",
         f"{args.cpu_minutes:g} CPU-minutes of its training thread, torch pinned to one thread).",
         "",
         f"Base: `{args.config or STUDENT_CONFIG}` (the shipped student's recipe: the energy head "
-        "on the shipped", f"teacher's backbone) on `{args.train}`. Held-out energy score on "
+        "on the", (f"teacher `{teacher}`'s" if teacher else "shipped teacher's")
+        + f" backbone) on `{args.train}`. Held-out energy score on "
         f"the first {args.val_batches} batches", f"of `{args.val}` (fixed noise; lower is "
         "better), then the validation stage's generation check of",
         f"the raw weights at the budget: {args.generate} validation captions at K = 16, sound "
