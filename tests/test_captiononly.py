@@ -154,7 +154,7 @@ def test_a_run_reads_no_audio_logs_its_terms_and_is_seeded(tiny_text_dir, teache
 
 
 def test_the_checkpoint_samples_in_one_pass_through_the_cli(tiny_text_dir, teacher, captions,
-                                                            tmp_path):
+                                                            corpus, tmp_path):
     out = tmp_path / "run"
     assert train_main(["--config", "tiny", *_overrides(tiny_text_dir, teacher, captions, out)]
                       ) == 0
@@ -169,6 +169,12 @@ def test_the_checkpoint_samples_in_one_pass_through_the_cli(tiny_text_dir, teach
     first = next(samples.glob("*.wav")).read_bytes()
     assert sample_main(args + ["--overwrite"]) == 0  # seeded: the same audio again
     assert next(samples.glob("*.wav")).read_bytes() == first
+    # the diagnostics read clips even though the run read only captions
+    from energytta.eval.diagnostics import diagnose
+
+    row = diagnose(str(out / "model.safetensors"), str(corpus / "test.jsonl"), batches=1,
+                   batch_size=2, generate=2, iterations=1)
+    assert 0.0 <= row["gen_active"] <= 1.0 and row["real_events"] >= 0.0
 
 
 @pytest.mark.parametrize("problem", ["empty", "latin1", "blank", "no-teacher", "student",

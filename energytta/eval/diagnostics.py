@@ -324,6 +324,7 @@ def diagnose(ckpt: str, data: str = "", batches: int | None = None,
 
     cfg, _kind, model, codec = load_model(resolve_checkpoint(ckpt), device)
     cfg.data.val = data or cfg.data.val
+    cfg.data.kind = "audio"  # the checks read the clips (a caption-only model trained without)
     cfg.train.val_generate, cfg.train.val_iterations = generate, iterations
     if cfg_scale is not None:
         cfg.sample.cfg = cfg_scale
