@@ -2,7 +2,7 @@
 
 A codec part loaded from a local pretrained folder (AudioLDM's VAE, its HiFi-GAN) is
 frozen: every step folder and model file of a run would hold the same hundreds of MB
-(443 MB for AudioLDM's VAE). Such a part is recorded by reference instead: its state-dict
+(hundreds of MB for AudioLDM's VAE). Such a part is recorded by reference instead: its state-dict
 prefix, the folder it was loaded from and a SHA-256 of the files it loads (config.json and
 the `*.safetensors` weights). Loading checks the hash against the folder the codec was
 built from, then takes that part's tensors from the built codec itself.
