@@ -20,11 +20,23 @@ EMBEDDERS = ("synth-classifier", "mel-stats")
 
 
 def sha256(path: Path) -> str:
-    """Hex digest of a file, or of a folder's files in name order."""
+    """Hex digest of a file, or of a folder's files in name order. A safetensors file counts
+    without its `model_card` metadata, so writing the card (which quotes these rows) does
+    not make the rows it quotes stale."""
     h = hashlib.sha256()
     for f in [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()):
-        h.update(f.read_bytes())
+        h.update(_without_card(f.read_bytes()) if f.suffix == ".safetensors"
+                 else f.read_bytes())
     return h.hexdigest()
+
+
+def _without_card(data: bytes) -> bytes:
+    """A safetensors file's bytes with `model_card` left out of its header's metadata
+    (header: 8-byte little-endian length, then JSON; the tensors' bytes follow)."""
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    header.get("__metadata__", {}).pop("model_card", None)
+    return json.dumps(header, sort_keys=True).encode() + data[8 + n:]
 
 
 class MemoEmbedder:

@@ -113,3 +113,17 @@ def test_the_readme_quality_table_copies_the_quality_page():
         assert cells[6] == (q[12] if q[12] != "–" else ""), (model, cells)
         checked += 1
     assert checked == 5
+
+
+def test_a_report_row_keeps_its_key_when_the_card_is_written(tmp_path):
+    """Report rows key a checkpoint by content without its card, so writing the card (which
+    quotes the quality page's rows) does not make those rows stale; other metadata counts."""
+    from research.rows import sha256
+
+    path = tmp_path / "m.safetensors"
+    save_file({"w": torch.arange(6.0)}, str(path), metadata={"kind": "teacher"})
+    before = sha256(path)
+    model_cards.write_card(path, "## `m.safetensors`\nData: none\n")
+    assert sha256(path) == before
+    save_file({"w": torch.arange(6.0)}, str(path), metadata={"kind": "student"})
+    assert sha256(path) != before
