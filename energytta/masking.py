@@ -30,6 +30,11 @@ def sample_mask_ratio(min_ratio: float, std: float, generator: torch.Generator) 
     """
     check_value("model.mask_ratio_min", min_ratio)
     check_value("model.mask_ratio_std", std)
+    return _truncnorm_ratio(min_ratio, std, generator)
+
+
+def _truncnorm_ratio(min_ratio: float, std: float, generator: torch.Generator) -> float:
+    """`sample_mask_ratio` on arguments already checked (a loaded config's)."""
     u = torch.rand((), generator=generator, device=generator.device, dtype=torch.float64)
     lo = torch.special.ndtr(torch.tensor((min_ratio - 1.0) / std, dtype=torch.float64))
     hi = 0.5  # Φ(0): the upper end of the truncation is the mean, ratio = 1
@@ -73,7 +78,8 @@ def training_mask(B: int, N: int, model_cfg: Any, generator: torch.Generator,
         generator: all draws come from it; device: where the mask lives.
     Returns (B, N) bool, True = masked.
     """
-    ratio = sample_mask_ratio(model_cfg.mask_ratio_min, model_cfg.mask_ratio_std, generator)
+    # a loaded config's ranges were checked by the config rules: no check per step
+    ratio = _truncnorm_ratio(model_cfg.mask_ratio_min, model_cfg.mask_ratio_std, generator)
     return ratio_mask(B, N, ratio, generator, device)
 
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from energytta.config import DiffusionHeadConfig
-from energytta.models.adaln import FinalLayer, ResBlock, init_adaln_mlp
+from energytta.models.blocks import FinalLayer, ResBlock, init_adaln_mlp
 from teachers.diffusion import GaussianDiffusion, create_diffusion
 
 

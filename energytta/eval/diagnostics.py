@@ -320,7 +320,7 @@ def diagnose(ckpt: str, data: str = "", batches: int | None = None,
     from energytta.text import build_text_encoder
     from energytta.train.objectives.base import ValContext
     from energytta.train.stream import first_batches
-    from energytta.train.text_cache import TextCache
+    from energytta.text import TextCache
 
     cfg, _kind, model, codec = load_model(resolve_checkpoint(ckpt), device)
     cfg.data.val = data or cfg.data.val

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from energytta.config import EnergyHeadConfig
 from energytta.config_rules import check_section
-from energytta.models.adaln import FinalLayer, ResBlock, init_adaln_mlp
+from energytta.models.blocks import FinalLayer, ResBlock, init_adaln_mlp
 
 # Added inside the square root of ||x - y||^2: keeps d/dx ||x - y||^alpha finite where two
 # samples coincide (at initialisation every sample is identical: the output layer is zero).

@@ -1,10 +1,10 @@
 """What the teacher and student objectives share: a TTAModel trained on codec tokens.
 
 `TokenParts.build` makes, in this order (the order fixes the initial weights), the frozen
-text encoder (cached per caption), the frozen codec and the model; `TokenObjective` turns
-batches of wavs (or cached latents) into model inputs, fits the codec's statistics,
-renders the training samples, validates (held-out loss + the diagnostics of
-`energytta.eval.diagnostics`) and exports the inference file.
+text encoder (cached per caption: `energytta.text.TextCache`), the frozen codec and the
+model; `TokenObjective` turns batches of wavs (or cached latents) into model inputs, fits
+the codec's statistics, renders the training samples, validates (held-out loss + the
+diagnostics of `energytta.eval.diagnostics`) and exports the inference file.
 """
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ from torch import nn
 from energytta.checkpoint import kind_for, load_weights, save_inference
 from energytta.config import Config
 from energytta.errors import UserError
+from energytta.text import TextCache
 from energytta.train.objectives.base import Objective, TrainContext, ValContext, mean_loss
 from energytta.train.stream import fit_batches
-from energytta.train.text_cache import TextCache
 from energytta.utils import atomic_path
 
 
