@@ -189,3 +189,31 @@ def test_targets_name_each_check_and_activity():
     assert "(below: loudness 0.700, count 0.200)" in lines
     assert "0.24× (target within 25 %) — **not met**" in lines
     assert "5.0 points (target ≤ 8) — **met**" in lines
+
+
+def test_val_curves_plot_and_tabulate_the_validation_rows(tmp_path, capsys):
+    """research.val_curves reads only the `val` rows of each run, in step order, and says
+    in one line when a run has none."""
+    import json
+
+    import pytest
+
+    from energytta.errors import UserError
+    from research import val_curves
+
+    run = tmp_path / "run_a"
+    run.mkdir()
+    rows = [{"step": 20, "stage": "val", "val/gen_type": 0.5, "val/loss": 0.2},
+            {"step": 5, "loss": 3.0},
+            {"step": 10, "stage": "val", "val/gen_type": 0.25, "val/gen_attributes": 0.4,
+             "val/gen_count": 0.1, "val/loss": 0.3}]
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    out = tmp_path / "curves.png"
+    assert val_curves.main([str(run), "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[2].startswith("| run_a | 10 | 0.250 | 0.400 | 0.100 | 0.300 |")
+    assert printed[3].startswith("| run_a | 20 | 0.500 | – | – | 0.200 |")
+    (run / "metrics.jsonl").write_text(json.dumps(rows[1]) + "\n")
+    with pytest.raises(UserError, match="no validation rows"):
+        val_curves.main([str(run), "--out", str(out)])
