@@ -204,6 +204,22 @@ def _summary(row: dict) -> str:
     return f"FD {fd:.2f}, attribute accuracy {accuracy(row, 'all'):.3f}"
 
 
+def default_iterations(ckpts: dict[str, Path]) -> int | None:
+    """The default model's own `sample.iterations` (its file's config), when it is one of
+    the scored models: the targets judge it at its defaults."""
+    import json
+
+    from safetensors import safe_open
+
+    from energytta.checkpoint import DEFAULT_NAME
+
+    path = ckpts.get(DEFAULT_NAME)
+    if path is None or not path.is_file():
+        return None
+    with safe_open(str(path), "pt") as f:
+        return int(json.loads(f.metadata()["config"])["sample"]["iterations"])
+
+
 def _parse(argv: list[str]
            ) -> tuple[argparse.Namespace, list[str], list[int], dict[str, Path]]:
     from energytta.checkpoint import resolve_checkpoint
@@ -267,6 +283,7 @@ def main(argv: list[str]) -> int:
                 f"CPU cores, torch {torch.__version__}",
                 "date": time.strftime("%Y-%m-%d"),
                 "checkpoints": {m: str(c) for m, c in ckpts.items()},
+                "default_k": default_iterations(ckpts),
                 "seconds": round(sum(r.get("seconds", 0) for r in rows.values()))}
         atomic_write_text(args.out, render(args, rows, real, meta, vocoded, trained))
         print(f"wrote {args.out}", file=sys.stderr)

@@ -18,6 +18,35 @@ COLUMNS = ("model", "K", "FD clf ↓", "FD mel ↓", "KL ↓", "IS ↑", "attrib
            "held-out ↑", "type ↑", "all right ↑", "active", "wall s/clip", "CPU s/clip")
 
 
+# Where the unmet targets go next: what the training curves and the rows above point at.
+NEXT_LEVERS = [
+    "## Where the curves stand, and the next levers",
+    "",
+    "The validation curves of the shipped teacher, student and caption-only student "
+    "(`python -m research.val_curves runs/teacher_long runs/student_long "
+    "runs/captiononly_long --out research/reports/img/val_curves.png`; "
+    "[training log](training_log.md#the-student-recipe-on-the-long-teacher)):",
+    "",
+    "![validation curves](img/val_curves.png)",
+    "",
+    "- **The teacher is the ceiling.** The student trained until its checks were flat and "
+    "stands level with its teacher at the same iterations, and the caption-only student "
+    "levelled off below it; the teacher's held-out loss was still falling and its type "
+    "check still rising when its CPU budget ended. The next lever is a longer and wider "
+    "teacher run: `scripts/gpu_teacher.sh` is the prepared one-command bf16 run of this "
+    "recipe on a GPU, then the students again on it.",
+    "- **Counts and held-out combinations** move with the teacher's training length (both "
+    "rose with it) but stay far below the other checks; a count is a property of the "
+    "whole clip, which a per-token head sees only through the backbone. Levers: more "
+    "count-bearing captions in the corpus, and a clip-level count loss on the backbone "
+    "features, A/B-tested on the validation count check.",
+    "- **Activity.** The students' clips are less eventful than real ones (the `active` "
+    "column); the caption-only student's are as eventful but less often right. The energy "
+    "head's temperature and the CFG scale are the cheap levers (`research/sampling_sweep.py` "
+    "on the validation split).",
+]
+
+
 def _headline(rows: dict) -> list[tuple[str, dict]]:
     """(model, row) compared with real clips and per check: teacher and student at
     TARGET_K, the caption-only student at its one pass."""
@@ -61,16 +90,20 @@ def _verdict(ok: bool) -> str:
     return "**met**" if ok else "**not met**"
 
 
-def _targets(rows: dict, real: dict | None, default: str) -> list[str]:
-    """One line per target: the default model's checks, its activity against the real
-    clips', and the energy-score student against the teacher at K = TARGET_K."""
+def _targets(rows: dict, real: dict | None, default: str,
+             default_k: int | None = None) -> list[str]:
+    """One line per target: the default model's checks at its own iterations `default_k`
+    (None: its headline row), its activity against the real clips', and the energy-score
+    student against the teacher at K = TARGET_K."""
     out = []
-    row = dict(_headline(rows)).get(default)
+    row = (rows.get((default, default_k)) if default_k is not None
+           else dict(_headline(rows)).get(default))
     if row is None:
         out.append(f"- (No row of the default model, {default}, at its defaults.)")
     else:
+        at = f", K = {default_k}" if default_k is not None else ""
         typ = accuracy(row, "all", "type")
-        out.append(f"- The default model ({default}): sound type {_f(typ, 3)} (target ≥ "
+        out.append(f"- The default model ({default}{at}): sound type {_f(typ, 3)} (target ≥ "
                    f"{TARGET_TYPE:g}) — {_verdict(typ is not None and typ >= TARGET_TYPE)}.")
         checks = {n: accuracy(row, "all", n) for n in (*ATTRIBUTE_CHECKS, "count")}
         low = [f"{n} {v:.3f}" for n, v in checks.items() if v is not None and v < (
@@ -196,10 +229,13 @@ def render(args: Any, rows: dict, real: dict | None, meta: dict,
            f"trained {trained.get('vocode_s_per_clip', 0):.3f} s." if trained and vocoded
            else ""),
         "",
-        "## Targets (each model at its defaults; the caption-only student: its one pass)",
+        "## Targets (the default model at its own settings; the student against the teacher at "
+        f"K = {TARGET_K})",
         "",
-        *_targets(rows, real, meta.get("default", DEFAULT_NAME)),
+        *_targets(rows, real, meta.get("default", DEFAULT_NAME), meta.get("default_k")),
         *_against_real(rows, real),
+        "",
+        *NEXT_LEVERS,
         "",
         f"## Per check at K = {TARGET_K} (the caption-only student: K = 1; accuracy, number "
         "of checks)",

@@ -69,7 +69,8 @@ def score(generated: Path | str, reference: str, limit: int, embedders: dict,
     pairs = data if attributes_of is None else runner.collect(generated, attributes_of).limit(limit)
     out["attributes"] = runner.attribute_accuracy(pairs, None, None, False,
                                                   embedders["synth-classifier"])
-    out["active"] = active_fraction([data.generated[s] for s in data.paired])
+    # clips not paired with the reference by name (the real clips of another split) count all
+    out["active"] = active_fraction([data.generated[s] for s in data.paired or data.generated])
     return out
 
 

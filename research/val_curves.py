@@ -6,7 +6,8 @@
 Reads each run's `metrics.jsonl` (the `val/*` rows the validation stage logs: the
 synth-classifier's type check, the caption-attribute and count checks on the clips it
 generates, their active fraction, and the held-out loss), plots one panel per measure with
-one line per run, and prints the rows as a Markdown table. The generation checks are on
+one line per run (each run's held-out loss divided by its first row's, since objectives
+measure it in different units), and prints the rows as a Markdown table. The generation checks are on
 `train.val_generate` clips (32 for these runs), so a step-to-step change under about
 0.15 is noise; read the trend.
 """
@@ -19,9 +20,10 @@ from pathlib import Path
 from energytta.errors import UserError
 from energytta.utils import atomic_path
 
-# (metrics key, panel title); the loss is per objective, so each run has its own scale
+# (metrics key, panel title); the loss is per objective (its own units), so the figure
+# shows each run's loss relative to its first validation row
 MEASURES = (("val/gen_type", "sound type ↑"), ("val/gen_attributes", "attribute checks ↑"),
-            ("val/gen_count", "count checks ↑"), ("val/loss", "held-out loss ↓ (own units)"))
+            ("val/gen_count", "count checks ↑"), ("val/loss", "held-out loss ↓"))
 
 
 def val_rows(run: Path) -> list[dict]:
@@ -50,13 +52,13 @@ def plot(runs: dict[str, list[dict]], out: Path) -> None:
         ax = fig.add_subplot(2, 2, i + 1)
         for name, rows in runs.items():
             pts = [(r["step"], r[key]) for r in rows if key in r]
+            if pts and key == "val/loss":  # relative to the run's first row
+                pts = [(step, v / pts[0][1]) for step, v in pts]
             if pts:
                 ax.plot(*zip(*pts), marker="o", label=name)
-        ax.set_title(title)
+        ax.set_title(title + (" (÷ the run's first row)" if key == "val/loss" else ""))
         ax.set_xlabel("optimizer step")
         ax.grid(alpha=0.3)
-        if key == "val/loss":
-            ax.set_yscale("log")
     fig.axes[0].legend(fontsize=8)
     with atomic_path(out) as tmp:
         fig.savefig(tmp, format="png", dpi=90)

@@ -15,7 +15,9 @@ def _args(tiny_ckpts, corpus, work, *extra):
 def test_rows_page_and_reuse(tiny_ckpts, corpus, tmp_path, research_command, capsys):
     tool = research_command("quality")
     work, page = tmp_path / "work", tmp_path / "quality.md"
-    assert tool.main(_args(tiny_ckpts, corpus, work, "--out", str(page))) == 0
+    # K = 4 too: the tiny student's own iterations, at which the targets judge the default
+    assert tool.main(_args(tiny_ckpts, corpus, work, "--out", str(page),
+                           "--iterations", "1,2,4")) == 0
     row = json.loads((work / "student-k2.json").read_text())
     assert row["key"]["iterations"] == 2 and row["generation"]["clips"] == 10
     assert len(list((work / "teacher-k1").glob("*.wav"))) == 10
@@ -33,7 +35,9 @@ def test_rows_page_and_reuse(tiny_ckpts, corpus, tmp_path, research_command, cap
     assert sf.info(first[0]).frames == sf.info(next((work / "student-k2").glob("*.wav"))).frames
     assert vocoded["metrics"]["mel-stats"]["fd"] < row["metrics"]["mel-stats"]["fd"]
     from energytta.checkpoint import DEFAULT_NAME
-    assert f"- The default model ({DEFAULT_NAME}): sound type " in text
+    # the default model is judged at its own iterations (the tiny config's 4)
+    assert tool.module.default_iterations({DEFAULT_NAME: tiny_ckpts["student"]}) == 4
+    assert f"- The default model ({DEFAULT_NAME}, K = 4): sound type " in text
     assert "- Active fraction (frames above −30 dBFS) " in text
     assert "Energy-score student" not in text  # needs teacher and student at K = 64
     assert 0.0 <= row["active"] <= 1.0 and 0.0 < vocoded["active"] <= 1.0
@@ -69,6 +73,11 @@ def test_targets_are_judged_from_the_k64_rows(tiny_ckpts, corpus, tmp_path):
     rows[("student", 64)] = row(13.0, 0.70)
     assert "10.0 points behind" in report._targets(rows, None, "captiononly")[-1]
     assert "**not met**" in report._targets(rows, None, "captiononly")[-1]
+    # the default model is judged at its own iterations, not at K = 64
+    rows[("student", 32)] = row(12.0, 0.60)
+    rows[("student", 32)]["attributes"]["all"]["type"] = {"accuracy": 0.9, "n": 10}
+    first = report._targets(rows, None, "student", 32)[0]
+    assert first == "- The default model (student, K = 32): sound type 0.900 (target ≥ 0.85) — **met**."
 
 
 def test_per_check_table_names_columns_like_the_main_table():
