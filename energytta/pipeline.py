@@ -232,10 +232,10 @@ class TextToAudio:
         named by its config loads on first use.
 
         Args:
-            path: checkpoint; None or "captiononly" = the shipped caption-only student
-                (`energytta/assets/captiononly.safetensors`, the default), "student" = the
-                shipped energy-head student, "teacher" = the shipped teacher, "guided" =
-                that student with its guidance distilled into one pass (SHIPPED).
+            path: checkpoint; None or "student" = the shipped energy-head student
+                (`energytta/assets/student.safetensors`, the default), "captiononly" = the
+                shipped caption-only one-pass student, "teacher" = the shipped teacher,
+                "guided" = the student with its guidance distilled into one pass (SHIPPED).
             device: "auto" (cuda if available), "cpu", "cuda:1", ...
             dtype: "fp32" | "bf16" | "fp16" autocast for text encoding and decoding.
             vocoder: "checkpoint" (the one it was trained with; Griffin-Lim for the shipped

@@ -72,8 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="text file, one prompt a line; '-' reads standard input "
                           "(default: none, give --prompt or --prompts)")
     p.add_argument("--ckpt", metavar="PATH", default=None,
-                   help="a shipped model: captiononly (the default: the caption-only "
-                        "one-pass student), student (the energy-head student), teacher, "
+                   help="a shipped model: student (the default: the energy-head "
+                        "student), captiononly (the caption-only one-pass student), teacher, "
                         "guided (guidance distilled into one pass); or an inference "
                         ".safetensors, step-XXXXXXX/ folder or run folder")
     p.add_argument("--out-dir", metavar="DIR", default="samples", help="output folder")

@@ -83,7 +83,11 @@ def render(command: str, arms: list, arm_lines: list[str], table: list[str],
         "```",
         "",
         "(`guidance.yaml` now defaults to the winner, `attention`.) The attention arm, "
-        "exported in float16, is the shipped `guided` model (`--ckpt guided`).",
+        "exported in float16, was the shipped `guided` model of the previous student; the shipped "
+        "`guided` (`--ckpt guided`) is the same recipe run again on the current student (its "
+        "leg and its K, chosen on the validation split: [training log]"
+        "(../research/reports/training_log.md#the-student-recipe-on-the-long-teacher); its rows: "
+        "[quality.md](../research/reports/quality.md)).",
         "",
         "600 steps of batch 16 each on `data/synth10k` (audio encoded on the fly with the "
         "reference's codec), lr 2e-4 cosine to 2e-5, EMA 0.995; validation every 200 steps "
@@ -97,9 +101,9 @@ def render(command: str, arms: list, arm_lines: list[str], table: list[str],
         "`python -m research.quality --models student,guided --iterations 64,32,16,8,4,2` "
         "computes these rows (the same 100 test captions, seed and batch as "
         "[research/reports/quality.md](../research/reports/quality.md)); the guided student is "
-        "the shipped "
-        "`guided` (the attention arm), the student the shipped `student` it was distilled "
-        "from.",
+        "the A/B's "
+        "`guided` (the attention arm), the student the `student` it was distilled "
+        "from (the previous shipped pair).",
         "",
         *table,
         "",
@@ -110,13 +114,13 @@ def render(command: str, arms: list, arm_lines: list[str], table: list[str],
     sweep_lines, sweep_recs = sweep
     if sweep_recs:
         best = max(sweep_recs, key=lambda r: (r["attributes"], -r["fd"]))
-        lines += ["", "## Iterations on the validation split (the shipped default)", "",
+        lines += ["", "## Iterations on the validation split (the A/B's default)", "",
                   "`for k in 2 4 8 16 32; do python -m research.sampling_sweep guided --cfg 5 "
                   "--iterations $k --work runs/sweep; done` (the first 100 captions of "
                   "`data/synth10k/val.jsonl`, CFG 5 in one pass, temperature 1):", "",
                   *sweep_lines, "",
                   f"Highest attribute accuracy on the validation split (ties broken by the "
-                  f"lower FD): K = {best['k']} ({best['attributes']:.3f}), the shipped "
+                  f"lower FD): K = {best['k']} ({best['attributes']:.3f}), the A/B's "
                   "`guided` model's default (`sample.iterations`); each cell scores "
                   f"{best['n']} checks, so its "
                   f"standard error is about "

@@ -32,8 +32,9 @@ from typing import Any
 from energytta.errors import UserError
 from research.rows import accuracy, save, saved, sha256
 
-DEFAULT_SETTINGS = ("teacher:64,student:32,student:8,guided:32,guided:8,guided:4,"
-                    "captiononly:1,guided:4:trained,captiononly:1:trained")
+DEFAULT_SETTINGS = ("teacher:64,teacher:32,student:32,student:8,guided:32,guided:8,"
+                    "captiononly:1,student:32:trained,guided:8:trained,"
+                    "captiononly:1:trained")
 BENCH_FLAG = {"teacher": "--teacher-ckpt", "student": "--ckpt", "guided": "--guided-ckpt",
               "captiononly": "--captiononly-ckpt"}
 BENCH_NAME = {"teacher": "teacher", "student": "student", "guided": "guided",

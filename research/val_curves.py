@@ -7,9 +7,9 @@ Reads each run's `metrics.jsonl` (the `val/*` rows the validation stage logs: th
 synth-classifier's type check, the caption-attribute and count checks on the clips it
 generates, their active fraction, and the held-out loss), plots one panel per measure with
 one line per run (each run's held-out loss divided by its first row's, since objectives
-measure it in different units), and prints the rows as a Markdown table. The generation checks are on
-`train.val_generate` clips (32 for these runs), so a step-to-step change under about
-0.15 is noise; read the trend.
+measure it in different units), and prints the rows as a Markdown table. The generation
+checks are on `train.val_generate` clips (32 for these runs), so a step-to-step change
+under about 0.15 is noise; read the trend.
 """
 from __future__ import annotations
 

@@ -323,7 +323,7 @@ def test_sample_cli_uses_the_default_model(tmp_path, capsys):
     assert code == 0
     record = json.loads((tmp_path / "out" / "000-a-high-beep-repeats-three-times-seed0.json")
                         .read_text())
-    assert record["kind"] == DEFAULT_NAME == "captiononly"
+    assert record["kind"] == DEFAULT_NAME == "student"
     assert Path(record["checkpoint"]) == pipeline.DEFAULT_CKPT
 
 

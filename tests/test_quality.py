@@ -77,7 +77,8 @@ def test_targets_are_judged_from_the_k64_rows(tiny_ckpts, corpus, tmp_path):
     rows[("student", 32)] = row(12.0, 0.60)
     rows[("student", 32)]["attributes"]["all"]["type"] = {"accuracy": 0.9, "n": 10}
     first = report._targets(rows, None, "student", 32)[0]
-    assert first == "- The default model (student, K = 32): sound type 0.900 (target ≥ 0.85) — **met**."
+    assert first == ("- The default model (student, K = 32): sound type 0.900 "
+                     "(target ≥ 0.85) — **met**.")
 
 
 def test_per_check_table_names_columns_like_the_main_table():

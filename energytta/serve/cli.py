@@ -24,8 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "/v1/models, /metrics, and a web page at /. Requests arriving within "
                     "--window-ms of each other with the same settings share one model call. "
                     "See docs/serving.md.")
-    p.add_argument("--ckpt", default=d.ckpt, help="shipped model (captiononly, the default; "
-                   "student, teacher, guided) or a checkpoint path")
+    p.add_argument("--ckpt", default=d.ckpt, help="shipped model (student, the default; "
+                   "captiononly, teacher, guided) or a checkpoint path")
     p.add_argument("--host", default=d.host, help="address to bind; anything but loopback "
                    "needs --token")
     p.add_argument("--port", type=int, default=d.port, help="0 picks a free port")

@@ -30,7 +30,7 @@ class ServeOptions:
         threads: torch CPU threads for the model (None = torch's default).
     """
 
-    ckpt: str = "captiononly"  # checkpoint.DEFAULT_NAME (not imported: --help stays torch-free)
+    ckpt: str = "student"  # checkpoint.DEFAULT_NAME (not imported: --help stays torch-free)
     host: str = "127.0.0.1"
     port: int = 8000
     token: str | None = None
