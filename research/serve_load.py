@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from energytta.checkpoint import DEFAULT_NAME
 from energytta.errors import UserError, run_cli
 from energytta.utils import atomic_write_text
 
@@ -52,8 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--out", required=True, help="markdown page to write")
-    p.add_argument("--ckpt", default="captiononly",
-                   help="the default model (default: captiononly, the package default)")
+    p.add_argument("--ckpt", default=DEFAULT_NAME,
+                   help=f"the model under test (default: {DEFAULT_NAME}, the package default)")
     p.add_argument("--teacher", default="teacher", help="the teacher ('' skips it)")
     p.add_argument("--concurrency", default="1,4,16,64", help="client counts (default 1,4,16,64)")
     p.add_argument("--duration", type=float, default=1.0, help="clip seconds (default 1)")
