@@ -360,6 +360,9 @@ class SampleConfig:
     # on a guidance-distilled checkpoint (model.guidance_embed): guide with ONE conditional
     # pass per step (its scale as an input); false runs the two-pass CFG (cond + uncond rows)
     one_pass_cfg: bool = True
+    # what renders the clips when the caller names no vocoder: "checkpoint" (the codec's
+    # own, e.g. Griffin-Lim), "griffin-lim", or "trained" (the shipped trained vocoder)
+    vocoder: str = "checkpoint"
 
 
 # objective -> the sections it reads (`train.objective`; "" resolves with `objective_of`).

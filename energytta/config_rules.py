@@ -30,6 +30,8 @@ def _one_of(*valid: str) -> Rule:
 
 
 CFG_SCHEDULES = ("constant", "linear", "cosine")  # see energytta.sampling.cfg_scale_at
+# what renders a checkpoint's clips by default (`sample.vocoder`; energytta.pipeline)
+SAMPLE_VOCODERS = ("checkpoint", "griffin-lim", "trained")
 DISTILL_LOSSES = ("mse", "cosine")  # see energytta.train.objectives.student
 POS_EMBEDS = ("learned", "rope")  # see energytta.models.mar
 GUIDANCE_HEADS = ("mlp", "attention")  # see energytta.models.mar.GuidanceHead
@@ -83,6 +85,7 @@ RULES: dict[str, Rule] = {
     # the upper bounds: --cfg 1e30 or --temperature inf overflowed to NaN, which was once
     # written as an all-zero wav with exit 0; IMPACT samples at CFG <= 5
     "sample.iterations": _POS, "sample.cfg_schedule": _one_of(*CFG_SCHEDULES),
+    "sample.vocoder": _one_of(*SAMPLE_VOCODERS),
     "sample.cfg": (lambda v: math.isfinite(v) and 0 <= v <= 100, "must be in [0, 100]"),
     "sample.temperature": (lambda v: math.isfinite(v) and 0 <= v <= 100,
                            "must be in [0, 100]"),

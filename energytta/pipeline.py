@@ -34,12 +34,13 @@ from energytta import editing
 from energytta.checkpoint import (ASSETS, DEFAULT_CKPT, MODEL_KINDS, SHIPPED,  # noqa: F401
                                   SHIPPED_VOCODER, resolve_checkpoint)
 from energytta.config import Config
+from energytta.config_rules import SAMPLE_VOCODERS
 from energytta.editing import EditPlan
 from energytta.errors import UserError
 from energytta.outputs import audio_write, checkpoint_sha256
 from energytta.utils import pick_device
 
-VOCODER_CHOICES = ("checkpoint", "griffin-lim", "trained")
+VOCODER_CHOICES = SAMPLE_VOCODERS  # or a vocoder file
 Audio = str | Path | np.ndarray  # an input clip: a file, or samples at the model's rate
 # ((S,), or (channels, S) / (S, channels) mixed to mono; int16/int32/uint8 PCM scaled)
 # autocast precision of text encoding and decoding; the codec and vocoder stay in fp32
@@ -227,7 +228,7 @@ class TextToAudio:
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None,
                         device: str | torch.device = "auto",
-                        dtype: str = "fp32", vocoder: str = "checkpoint") -> "TextToAudio":
+                        dtype: str = "fp32", vocoder: str | None = None) -> "TextToAudio":
         """Load a checkpoint (inference file, step folder or run folder); the text encoder
         named by its config loads on first use.
 
@@ -238,9 +239,10 @@ class TextToAudio:
                 "guided" = the student with its guidance distilled into one pass (SHIPPED).
             device: "auto" (cuda if available), "cpu", "cuda:1", ...
             dtype: "fp32" | "bf16" | "fp16" autocast for text encoding and decoding.
-            vocoder: "checkpoint" (the one it was trained with; Griffin-Lim for the shipped
-                models), "griffin-lim", "trained" (the shipped trained vocoder, far faster
-                than Griffin-Lim on CPU: research/reports/speed_quality.md) or a vocoder file.
+            vocoder: None (the checkpoint's `sample.vocoder`), "checkpoint" (the codec's
+                own; Griffin-Lim for the shipped models), "griffin-lim", "trained" (the
+                shipped trained vocoder, far faster than Griffin-Lim on CPU:
+                research/reports/speed_quality.md) or a vocoder file.
         """
         from energytta.checkpoint import load_model
 
@@ -253,7 +255,7 @@ class TextToAudio:
                             f"{', '.join(MODEL_KINDS)}")
         pipe = cls(cfg, kind, model.eval(), codec.eval(), dev, Path(path), dtype=dtype)
         pipe.checkpoint_sha256 = sha
-        pipe.use_vocoder(vocoder)
+        pipe.use_vocoder(vocoder or cfg.sample.vocoder)
         return pipe
 
     def use_vocoder(self, vocoder: str) -> str:

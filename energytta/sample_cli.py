@@ -97,8 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", metavar="D", help="auto | cpu | cuda | cuda:1")
     p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"),
                    help="autocast precision of text encoding and decoding (bf16 on GPUs)")
-    p.add_argument("--vocoder", default="checkpoint", metavar="V",
-                   help="checkpoint (the model's own; Griffin-Lim for the shipped models) | "
+    p.add_argument("--vocoder", default=None, metavar="V",
+                   help="default: the checkpoint's sample.vocoder | checkpoint (the codec's "
+                        "own; Griffin-Lim for the shipped models) | "
                         "griffin-lim | trained (the shipped trained vocoder: far faster on "
                         "CPU, research/reports/speed_quality.md) | a vocoder .safetensors")
     p.add_argument("--two-pass-cfg", dest="one_pass_cfg", action="store_const", const=False,

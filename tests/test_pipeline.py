@@ -286,6 +286,28 @@ def test_the_shipped_trained_vocoder_renders_every_shipped_model():
         assert rms[1] > 0 and 0.5 < rms[0] / rms[1] < 2.0, rms
 
 
+def test_a_checkpoint_names_its_default_vocoder(tmp_path):
+    """`sample.vocoder` in a file's config picks what renders its clips when the caller names
+    none (from_pretrained, energytta-sample, energytta-serve); a named vocoder wins; a value
+    outside the choices is one line naming the key."""
+    from safetensors.torch import save_file
+
+    from energytta.config import load_config
+    from research.model_cards import read
+
+    tensors, meta = read(pipeline.SHIPPED["student"])
+    config = json.loads(meta["config"])
+    config["sample"]["vocoder"] = "trained"
+    path = tmp_path / "student-trained.safetensors"
+    save_file(tensors, str(path), metadata={**meta, "config": json.dumps(config)})
+    assert TextToAudio.from_pretrained(path, "cpu").vocoder == pipeline.SHIPPED_VOCODER.name
+    own = TextToAudio.from_pretrained(path, "cpu", vocoder="checkpoint")
+    assert own.vocoder == "griffin-lim"
+    assert TextToAudio.from_pretrained("student", "cpu").vocoder == "griffin-lim"
+    with pytest.raises(UserError, match="sample.vocoder"):
+        load_config("tiny", ["sample.vocoder=hifi"])
+
+
 def test_the_vocoder_can_be_chosen_per_run(student, prompts_file, tmp_path, capsys):
     from energytta.audio.griffinlim import GriffinLim
     from energytta.audio.vocoder import VOCODER_KEYS, save_part, trained_vocoder

@@ -48,8 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-iterations", type=int, default=d.max_iterations,
                    help="most decoding iterations a request may ask for")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1 ...")
-    p.add_argument("--vocoder", default="checkpoint",
-                   help="checkpoint | griffin-lim | trained | a vocoder file")
+    p.add_argument("--vocoder", default=None,
+                   help="checkpoint | griffin-lim | trained | a vocoder file (default: the "
+                        "checkpoint's sample.vocoder)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads "
                    "(none: torch's choice)")
     p.add_argument("--no-warmup", action="store_true", help="skip the warm-up generation")
