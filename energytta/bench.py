@@ -184,14 +184,15 @@ def build_generators(args, overrides: list[str], device: torch.device
     return {k: gens[k] for k in GENERATORS if k in gens and k in args.generators}, text_encoder
 
 
-def set_vocoder(gens: dict[str, Generator], vocoder: str) -> None:
-    """Give every generator's codec the vocoder `vocoder` names (see --vocoder); rows
-    record it as "vocoder"."""
+def set_vocoder(gens: dict[str, Generator], vocoder: str | None) -> None:
+    """Give every generator's codec the vocoder `vocoder` names (see --vocoder; None: each
+    checkpoint's `sample.vocoder`, as the pipeline does); rows record it as "vocoder"."""
     from energytta.pipeline import apply_vocoder
 
     for gen in gens.values():
-        gen.extra["vocoder"] = (gen.cfg.codec.vocoder if vocoder == "checkpoint"
-                                else apply_vocoder(gen.codec, gen.cfg, vocoder))
+        v = vocoder or gen.cfg.sample.vocoder
+        gen.extra["vocoder"] = (gen.cfg.codec.vocoder if v == "checkpoint"
+                                else apply_vocoder(gen.codec, gen.cfg, v))
 
 
 # ------------------------------------------------------------------------------ running
@@ -361,9 +362,10 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--teacher-ckpt", help="teacher checkpoint to time beside --ckpt")
     p.add_argument("--captiononly-ckpt", help="caption-only student checkpoint to time (one "
                    "pass per clip)")
-    p.add_argument("--vocoder", default="checkpoint", metavar="V",
-                   help="checkpoint (each model's own) | griffin-lim | trained (the shipped "
-                        "trained vocoder) | a vocoder .safetensors, for every generator")
+    p.add_argument("--vocoder", default=None, metavar="V",
+                   help="checkpoint (each model's own codec's) | griffin-lim | trained (the "
+                        "shipped trained vocoder) | a vocoder .safetensors, for every "
+                        "generator (default: each checkpoint's sample.vocoder)")
     p.add_argument("--batch-sizes", default="1,8,32,64", help="comma-separated")
     p.add_argument("--iterations", type=int, default=64, help="decoding iterations K")
     p.add_argument("--duration", type=float, default=10.0, help="seconds of audio per prompt")
