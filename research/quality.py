@@ -101,13 +101,14 @@ def get_row(args: argparse.Namespace, model: str, ckpt: Path, k: int,
 
     `model` is the row's model (the checkpoint must hold its kind); `name` (default:
     `model`) names the row's files, so several checkpoints of one kind (an ablation's arms)
-    keep their own rows; `vocoder` (a trained vocoder file) renders the clips instead of the
-    checkpoint's own vocoder (files `<name>-k<K>-voc`)."""
+    keep their own rows; `vocoder` ("griffin-lim" or a trained vocoder file) renders the
+    clips instead of the checkpoint's own default (files `<name>-k<K>-gl` / `-voc`)."""
     work, name = Path(args.work), name or model
-    stem = f"{name}-k{k}" + ("-voc" if vocoder else "")
+    gl = vocoder == "griffin-lim"
+    stem = f"{name}-k{k}" + ("" if not vocoder else "-gl" if gl else "-voc")
     path, key = work / f"{stem}.json", row_key(args, model, ckpt, k)
     if vocoder:
-        key["vocoder"] = sha256(Path(vocoder))
+        key["vocoder"] = vocoder if gl else sha256(Path(vocoder))
     row = saved(path, key)
     if row is not None:
         print(f"{name} K={k}: reusing {path}", file=sys.stderr)
@@ -115,7 +116,7 @@ def get_row(args: argparse.Namespace, model: str, ckpt: Path, k: int,
     print(f"{name} K={k}: generating {args.limit} clips ...", file=sys.stderr)
     folder, start = work / stem, time.time()
     row = {"key": key, "generation": generate_row(args, KIND_OF.get(model, model), ckpt, k,
-                                                  folder, vocoder or "checkpoint"),
+                                                  folder, vocoder or None),
            "threads": _threads(), **score(folder, args.reference, args.limit, embedders)}
     row["seconds"] = round(time.time() - start, 1)  # generation + scoring
     save(path, row)

@@ -30,7 +30,8 @@ NEXT_LEVERS = [
     "![validation curves](img/val_curves.png)",
     "",
     "- **The teacher is the ceiling.** The student trained until its checks were flat and "
-    "stands level with its teacher at the same iterations, and the caption-only student "
+    "stands level with its teacher at its default iterations (a few points behind at 64), "
+    "and the caption-only student "
     "levelled off below it; the teacher's held-out loss was still falling and its type "
     "check still rising when its CPU budget ended. The next lever is a longer and wider "
     "teacher run: `scripts/gpu_teacher.sh` is the prepared one-command bf16 run of this "
@@ -70,12 +71,14 @@ def cells(name: str, k: str, result: dict, gen: dict | None) -> list[str]:
 
 
 def _knobs(rows: dict) -> str:
-    """'teacher CFG 5, temperature 1; student CFG 3, temperature 0.5' from the rows."""
+    """'teacher CFG 5, temperature 1, Griffin-Lim; student CFG 3, ...' from the rows."""
     seen: dict[str, list[str]] = {}
     for (m, _), r in rows.items():
         g = r["generation"]
+        voc = g.get("vocoder", "griffin-lim")
         knob = f"CFG {g['cfg']:g}{' in one pass' if g.get('one_pass_cfg') else ''}, " \
-            f"temperature {g['temperature']:g}"
+            f"temperature {g['temperature']:g}, " + (
+                "Griffin-Lim" if voc == "griffin-lim" else f"the trained vocoder `{voc}`")
         if knob not in seen.setdefault(m, []):
             seen[m].append(knob)
     return "; ".join(f"{m} {' or '.join(k)}" for m, k in seen.items())
@@ -214,7 +217,7 @@ def render(args: Any, rows: dict, real: dict | None, meta: dict,
         "clips with every check right; `active`: the mean fraction of 1024-sample frames "
         "(hop 160) whose RMS is above −30 dBFS, on the audio as written, i.e. how eventful "
         "the clips a listener gets are. Latency: generation only (text, decoding, latent "
-        "decode, Griffin-Lim), wall and process-CPU seconds per clip at the batch size above, "
+        "decode, the vocoder), wall and process-CPU seconds per clip at the batch size above, "
         f"{'/'.join(sorted({str(r.get('threads', '?')) for r in rows.values()}))} torch "
         "thread(s) per row; rows computed side by side share the machine, so read wall "
         "times as upper bounds. "

@@ -85,15 +85,15 @@ def active_fraction(paths: list[Path]) -> float:
 
 
 def generate_row(args: argparse.Namespace, model: str, ckpt: Path, k: int, folder: Path,
-                 vocoder: str = "checkpoint", **knobs: float) -> dict[str, Any]:
+                 vocoder: str | None = None, **knobs: float) -> dict[str, Any]:
     """Generate the first `args.limit` captions of `args.reference` into `folder`.
 
     Args:
         args: reference, limit, seed and batch_size of the report's command line.
         model: "teacher" or "student": what `ckpt` must hold (else UserError).
         ckpt: the checkpoint; k: decoding iterations; folder: where `<stem>.wav` go.
-        vocoder: `TextToAudio.from_pretrained`'s vocoder ("checkpoint", "griffin-lim",
-            "trained" or a vocoder file).
+        vocoder: `TextToAudio.from_pretrained`'s vocoder (None: the checkpoint's
+            `sample.vocoder`; "checkpoint", "griffin-lim", "trained" or a vocoder file).
         knobs: cfg=, temperature= override the checkpoint's sampling defaults.
     Returns:
         settings and timings (wall and process-CPU seconds per clip).

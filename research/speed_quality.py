@@ -33,8 +33,10 @@ from energytta.errors import UserError
 from research.rows import accuracy, save, saved, sha256
 
 DEFAULT_SETTINGS = ("teacher:64,teacher:32,student:32,student:8,guided:32,guided:8,"
-                    "captiononly:1,student:32:trained,guided:8:trained,"
-                    "captiononly:1:trained")
+                    "captiononly:1,student:32:gl,guided:8:gl,captiononly:1:gl")
+# a setting's third field: how its clips are rendered ("": the checkpoint's own default,
+# `sample.vocoder`; "trained": the --vocoder file; "gl": Griffin-Lim)
+RENDERERS = ("", "trained", "gl")
 BENCH_FLAG = {"teacher": "--teacher-ckpt", "student": "--ckpt", "guided": "--guided-ckpt",
               "captiononly": "--captiononly-ckpt"}
 BENCH_NAME = {"teacher": "teacher", "student": "student", "guided": "guided",
@@ -74,30 +76,30 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_settings(text: str) -> list[tuple[str, int, bool]]:
-    """'teacher:64,guided:8:trained' -> [("teacher", 64, False), ("guided", 8, True)] (the
-    flag: render with the trained vocoder); UserError if malformed."""
+def parse_settings(text: str) -> list[tuple[str, int, str]]:
+    """'teacher:64,guided:8:gl' -> [("teacher", 64, ""), ("guided", 8, "gl")] (the third
+    field: one of RENDERERS); UserError if malformed."""
     out = []
     for part in (p.strip() for p in text.split(",")):
         model, _, rest = part.partition(":")
         k, _, voc = rest.partition(":")
         if (model not in BENCH_FLAG or not k.isdigit() or int(k) < 1
-                or voc not in ("", "trained")):
-            raise UserError(f"--settings: {part!r} is not MODEL:K[:trained] with MODEL one of "
+                or voc not in RENDERERS):
+            raise UserError(f"--settings: {part!r} is not MODEL:K[:trained|:gl] with MODEL one of "
                             f"{', '.join(BENCH_FLAG)} and K >= 1 (e.g. teacher:64, "
                             "captiononly:1:trained)")
         if model == "captiononly" and int(k) != 1:
             raise UserError(f"--settings: {part!r}: the caption-only student has one pass "
                             "(captiononly:1)")
-        out.append((model, int(k), voc == "trained"))
+        out.append((model, int(k), voc))
     if not out:
         raise UserError("--settings: give at least one MODEL:K")
     return out
 
 
-def vocoder_file(args: argparse.Namespace, settings: list[tuple[str, int, bool]]) -> str:
+def vocoder_file(args: argparse.Namespace, settings: list[tuple[str, int, str]]) -> str:
     """The trained vocoder file of the :trained settings ("" when none asks for it)."""
-    if not any(v for _, _, v in settings):
+    if not any(v == "trained" for _, _, v in settings):
         return ""
     from energytta.checkpoint import SHIPPED_VOCODER
 
@@ -121,9 +123,14 @@ def quality_args(args: argparse.Namespace) -> argparse.Namespace:
     return quality.build_parser().parse_args(qargv)
 
 
-def quality_rows(qargs: argparse.Namespace, settings: list[tuple[str, int, bool]],
+def renderer(variant: str, vocoder: str) -> str:
+    """What `from_pretrained`/bench get for a setting's renderer ("" = the checkpoint's)."""
+    return {"": "", "trained": vocoder, "gl": "griffin-lim"}[variant]
+
+
+def quality_rows(qargs: argparse.Namespace, settings: list[tuple[str, int, str]],
                  vocoder: str) -> dict:
-    """{(model, K, trained vocoder?): research/quality.py row}, computed where not saved."""
+    """{(model, K, renderer): research/quality.py row}, computed where not saved."""
     from energytta.eval.embedders import get_embedder
     from research import quality
     from research.rows import EMBEDDERS, MemoEmbedder
@@ -133,7 +140,7 @@ def quality_rows(qargs: argparse.Namespace, settings: list[tuple[str, int, bool]
                         "`energytta-data synth --out data/synth10k --num 10000 --seconds 4`")
     embedders = {n: MemoEmbedder(get_embedder(n, "cpu")) for n in EMBEDDERS}
     return {(m, k, v): quality.get_row(qargs, m, checkpoint(qargs, m), k, embedders,
-                                       vocoder=vocoder if v else "")
+                                       vocoder=renderer(v, vocoder))
             for m, k, v in settings}
 
 
@@ -152,13 +159,14 @@ def checkpoint(qargs: argparse.Namespace, model: str) -> Path:
 def bench_rows(args: argparse.Namespace, bench, model: str, ckpt: Path, k: int,
                batches: list[int], vocoder: str = "") -> list[dict]:
     """bench.run's rows (generator and its floor) for one setting, saved and reused;
-    `vocoder`: a trained vocoder file rendering both (else the checkpoint's own)."""
+    `vocoder`: "griffin-lim" or a trained vocoder file rendering both ("" : each
+    checkpoint's `sample.vocoder`)."""
     key = {"model": model, "sha256": sha256(ckpt), "iterations": k, "batches": batches,
            "threads": args.threads, "duration": args.duration,
            "bench": sha256(Path(bench.__file__))}
     if vocoder:
-        key["vocoder"] = sha256(Path(vocoder))
-    path = Path(args.work) / f"bench-{model}-k{k}{'-voc' if vocoder else ''}.json"
+        key["vocoder"] = vocoder if vocoder == "griffin-lim" else sha256(Path(vocoder))
+    path = Path(args.work) / f"bench-{model}-k{k}{render_suffix(vocoder)}.json"
     row = saved(path, key)
     if row is not None:
         print(f"bench {model} K={k}: reusing {path}", file=sys.stderr)
@@ -167,7 +175,7 @@ def bench_rows(args: argparse.Namespace, bench, model: str, ckpt: Path, k: int,
     common = [BENCH_FLAG[model], str(ckpt), "--iterations", str(k), "--duration",
               str(args.duration), "--threads", str(args.threads),
               "--generators", f"{BENCH_NAME[model]},floor",
-              "--vocoder", vocoder or "checkpoint"]
+              *(["--vocoder", vocoder] if vocoder else [])]
     for group in ([b for b in batches if b <= SMALL_BATCH], [b for b in batches
                                                              if b > SMALL_BATCH]):
         if not group:
@@ -179,6 +187,11 @@ def bench_rows(args: argparse.Namespace, bench, model: str, ckpt: Path, k: int,
                                     "--repeats", "3" if small else "1"])
     save(path, {"key": key, "rows": rows})
     return rows
+
+
+def render_suffix(vocoder: str) -> str:
+    """A row file's suffix for its renderer: "", "-gl" or "-voc" (a vocoder file)."""
+    return "" if not vocoder else "-gl" if vocoder == "griffin-lim" else "-voc"
 
 
 # ------------------------------------------------------------------ page
@@ -194,7 +207,9 @@ def combine(settings: list[tuple[str, int, bool]], quality: dict, bench: dict,
     for m, k, v in settings:
         q, b = quality[(m, k, v)], bench[(m, k, v)]
         gen, floor = _by_batch(b, BENCH_NAME[m]), _by_batch(b, "floor")
-        rec = {"model": m, "k": k, "trained_vocoder": v, "attributes": accuracy(q, "all"),
+        rec = {"model": m, "k": k, "variant": v, "trained_vocoder": v == "trained",
+               "renderer": next((r.get("vocoder") for r in b if "vocoder" in r), ""),
+               "attributes": accuracy(q, "all"),
                "type": accuracy(q, "all", "type"),
                "fd": q["metrics"]["synth-classifier"]["fd"],
                "passes": 1 if m in ("guided", "captiononly") else 2,
@@ -219,7 +234,8 @@ def _f(x: float | None, digits: int = 2) -> str:
 def _label(rec: dict) -> str:
     names = {"teacher": "teacher (diffusion head, 100 steps)", "student": "student",
              "guided": "guided student", "captiononly": "caption-only student"}
-    return names[rec["model"]] + (" + trained vocoder" if rec.get("trained_vocoder") else "")
+    return names[rec["model"]] + {"trained": " + trained vocoder", "gl": " + Griffin-Lim"}.get(
+        rec.get("variant") or ("trained" if rec.get("trained_vocoder") else ""), "")
 
 
 def headline_table(recs: list[dict], batches: list[int]) -> list[str]:
@@ -274,18 +290,16 @@ def targets(recs: list[dict], batches: list[int]) -> list[str]:
     else:
         lines.append(f"- No setting is within {TARGET_POINTS:g} points of the teacher's "
                      "attribute accuracy — **not met**.")
-    for r in recs:  # the trained vocoder against Griffin-Lim in the same setting
-        twin = next((t for t in recs if not t.get("trained_vocoder") and r.get(
-            "trained_vocoder") and (t["model"], t["k"]) == (r["model"], r["k"])), None)
-        if twin is None or big not in r["stages"] or big not in twin["stages"]:
+    for trained, gl in vocoder_pairs(recs):  # the same setting, trained vs Griffin-Lim
+        if big not in trained["stages"] or big not in gl["stages"]:
             continue
-        gl, tr = twin["stages"][big].get("vocoder", 0.0), r["stages"][big].get("vocoder", 0.0)
-        x = gl / tr if tr > 0 else float("inf")
-        same = r["attributes"] >= twin["attributes"]
-        lines.append(f"- Trained vocoder vs Griffin-Lim ({_label(twin)}, K = {r['k']}): "
-                     f"vocoder stage {tr:.2f} s vs {gl:.2f} s at batch {big} ({x:.1f}×, "
-                     f"target ≥ {TARGET_SPEEDUP:g}×), attribute accuracy "
-                     f"{r['attributes']:.3f} vs {twin['attributes']:.3f} (target: equal or "
+        g, tr = gl["stages"][big].get("vocoder", 0.0), trained["stages"][big].get("vocoder", 0.0)
+        x = g / tr if tr > 0 else float("inf")
+        same = trained["attributes"] >= gl["attributes"]
+        lines.append(f"- Trained vocoder vs Griffin-Lim ({_label({'model': gl['model']})}, "
+                     f"K = {gl['k']}): vocoder stage {tr:.2f} s vs {g:.2f} s at batch {big} "
+                     f"({x:.1f}×, target ≥ {TARGET_SPEEDUP:g}×), attribute accuracy "
+                     f"{trained['attributes']:.3f} vs {gl['attributes']:.3f} (target: equal or "
                      f"better) — {ok[x >= TARGET_SPEEDUP and same]}.")
     for r in recs:
         if r["model"] in ("student", "guided") and big in r["floor"]:
@@ -294,6 +308,24 @@ def targets(recs: list[dict], batches: list[int]) -> list[str]:
                          f"{big} (target ≤ {TARGET_X_FLOOR:g}×) — {ok[x <= TARGET_X_FLOOR]}"
                          + _decode_ratio(r, big) + ".")
     return lines
+
+
+def vocoder_pairs(recs: list[dict]) -> list[tuple[dict, dict]]:
+    """(trained-vocoder row, Griffin-Lim row) of the same model and K: a `:trained` row with
+    its plain twin rendered by Griffin-Lim, or a `:gl` row with its plain twin rendered by
+    a trained vocoder (the checkpoint's own `sample.vocoder`)."""
+    pairs = []
+    for r in recs:
+        twin = next((t for t in recs if not t.get("variant") and not t.get("trained_vocoder")
+                     and (t["model"], t["k"]) == (r["model"], r["k"])), None)
+        if twin is None:
+            continue
+        gl_twin = twin.get("renderer", "griffin-lim") == "griffin-lim"
+        if r.get("variant") == "trained" and gl_twin:
+            pairs.append((r, twin))
+        elif r.get("variant") == "gl" and not gl_twin:
+            pairs.append((twin, r))
+    return pairs
 
 
 def _decode_ratio(rec: dict, batch: int) -> str:
@@ -330,8 +362,9 @@ def render(recs: list[dict], batches: list[int], meta: dict) -> str:
         "",
         *headline_table(recs, batches),
         "",
-        "`+ trained vocoder`: rendered by the trained vocoder instead of Griffin-Lim (quality "
-        "row and timings both). "
+        "Each row renders with its checkpoint's own default (`sample.vocoder`; the shipped "
+        "files: the trained vocoder) unless it says `+ trained vocoder` (the --vocoder file) "
+        "or `+ Griffin-Lim` (quality row and timings both). "
         "`backbone rows / step`: two-pass CFG runs a conditional and an unconditional row per "
         "clip in every backbone batch; the guided student and the caption-only student run "
         "one. `× teacher`: the first teacher row's seconds over this row's, same batch. "
@@ -368,14 +401,14 @@ def main(argv: list[str]) -> int:
     qargs = quality_args(args)
     quality = quality_rows(qargs, settings, vocoder)
     timings = {(m, k, v): bench_rows(args, bench, m, checkpoint(qargs, m), k, batches,
-                                     vocoder if v else "")
+                                     renderer(v, vocoder))
                for m, k, v in settings}
     recs = combine(settings, quality, timings, batches)
     if args.out:
         from energytta.utils import atomic_write_text
 
         gl = [r["stages"][batches[-1]].get("vocoder", 0.0) for r in recs
-              if not r["trained_vocoder"] and batches[-1] in r["stages"]]
+              if r["renderer"] == "griffin-lim" and batches[-1] in r["stages"]]
         meta = {"command": " ".join(["python -m research.speed_quality", *argv]),
                 "gl_range": (min(gl), max(gl)) if gl else (0.0, 0.0),
                 "date": time.strftime("%Y-%m-%d"), "threads": args.threads,

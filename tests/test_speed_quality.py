@@ -111,3 +111,23 @@ def test_bad_input_is_one_line(bad, tiny_ckpts, guided, corpus, tmp_path, resear
     assert tool.main(_args(tiny_ckpts, guided, corpus, tmp_path / "w") + bad) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: "), err
+
+
+def test_settings_name_a_renderer_and_pair_trained_with_griffin_lim():
+    """A setting renders with its checkpoint's default, the --vocoder file (:trained) or
+    Griffin-Lim (:gl); the trained-vs-Griffin-Lim target pairs a :gl row with a plain row
+    only when the plain row's checkpoint renders with a trained vocoder, and a :trained row
+    only with a plain Griffin-Lim twin."""
+    from research.speed_quality import parse_settings, vocoder_pairs
+
+    assert parse_settings("student:32,student:32:gl,guided:8:trained") == [
+        ("student", 32, ""), ("student", 32, "gl"), ("guided", 8, "trained")]
+
+    def rec(model, variant, renderer):
+        return {"model": model, "k": 8, "variant": variant, "renderer": renderer}
+    plain_trained, gl = rec("student", "", "vocoder.safetensors"), rec("student", "gl",
+                                                                       "griffin-lim")
+    plain_gl, trained = rec("guided", "", "griffin-lim"), rec("guided", "trained", "v.st")
+    pairs = vocoder_pairs([plain_trained, gl, plain_gl, trained])
+    assert pairs == [(plain_trained, gl), (trained, plain_gl)]
+    assert vocoder_pairs([rec("student", "", "griffin-lim"), gl]) == []
