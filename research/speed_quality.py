@@ -4,8 +4,9 @@ writes research/reports/speed_quality.md.
 
     python -m research.speed_quality --threads 1 --out research/reports/speed_quality.md
 
-A setting is MODEL:K (decoding iterations), or MODEL:K:trained to render with the trained
-vocoder (--vocoder; default the shipped one) instead of the checkpoint's Griffin-Lim:
+A setting is MODEL:K (decoding iterations; rendered by the checkpoint's own default,
+`sample.vocoder`), MODEL:K:trained (rendered by the trained vocoder --vocoder, default the
+shipped one) or MODEL:K:gl (rendered by Griffin-Lim), with MODEL one of:
 teacher (diffusion head, its 100 steps, two-pass CFG), student (energy head, two-pass CFG),
 guided (the guidance-distilled student: one conditional pass per step, docs/guidance.md),
 captiononly (one pass in all). For each:
