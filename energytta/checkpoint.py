@@ -60,8 +60,8 @@ SHIPPED = {"student": ASSETS / "student.safetensors", "teacher": ASSETS / "teach
            "guided": ASSETS / "guided.safetensors"}
 # what `energytta-sample` and `TextToAudio.from_pretrained()` use with no checkpoint named:
 # the energy-score student, level with the teacher on the caption-attribute checks of
-# research/reports/quality.md at the same K (32) and 3x faster; ahead of the caption-only
-# student, which is faster still
+# research/reports/quality.md at the same K (32) and several times faster; ahead of the
+# caption-only student, which is faster still
 DEFAULT_NAME = "student"
 DEFAULT_CKPT = SHIPPED[DEFAULT_NAME]
 # the shipped trained vocoder (research/reports/codecs.md); `vocoder="trained"` picks it

@@ -16,9 +16,10 @@ from safetensors.torch import save_file
 
 from energytta.checkpoint import ASSETS
 from energytta.errors import UserError
+from research.rows import CARD_KEY
 
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "models.md"
-KEY = "model_card"
+KEY = CARD_KEY  # the metadata key (report rows hash files without it)
 HEADING = "## `"  # a card's heading: "## `student.safetensors`"
 
 

@@ -208,17 +208,12 @@ def _summary(row: dict) -> str:
 def default_iterations(ckpts: dict[str, Path]) -> int | None:
     """The default model's own `sample.iterations` (its file's config), when it is one of
     the scored models: the targets judge it at its defaults."""
-    import json
-
-    from safetensors import safe_open
-
-    from energytta.checkpoint import DEFAULT_NAME
+    from energytta.checkpoint import DEFAULT_NAME, load_inference
 
     path = ckpts.get(DEFAULT_NAME)
     if path is None or not path.is_file():
         return None
-    with safe_open(str(path), "pt") as f:
-        return int(json.loads(f.metadata()["config"])["sample"]["iterations"])
+    return load_inference(path)[0].sample.iterations  # the config, migrated if old
 
 
 def _parse(argv: list[str]

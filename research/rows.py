@@ -17,6 +17,7 @@ from typing import Any
 from energytta.errors import UserError
 
 EMBEDDERS = ("synth-classifier", "mel-stats")
+CARD_KEY = "model_card"  # the safetensors metadata key of a shipped file's model card
 
 
 def sha256(path: Path) -> str:
@@ -35,7 +36,7 @@ def _without_card(data: bytes) -> bytes:
     (header: 8-byte little-endian length, then JSON; the tensors' bytes follow)."""
     n = int.from_bytes(data[:8], "little")
     header = json.loads(data[8:8 + n])
-    header.get("__metadata__", {}).pop("model_card", None)
+    header.get("__metadata__", {}).pop(CARD_KEY, None)
     return json.dumps(header, sort_keys=True).encode() + data[8 + n:]
 
 

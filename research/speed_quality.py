@@ -208,7 +208,7 @@ def combine(settings: list[tuple[str, int, bool]], quality: dict, bench: dict,
     for m, k, v in settings:
         q, b = quality[(m, k, v)], bench[(m, k, v)]
         gen, floor = _by_batch(b, BENCH_NAME[m]), _by_batch(b, "floor")
-        rec = {"model": m, "k": k, "variant": v, "trained_vocoder": v == "trained",
+        rec = {"model": m, "k": k, "variant": v,
                "renderer": next((r.get("vocoder") for r in b if "vocoder" in r), ""),
                "attributes": accuracy(q, "all"),
                "type": accuracy(q, "all", "type"),
@@ -236,7 +236,7 @@ def _label(rec: dict) -> str:
     names = {"teacher": "teacher (diffusion head, 100 steps)", "student": "student",
              "guided": "guided student", "captiononly": "caption-only student"}
     return names[rec["model"]] + {"trained": " + trained vocoder", "gl": " + Griffin-Lim"}.get(
-        rec.get("variant") or ("trained" if rec.get("trained_vocoder") else ""), "")
+        rec.get("variant", ""), "")
 
 
 def headline_table(recs: list[dict], batches: list[int]) -> list[str]:
@@ -317,7 +317,7 @@ def vocoder_pairs(recs: list[dict]) -> list[tuple[dict, dict]]:
     a trained vocoder (the checkpoint's own `sample.vocoder`)."""
     pairs = []
     for r in recs:
-        twin = next((t for t in recs if not t.get("variant") and not t.get("trained_vocoder")
+        twin = next((t for t in recs if not t.get("variant")
                      and (t["model"], t["k"]) == (r["model"], r["k"])), None)
         if twin is None:
             continue

@@ -317,10 +317,9 @@ def diagnose(ckpt: str, data: str = "", batches: int | None = None,
     """
     from energytta.checkpoint import load_model, resolve_checkpoint
     from energytta.data.dataset import build_dataset, collate
-    from energytta.text import build_text_encoder
+    from energytta.text import TextCache, build_text_encoder
     from energytta.train.objectives.base import ValContext
     from energytta.train.stream import first_batches
-    from energytta.text import TextCache
 
     cfg, _kind, model, codec = load_model(resolve_checkpoint(ckpt), device)
     cfg.data.val = data or cfg.data.val
