@@ -1,10 +1,12 @@
 """Shared fixtures: tiny in-code models, no downloads, one thread (CI has 2 cores)."""
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,11 +15,65 @@ import pytest
 import soundfile as sf
 import torch
 
+import energytta
 from energytta.errors import run_cli
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 torch.set_num_threads(1)
+
+
+# ------------------------------------------------------------------------ test hygiene
+PACKAGE = Path(energytta.__file__).resolve().parent
+
+
+def _package_files() -> set[str]:
+    return {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*")
+            if p.is_file() and "__pycache__" not in p.parts}
+
+
+_PACKAGE_FILES = _package_files()
+
+
+@pytest.fixture(autouse=True)
+def _the_package_stays_intact(request):
+    """A test may write only into its own temporary folders: one that removes a file of
+    the installed package (a config, a shipped weight) would break every later test that
+    reads it, far from the cause, so the test that did it fails here, by name."""
+    yield
+    gone = _PACKAGE_FILES - _package_files()
+    if gone:
+        _PACKAGE_FILES.difference_update(gone)  # reported once, by the test that did it
+        pytest.fail(f"{request.node.nodeid} removed package files: {sorted(gone)[:5]}")
+
+
+def pytest_sessionfinish(session):
+    """Stop what the tests left running, and say so: a leftover child process (a server,
+    a training run) holds CI's output pipe open and busies its two cores."""
+    import threading
+
+    import psutil
+
+    children = [c for c in psutil.Process().children(recursive=True)
+                if "multiprocessing.resource_tracker" not in " ".join(_cmdline(c))]
+    names = [" ".join(_cmdline(c))[:80] for c in children]
+    for child in children:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+    live = [t.name for t in threading.enumerate()
+            if t is not threading.main_thread() and not t.daemon and t.is_alive()]
+    if names or live:
+        print(f"\nleft running by the tests: processes {names}, threads {live}",
+              file=sys.stderr)
+
+
+def _cmdline(process) -> list[str]:
+    import psutil
+
+    try:
+        return process.cmdline()
+    except psutil.Error:
+        return []
 
 
 def _minilm_dir() -> Path:

@@ -633,8 +633,9 @@ def _run_jobs(jobs: list[Job], workers: int, progress: bool) -> list[tuple]:
         if workers <= 1:
             collect(map(make_clip, jobs))
         else:
-            ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-            with ctx.Pool(workers) as pool:
+            # spawned, not forked: a fork copies the caller's threads' held locks (torch's
+            # pool, a server's threads), and a child that needs one waits forever
+            with mp.get_context("spawn").Pool(workers) as pool:
                 collect(pool.imap_unordered(make_clip, jobs, chunksize=8))
     finally:
         if bar:
