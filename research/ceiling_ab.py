@@ -1,4 +1,5 @@
-"""The frame ceiling A/B: generated clips rendered with and without it (`energytta/audio/render.py`).
+"""The frame ceiling A/B: generated clips rendered with and without it
+(`energytta/audio/render.py`).
 
 For each model, the first `--limit` captions of `--reference` are generated twice with the
 same seed, once with decoded mel frames above a full-scale sine's held to that level (what

@@ -260,7 +260,8 @@ def page(args: argparse.Namespace, argv: list[str], arms: dict[str, list[Level]]
              "other work during the run, so absolute numbers are low and noisy; the "
              "ratios between arms, run back to back, are the result. The servers' torch "
              f"threads: {_threads(args)}.", "",
-             f"Clips of {args.duration:g} s, the model's default iterations and guidance, "
+             f"Clips of {args.duration:g} s, the model's default iterations, guidance and "
+             "renderer (`sample.vocoder`), "
              f"unseeded requests; batching window {args.window_ms:g} ms, at most "
              f"{args.max_batch} clips per call. Each level: at most "
              f"{args.level_requests} requests (teacher {args.teacher_level_requests}), "
