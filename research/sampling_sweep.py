@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from energytta.errors import UserError
-from research.rows import (EMBEDDERS, MemoEmbedder, accuracy, display_path,
+from research.rows import (EMBEDDERS, MemoEmbedder, accuracy, active_fraction, display_path,
                            generate_row, save, saved, score, sha256)
 
 
@@ -99,8 +99,9 @@ def _noise(cells: dict, best: tuple[float, float]) -> str:
 
 
 def render(args: argparse.Namespace, kind: str, ckpt: Path, digest: str, cells: dict,
-           command: str) -> str:
-    """The page: one table row per cell, the best marked, and how far apart cells are."""
+           command: str, real_active: float) -> str:
+    """The page: one table row per cell, the best marked, how far apart cells are, and
+    how eventful the cells' clips are beside the real ones (`real_active`)."""
     best = max(cells, key=lambda c: _rank(cells[c]))
     lines = [f"# Sampling defaults of the {kind}: CFG scale × temperature", "",
              "<!-- Written by research/sampling_sweep.py; edit that tool, not this page. -->",
@@ -112,14 +113,17 @@ def render(args: argparse.Namespace, kind: str, ckpt: Path, digest: str, cells: 
              f"K = {args.iterations}, the first "
              f"{args.limit} captions of `{args.reference}`, seed {args.seed}. Columns as in "
              "[quality.md](quality.md).", "",
-             "| cfg | temperature | FD clf ↓ | FD mel ↓ | attributes ↑ | type ↑ | all right ↑ |",
-             "|---|---|---|---|---|---|---|"]
+             "| cfg | temperature | FD clf ↓ | FD mel ↓ | attributes ↑ | type ↑ | all right ↑ "
+             "| active |",
+             "|---|---|---|---|---|---|---|---|"]
     for (cfg, temp), c in cells.items():
         mark = " **best**" if (cfg, temp) == best else ""
         lines.append(f"| {cfg:g}{mark} | {temp:g} | {c['metrics']['synth-classifier']['fd']:.2f} "
                      f"| {c['metrics']['mel-stats']['fd']:.2f} | {accuracy(c, 'all'):.3f} "
                      f"| {accuracy(c, 'all', 'type'):.3f} "
-                     f"| {accuracy(c, 'all', 'clips_all_correct'):.3f} |")
+                     f"| {accuracy(c, 'all', 'clips_all_correct'):.3f} | {c['active']:.3f} |")
+    lines += ["", f"`active`: the mean fraction of frames above −30 dBFS; the real clips of "
+              f"these captions: {real_active:.3f}."]
     lines += ["", f"Best (highest attribute accuracy, FD breaks ties): cfg {best[0]:g}, "
               f"temperature {best[1]:g}. Write it into a checkpoint with `energytta-export "
               f"CKPT --out OUT sample.cfg={best[0]:g} sample.temperature={best[1]:g}`.", "",
@@ -136,6 +140,7 @@ def main(argv: list[str]) -> int:
         0; bad input raises UserError.
     """
     from energytta.checkpoint import load_model, resolve_checkpoint
+    from energytta.data.manifest import read_manifest
     from energytta.eval.embedders import get_embedder
 
     args = build_parser().parse_args(argv)
@@ -153,7 +158,8 @@ def main(argv: list[str]) -> int:
     cells = {(c, t): get_cell(args, kind, ckpt, digest, c, t, embedders)
              for c in cfgs for t in temps}
     command = "python -m research.sampling_sweep " + " ".join(argv)
-    table = render(args, kind, ckpt, digest, cells, command)
+    real = [item.audio for item in read_manifest(args.reference)][:args.limit]
+    table = render(args, kind, ckpt, digest, cells, command, active_fraction(real))
     print(table)
     if args.out:
         from energytta.utils import atomic_write_text

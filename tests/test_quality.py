@@ -166,6 +166,7 @@ def test_sampling_sweep_cells_table_and_reuse(tiny_ckpts, corpus, tmp_path, rese
     assert cell["generation"]["cfg"] == 3.0 and cell["generation"]["temperature"] == 0.5
     text = page.read_text()
     assert text.count("\n| ") == 3 and text.count("**best**") == 1 and "sample.cfg=" in text
+    assert f"| {cell['active']:.3f} |" in text and "the real clips of these captions: 0." in text
     assert "standard error" in text and text.startswith("# Sampling defaults of the student")
     seconds = sum(json.loads(f.read_text())["seconds"] for f in work.rglob("*.json"))
     assert f"took {round(seconds)} s of generation and scoring" in text
