@@ -8,7 +8,8 @@ validation split by default, so the test split that research/reports/quality.md 
 while tuning) with --iterations decoding steps, then scores them like research/quality.py:
 FD on the synth-classifier's and mel-stats features and caption-attribute accuracy. Cells
 are saved under WORK/<sha256[:12]>/ and reused while settings and checkpoint are unchanged.
-The best cell (highest attribute accuracy; FD breaks ties) is marked; write it into the
+The best cell (the lowest FD clf among the cells within one standard error of the top
+attribute accuracy) is marked; write it into the
 checkpoint with `energytta-export CKPT --out OUT sample.cfg=X sample.temperature=T`.
 """
 from __future__ import annotations
@@ -82,27 +83,38 @@ def get_cell(args: argparse.Namespace, kind: str, ckpt: Path, digest: str, cfg: 
     return cell
 
 
-def _rank(cell: dict) -> tuple[float, float]:
-    return (accuracy(cell, "all") or 0.0, -cell["metrics"]["synth-classifier"]["fd"])
+def _se(cell: dict) -> float:
+    """The binomial standard error of a cell's attribute accuracy."""
+    acc, n = accuracy(cell, "all"), cell["attributes"]["all"]["overall"]["n"]
+    return (acc * (1 - acc) / n) ** 0.5
 
 
-def _noise(cells: dict, best: tuple[float, float]) -> str:
-    """How far the best cell's accuracy stands above the others, in binomial standard
-    errors: a small sweep cannot tell cells apart that lie within one."""
-    acc, n = accuracy(cells[best], "all"), cells[best]["attributes"]["all"]["overall"]["n"]
-    se = (acc * (1 - acc) / n) ** 0.5
+def _best(cells: dict) -> tuple[float, float]:
+    """Among the cells whose attribute accuracy lies within one standard error of the top
+    one (a sweep this size cannot order them), the one with the lowest FD clf."""
+    top = max(cells.values(), key=lambda c: accuracy(c, "all"))
+    floor = accuracy(top, "all") - _se(top)
+    return min((k for k, c in cells.items() if accuracy(c, "all") >= floor),
+               key=lambda k: cells[k]["metrics"]["synth-classifier"]["fd"])
+
+
+def _noise(cells: dict) -> str:
+    """How far the top attribute accuracy stands above the others, in standard errors."""
+    top = max(cells, key=lambda k: accuracy(cells[k], "all"))
+    acc, se = accuracy(cells[top], "all"), _se(cells[top])
     close = [f"cfg {c:g} / temperature {t:g}" for (c, t), cell in cells.items()
-             if (c, t) != best and accuracy(cell, "all") >= acc - se]
-    return (f"Its attribute accuracy {acc:.3f} has a standard error of about {se:.3f} "
-            f"({n} checks); within one standard error of it: "
-            + (", ".join(close) if close else "no other cell") + ".")
+             if (c, t) != top and accuracy(cell, "all") >= acc - se]
+    return (f"The top attribute accuracy, {acc:.3f} (cfg {top[0]:g} / temperature "
+            f"{top[1]:g}), has a standard error of about {se:.3f} "
+            f"({cells[top]['attributes']['all']['overall']['n']} checks); within one "
+            "standard error of it: " + (", ".join(close) if close else "no other cell") + ".")
 
 
 def render(args: argparse.Namespace, kind: str, ckpt: Path, digest: str, cells: dict,
            command: str, real_active: float) -> str:
     """The page: one table row per cell, the best marked, how far apart cells are, and
     how eventful the cells' clips are beside the real ones (`real_active`)."""
-    best = max(cells, key=lambda c: _rank(cells[c]))
+    best = _best(cells)
     lines = [f"# Sampling defaults of the {kind}: CFG scale × temperature", "",
              "<!-- Written by research/sampling_sweep.py; edit that tool, not this page. -->",
              f"Regenerate with `{command}` ({time.strftime('%Y-%m-%d')}; cells are saved in "
@@ -124,10 +136,11 @@ def render(args: argparse.Namespace, kind: str, ckpt: Path, digest: str, cells: 
                      f"| {accuracy(c, 'all', 'clips_all_correct'):.3f} | {c['active']:.3f} |")
     lines += ["", f"`active`: the mean fraction of frames above −30 dBFS; the real clips of "
               f"these captions: {real_active:.3f}."]
-    lines += ["", f"Best (highest attribute accuracy, FD breaks ties): cfg {best[0]:g}, "
+    lines += ["", f"Best (lowest FD clf among the cells within one standard error of the top "
+              f"attribute accuracy): cfg {best[0]:g}, "
               f"temperature {best[1]:g}. Write it into a checkpoint with `energytta-export "
               f"CKPT --out OUT sample.cfg={best[0]:g} sample.temperature={best[1]:g}`.", "",
-              _noise(cells, best)]
+              _noise(cells)]
     return "\n".join(lines) + "\n"
 
 
