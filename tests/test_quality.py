@@ -177,6 +177,19 @@ def test_sampling_sweep_cells_table_and_reuse(tiny_ckpts, corpus, tmp_path, rese
     assert "--cfg" in capsys.readouterr().err
 
 
+def test_the_sweeps_best_cell_is_the_lowest_fd_among_those_tied_on_accuracy():
+    from research.sampling_sweep import _best
+
+    def cell(acc: float, fd: float) -> dict:  # 400 checks: a standard error of about 0.023
+        return {"attributes": {"all": {"overall": {"accuracy": acc, "n": 400}}},
+                "metrics": {"synth-classifier": {"fd": fd}}}
+
+    cells = {(3, 0.5): cell(0.70, 100.0), (3, 0.8): cell(0.69, 80.0), (5, 1): cell(0.60, 50.0)}
+    assert _best(cells) == (3, 0.8)  # within noise of the top, and nearer the real clips
+    cells[(3, 0.8)] = cell(0.65, 80.0)  # two standard errors down: no longer a tie
+    assert _best(cells) == (3, 0.5)
+
+
 def _row(acc: dict, active: float, seen: float = 0.8, held: float = 0.7) -> dict:
     res = {n: {"accuracy": a, "n": 10} for n, a in acc.items()}
     return {"attributes": {"all": {**res, "overall": {"accuracy": 0.8, "n": 60}},
