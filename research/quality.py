@@ -33,8 +33,8 @@ from typing import Any
 
 from energytta.audio.render import CEILING_DB
 from energytta.errors import UserError
-from research.rows import (EMBEDDERS, MemoEmbedder, accuracy, generate_row, save,
-                           saved, score, sha256)
+from research.rows import (EMBEDDERS, MemoEmbedder, accuracy, generate_row, render_key,
+                           render_suffix, save, saved, score, sha256)
 
 MODELS = ("teacher", "student", "guided", "captiononly")
 # what each row's checkpoint must hold: the guidance-distilled student is a student
@@ -104,11 +104,10 @@ def get_row(args: argparse.Namespace, model: str, ckpt: Path, k: int,
     keep their own rows; `vocoder` ("griffin-lim" or a trained vocoder file) renders the
     clips instead of the checkpoint's own default (files `<name>-k<K>-gl` / `-voc`)."""
     work, name = Path(args.work), name or model
-    gl = vocoder == "griffin-lim"
-    stem = f"{name}-k{k}" + ("" if not vocoder else "-gl" if gl else "-voc")
+    stem = f"{name}-k{k}{render_suffix(vocoder)}"
     path, key = work / f"{stem}.json", row_key(args, model, ckpt, k)
     if vocoder:
-        key["vocoder"] = vocoder if gl else sha256(Path(vocoder))
+        key["vocoder"] = render_key(vocoder)
     row = saved(path, key)
     if row is not None:
         print(f"{name} K={k}: reusing {path}", file=sys.stderr)

@@ -75,6 +75,18 @@ def score(generated: Path | str, reference: str, limit: int, embedders: dict,
     return out
 
 
+def render_suffix(vocoder: str) -> str:
+    """A row file's suffix for its renderer ("": the checkpoint's own default,
+    "griffin-lim" or a trained vocoder file): "", "-gl" or "-voc"."""
+    return "" if not vocoder else "-gl" if vocoder == "griffin-lim" else "-voc"
+
+
+def render_key(vocoder: str) -> str:
+    """A row key's record of a non-default renderer: Griffin-Lim by name, a trained
+    vocoder file by its content (a retrained file makes the rows stale)."""
+    return vocoder if vocoder == "griffin-lim" else sha256(Path(vocoder))
+
+
 def active_fraction(paths: list[Path]) -> float:
     """Mean fraction of frames above -30 dBFS over the clips at `paths`: how eventful the
     audio a listener gets is (real clips are scored the same way)."""

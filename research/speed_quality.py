@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from energytta.errors import UserError
-from research.rows import accuracy, save, saved, sha256
+from research.rows import accuracy, render_key, render_suffix, save, saved, sha256
 
 DEFAULT_SETTINGS = ("teacher:64,teacher:32,student:32,student:8,guided:32,guided:8,"
                     "captiononly:1,student:32:gl,guided:8:gl,captiononly:1:gl")
@@ -166,7 +166,7 @@ def bench_rows(args: argparse.Namespace, bench, model: str, ckpt: Path, k: int,
            "threads": args.threads, "duration": args.duration,
            "bench": sha256(Path(bench.__file__))}
     if vocoder:
-        key["vocoder"] = vocoder if vocoder == "griffin-lim" else sha256(Path(vocoder))
+        key["vocoder"] = render_key(vocoder)
     path = Path(args.work) / f"bench-{model}-k{k}{render_suffix(vocoder)}.json"
     row = saved(path, key)
     if row is not None:
@@ -188,11 +188,6 @@ def bench_rows(args: argparse.Namespace, bench, model: str, ckpt: Path, k: int,
                                     "--repeats", "3" if small else "1"])
     save(path, {"key": key, "rows": rows})
     return rows
-
-
-def render_suffix(vocoder: str) -> str:
-    """A row file's suffix for its renderer: "", "-gl" or "-voc" (a vocoder file)."""
-    return "" if not vocoder else "-gl" if vocoder == "griffin-lim" else "-voc"
 
 
 # ------------------------------------------------------------------ page
